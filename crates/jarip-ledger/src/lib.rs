@@ -1,0 +1,30 @@
+//! jarip-ledger: the provenance layer every stage writes through.
+//!
+//! It owns three things and depends on no other jarip crate:
+//! - [`hash`]: SHA-256 of bytes, files and directories (Merkle root over a file list);
+//! - [`atomic`]: writes that either complete or leave nothing behind (temp file + rename);
+//! - [`manifest`]: the `manifest.json` that describes an artifact directory;
+//! - [`chain`]: `ledger.jsonl`, an append-only hash chain of stage entries.
+
+pub mod atomic;
+pub mod chain;
+pub mod hash;
+pub mod manifest;
+
+pub use atomic::{atomic_write, AtomicDir, AtomicFile};
+pub use chain::{Entry, FileRef, Ledger};
+pub use hash::{merkle_root, sha256_bytes, sha256_file, Sha256Writer};
+pub use manifest::Manifest;
+
+/// Version of jarip recorded in every manifest and ledger entry.
+pub const JARIP_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Git commit of the source tree this binary was built from, when known at build time.
+pub fn git_commit() -> Option<String> {
+    option_env!("JARIP_GIT_COMMIT").map(str::to_string)
+}
+
+/// Current UTC time as RFC 3339 with seconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

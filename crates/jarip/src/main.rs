@@ -1,0 +1,3 @@
+fn main() {
+    println!("jarip {}", jarip_ledger::JARIP_VERSION);
+}
