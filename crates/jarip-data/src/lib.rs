@@ -8,18 +8,22 @@
 //! - [`prepare`]: the `data prepare` stage (ingest → clean → dedup → `documents.jsonl`,
 //!   `summary.json`, `manifest.json`), written atomically;
 //! - [`shard`]: tokenizing prepared documents into binary `train-*.bin` / `val-*.bin` shards;
+//! - [`conversations`], [`sft`]: chat data for fine-tuning (validated conversation files, the
+//!   demo conversation generator, packing with assistant-only loss masks);
 //! - [`reader`]: memory-mapped shard sets, validated, with a deterministic, resumable batch sampler.
 //!
 //! Every output directory is built with [`jarip_ledger::AtomicDir`] and described by a
 //! [`jarip_ledger::Manifest`]; the same inputs and seed always give the same bytes out.
 
 pub mod clean;
+pub mod conversations;
 pub mod dedup;
 pub mod encoder;
 pub mod ingest;
 pub mod prepare;
 pub mod reader;
 pub mod script;
+pub mod sft;
 pub mod shard;
 
 pub use clean::{clean_text, CleanOptions, Cleaned};

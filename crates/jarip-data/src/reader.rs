@@ -327,7 +327,7 @@ pub struct BatchSampler<'a> {
 
 /// Fisher–Yates with ChaCha8 (stream = epoch). Written out rather than `SliceRandom::shuffle`
 /// so that the order depends only on ChaCha's output, not on a `rand` version's algorithm.
-fn epoch_order(windows: u64, seed: u64, epoch: u64) -> Vec<u64> {
+pub(crate) fn epoch_order(windows: u64, seed: u64, epoch: u64) -> Vec<u64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(epoch);
     let mut order: Vec<u64> = (0..windows).collect();

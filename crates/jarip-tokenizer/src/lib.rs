@@ -9,6 +9,7 @@
 //! rank order, then the [`SPECIAL_TOKENS`] as the last ids.
 
 mod bytes_map;
+pub mod chat;
 pub mod corpus;
 mod decode;
 mod encode;
@@ -18,6 +19,7 @@ mod pretokenize;
 mod train;
 
 pub use bytes_map::{bytes_to_unicode, unicode_to_bytes};
+pub use chat::{Message, Rendered, Role};
 pub use decode::StreamDecoder;
 pub use pretokenize::{PreTokenizer, Preset, JARIP_PATTERN};
 pub use train::{train, TrainConfig, Trainer};

@@ -48,6 +48,23 @@ enum DataCommand {
     Prepare(stages::PrepareArgs),
     /// Tokenize prepared documents into binary shards with a validation split.
     Shard(stages::ShardArgs),
+    /// Generate the demo fine-tuning conversations from the demo corpus (seeded, reproducible).
+    Conversations {
+        /// The demo corpus directory (from fetch-demo).
+        #[arg(long, default_value = "data/demo")]
+        demo: PathBuf,
+        /// Output JSONL file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The name the model gives itself.
+        #[arg(long, default_value = "jarip-demo")]
+        name: String,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// At most this many conversations of each generated kind.
+        #[arg(long, default_value_t = 400)]
+        max_per_kind: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +99,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Data(DataCommand::Prepare(a)) => stages::prepare(&a).map(|_| ()),
         Command::Data(DataCommand::Shard(a)) => stages::shard(&a).map(|_| ()),
+        Command::Data(DataCommand::Conversations { demo, out, name, seed, max_per_kind }) => {
+            let convs = jarip_data::conversations::demo_conversations(&demo, &name, seed, max_per_kind)?;
+            jarip_data::conversations::write_conversations(&out, &convs)?;
+            println!("{} conversations → {}", convs.len(), out.display());
+            Ok(())
+        }
         Command::Tokenizer(TokenizerCommand::Train(a)) => stages::tokenizer_train(&a).map(|_| ()),
         Command::Tokenizer(TokenizerCommand::Encode(a)) => stages::encode(&a.tokenizer, &a.input, a.json),
         Command::Tokenizer(TokenizerCommand::Stats(a)) => stages::stats(&a.tokenizer, &a.input, a.json),
