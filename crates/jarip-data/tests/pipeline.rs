@@ -576,3 +576,28 @@ fn shards_with_the_real_tokenizer_round_trip() {
     want.sort();
     assert_eq!(back, want);
 }
+
+#[test]
+fn unigram_baseline_matches_a_direct_count() {
+    let d = tempfile::tempdir().unwrap();
+    let src = shard_corpus(d.path(), 120);
+    let enc = ByteEncoder::small();
+    let out = d.path().join("shards");
+    let opts = ShardOptions { tokens_per_shard: 3000, val_fraction: 0.1, seed: 3, ..Default::default() };
+    write_shards(&enc, &src, &out, &opts).unwrap();
+    let set = ShardSet::open(&out, None).unwrap();
+    // Each byte token decodes to one byte; BOS (id 0) to none.
+    let token_bytes: Vec<u32> = (0..enc.vocab_size()).map(|i| u32::from(i != 0)).collect();
+    let got = jarip_data::baseline::unigram_bpb(&set, &token_bytes).unwrap();
+
+    let all = |split| (0..set.split_info(split).shards).flat_map(|s| set.shard_tokens(split, s)).collect::<Vec<u32>>();
+    let (train, val) = (all(Split::Train), all(Split::Val));
+    let mut counts = vec![0f64; enc.vocab_size()];
+    train.iter().for_each(|&t| counts[t as usize] += 1.0);
+    let denom = train.len() as f64 + enc.vocab_size() as f64;
+    let scored: Vec<u32> = val.into_iter().filter(|&t| t != 0).collect();
+    let want = scored.iter().map(|&t| -((counts[t as usize] + 1.0) / denom).log2()).sum::<f64>() / scored.len() as f64;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    // Byte text of repeated syllables is far from uniform: well under 8 bits per byte.
+    assert!(got > 1.0 && got < 6.0, "{got}");
+}

@@ -26,6 +26,8 @@ enum Command {
     /// Train, use and measure the byte-level BPE tokenizer.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
+    /// Pretrain a transformer from a seeded random initialisation on token shards.
+    Pretrain(jarip::pretrain_cmd::PretrainArgs),
     /// Run every stage that exists on the demo corpus, end to end.
     Speedrun(jarip::speedrun::SpeedrunArgs),
 }
@@ -108,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(TokenizerCommand::Train(a)) => stages::tokenizer_train(&a).map(|_| ()),
         Command::Tokenizer(TokenizerCommand::Encode(a)) => stages::encode(&a.tokenizer, &a.input, a.json),
         Command::Tokenizer(TokenizerCommand::Stats(a)) => stages::stats(&a.tokenizer, &a.input, a.json),
+        Command::Pretrain(a) => jarip::pretrain_cmd::run(&a).map(|_| ()),
         Command::Speedrun(a) => jarip::speedrun::run(&a),
     }
 }

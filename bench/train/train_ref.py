@@ -1,0 +1,141 @@
+"""PyTorch reference for jarip's training-step benchmark: the same model and step, fp32, CPU.
+
+Model (as jarip-model): token embedding; per block pre-norm RMSNorm (learned gain), q/k/v
+projections, QK-norm (RMSNorm over each head), rotary embeddings (half split, base 10000),
+causal attention (n_kv_head = n_head), output projection, pre-norm ReLU² MLP (4x); final
+RMSNorm; untied head; logits soft-capped at 15 in fp32; cross-entropy. No biases.
+AdamW (lr 1e-3, betas 0.9/0.95, wd 0.1 on matrices and head) with grad clipping at 1.0.
+
+Prints one JSON line: median ms/step over --steps after --warmup, tokens/s, MFU, peak RSS.
+"""
+
+import argparse
+import json
+import math
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope(x, cos, sin):  # x: [B, T, H, D]
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c, h, hidden):
+        super().__init__()
+        self.h, self.d = h, c // h
+        self.attn_norm = RMSNorm(c)
+        self.q = nn.Linear(c, c, bias=False)
+        self.k = nn.Linear(c, c, bias=False)
+        self.v = nn.Linear(c, c, bias=False)
+        self.q_norm = RMSNorm(self.d)
+        self.k_norm = RMSNorm(self.d)
+        self.o = nn.Linear(c, c, bias=False)
+        self.mlp_norm = RMSNorm(c)
+        self.up = nn.Linear(c, hidden, bias=False)
+        self.down = nn.Linear(hidden, c, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, c = x.shape
+        h = self.attn_norm(x)
+        q = rope(self.q_norm(self.q(h).view(b, t, self.h, self.d)), cos, sin)
+        k = rope(self.k_norm(self.k(h).view(b, t, self.h, self.d)), cos, sin)
+        v = self.v(h).view(b, t, self.h, self.d)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        x = x + self.o(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.down(F.relu(self.up(self.mlp_norm(x))).square())
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab, depth, seq_len):
+        super().__init__()
+        c, h = depth * 64, depth
+        self.embed = nn.Embedding(vocab, c)
+        self.blocks = nn.ModuleList([Block(c, h, 4 * c) for _ in range(depth)])
+        self.norm = RMSNorm(c)
+        self.head = nn.Linear(c, vocab, bias=False)
+        d = c // h
+        inv = 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+        ang = torch.arange(seq_len).float()[:, None] * inv[None, :]
+        self.register_buffer("cos", ang.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", ang.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, idx, targets):
+        t = idx.shape[1]
+        x = self.embed(idx)
+        cos, sin = self.cos[:, :t], self.sin[:, :t]
+        for blk in self.blocks:
+            x = blk(x, cos, sin)
+        logits = self.head(self.norm(x)).float()
+        logits = 15.0 * torch.tanh(logits / 15.0)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-gflops", type=float, default=269.0)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    model = GPT(a.vocab, a.depth, a.seq_len)
+    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95)
+    )
+    params = sum(p.numel() for p in model.parameters())
+    c = a.depth * 64
+    tokens = a.batch * a.seq_len
+    # Same FLOP formula as jarip: 6 per non-embedding parameter per token + causal attention.
+    flops_per_token = 6 * (params - a.vocab * c) + 12 * a.depth * c * a.seq_len / 2
+    times, loss = [], float("nan")
+    for i in range(a.warmup + a.steps):
+        idx = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1))
+        t0 = time.perf_counter()
+        l = model(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss = l.item()
+        dt = time.perf_counter() - t0
+        if i >= a.warmup:
+            times.append(dt)
+    times.sort()
+    med = times[len(times) // 2]
+    flops = flops_per_token * tokens
+    print(json.dumps({
+        "impl": f"pytorch {torch.__version__} fp32 ({torch.get_num_threads()} threads)",
+        "params": params,
+        "ms_per_step": med * 1e3,
+        "tokens_per_s": tokens / med,
+        "gflops_per_step": flops / 1e9,
+        "mfu": flops / med / (a.peak_gflops * 1e9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+        "final_loss": loss,
+    }))
+
+
+if __name__ == "__main__":
+    main()

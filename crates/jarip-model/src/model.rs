@@ -1,0 +1,423 @@
+//! The decoder-only transformer.
+//!
+//! ```text
+//! x = embed[ids]                                          [B, T, C]
+//! for each block:
+//!     h = rmsnorm(x)
+//!     q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ                       q: H heads, k/v: Hkv heads of D
+//!     q, k = rope(rmsnorm(q)), rope(rmsnorm(k))           QK-norm per head, then rotary
+//!     x = x + causal_attention(q, k, v)·Woᵀ
+//!     x = x + mlp(rmsnorm(x))                             ReLU² or SwiGLU
+//! logits = cap · tanh((rmsnorm(x)·W_headᵀ) / cap)          fp32, untied head
+//! ```
+//! No biases anywhere. Weights are fp32 master copies (candle `Var`s); with a bf16 compute
+//! dtype (CUDA) each forward casts them, and the gradient flows back to the fp32 copy.
+
+use crate::config::{MlpKind, ModelConfig};
+use crate::init::{normal, tensor_rng};
+use crate::ops::{self, rope::RopeTables, Kernels};
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::HashMap;
+
+/// What a parameter is, for the optimizer's groups (weight decay, Muon vs AdamW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamRole {
+    Embedding,
+    /// A 2-D weight inside a block (attention or MLP projection).
+    Matrix,
+    /// RMSNorm gains.
+    Norm,
+    /// The output head.
+    Head,
+}
+
+impl ParamRole {
+    pub fn of(name: &str) -> Self {
+        if name.contains("embed_tokens") {
+            ParamRole::Embedding
+        } else if name.starts_with("lm_head") {
+            ParamRole::Head
+        } else if name.contains("norm") {
+            ParamRole::Norm
+        } else {
+            ParamRole::Matrix
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Var,
+    wq: Var,
+    wk: Var,
+    wv: Var,
+    q_norm: Var,
+    k_norm: Var,
+    wo: Var,
+    mlp_norm: Var,
+    w_gate: Option<Var>,
+    w_up: Var,
+    w_down: Var,
+}
+
+/// Cached keys and values of earlier positions, per layer (`[B, T_past, Hkv, D]`, after rotary).
+#[derive(Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions held.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+}
+
+pub struct Gpt {
+    cfg: ModelConfig,
+    device: Device,
+    compute_dtype: DType,
+    kernels: Kernels,
+    embed: Var,
+    blocks: Vec<Block>,
+    final_norm: Var,
+    lm_head: Var,
+    rope: RopeTables,
+    /// Every parameter, sorted by name (the canonical order for hashing and saving).
+    params: Vec<(String, Var)>,
+}
+
+fn layer(i: usize, rest: &str) -> String {
+    format!("model.layers.{i}.{rest}")
+}
+
+/// Names and shapes of every tensor of a model with config `cfg`, sorted by name.
+pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (c, d, kv, hid) = (cfg.n_embd, cfg.head_dim(), cfg.kv_dim(), cfg.mlp_hidden);
+    let mut v = vec![
+        ("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, c]),
+        ("model.norm.weight".to_string(), vec![c]),
+        ("lm_head.weight".to_string(), vec![cfg.vocab_size, c]),
+    ];
+    for i in 0..cfg.n_layer {
+        v.push((layer(i, "input_layernorm.weight"), vec![c]));
+        v.push((layer(i, "self_attn.q_proj.weight"), vec![c, c]));
+        v.push((layer(i, "self_attn.k_proj.weight"), vec![kv, c]));
+        v.push((layer(i, "self_attn.v_proj.weight"), vec![kv, c]));
+        v.push((layer(i, "self_attn.q_norm.weight"), vec![d]));
+        v.push((layer(i, "self_attn.k_norm.weight"), vec![d]));
+        v.push((layer(i, "self_attn.o_proj.weight"), vec![c, c]));
+        v.push((layer(i, "post_attention_layernorm.weight"), vec![c]));
+        if cfg.mlp == MlpKind::SwiGlu {
+            v.push((layer(i, "mlp.gate_proj.weight"), vec![hid, c]));
+        }
+        v.push((layer(i, "mlp.up_proj.weight"), vec![hid, c]));
+        v.push((layer(i, "mlp.down_proj.weight"), vec![c, hid]));
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The initial values of tensor `name` (see [`crate::init`] for the scheme).
+fn init_values(cfg: &ModelConfig, seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let fan_in = *shape.last().unwrap_or(&1) as f64;
+    let std = match ParamRole::of(name) {
+        ParamRole::Norm => return vec![1.0; n],
+        ParamRole::Embedding => 1.0,
+        ParamRole::Head => 0.001,
+        ParamRole::Matrix if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") => {
+            1.0 / fan_in.sqrt() / (2.0 * cfg.n_layer as f64).sqrt()
+        }
+        ParamRole::Matrix => 1.0 / fan_in.sqrt(),
+    };
+    normal(&mut tensor_rng(seed, name), n, std)
+}
+
+impl Gpt {
+    /// A freshly initialised model; `seed` determines every weight.
+    pub fn new(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let mut tensors = HashMap::new();
+        for (name, shape) in param_shapes(cfg) {
+            let values = init_values(cfg, seed, &name, &shape);
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        Self::from_tensors(cfg, tensors, device)
+    }
+
+    /// A model from named tensors; every expected name must be present with its shape, and
+    /// nothing else.
+    pub fn from_tensors(cfg: &ModelConfig, mut tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let mut params = Vec::new();
+        for (name, shape) in param_shapes(cfg) {
+            let t = tensors.remove(&name).with_context(|| format!("weights lack tensor {name}"))?;
+            if t.dims() != shape.as_slice() {
+                bail!("tensor {name} has shape {:?}, the config needs {:?}", t.dims(), shape);
+            }
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            params.push((name, Var::from_tensor(&t)?));
+        }
+        if let Some(extra) = tensors.keys().next() {
+            bail!("weights hold tensor {extra}, which this config does not have");
+        }
+        let get = |n: &str| -> Var {
+            let i = params.binary_search_by(|(k, _)| k.as_str().cmp(n)).expect("name listed by param_shapes");
+            params[i].1.clone()
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block {
+                attn_norm: get(&layer(i, "input_layernorm.weight")),
+                wq: get(&layer(i, "self_attn.q_proj.weight")),
+                wk: get(&layer(i, "self_attn.k_proj.weight")),
+                wv: get(&layer(i, "self_attn.v_proj.weight")),
+                q_norm: get(&layer(i, "self_attn.q_norm.weight")),
+                k_norm: get(&layer(i, "self_attn.k_norm.weight")),
+                wo: get(&layer(i, "self_attn.o_proj.weight")),
+                mlp_norm: get(&layer(i, "post_attention_layernorm.weight")),
+                w_gate: (cfg.mlp == MlpKind::SwiGlu).then(|| get(&layer(i, "mlp.gate_proj.weight"))),
+                w_up: get(&layer(i, "mlp.up_proj.weight")),
+                w_down: get(&layer(i, "mlp.down_proj.weight")),
+            })
+            .collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            device: device.clone(),
+            compute_dtype: DType::F32,
+            kernels: if device.is_cpu() { Kernels::Fused } else { Kernels::Composed },
+            embed: get("model.embed_tokens.weight"),
+            final_norm: get("model.norm.weight"),
+            lm_head: get("lm_head.weight"),
+            blocks,
+            rope: RopeTables::new(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base, device)?,
+            params,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Chooses composed or fused building blocks (fused silently falls back where unsupported).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// The dtype matmuls and activations use (f32, or bf16 on CUDA); master weights stay f32.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute_dtype = dtype;
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// Every parameter with its name, sorted by name.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// A weight in the compute dtype.
+    fn w(&self, v: &Var) -> candle_core::Result<Tensor> {
+        if v.dtype() == self.compute_dtype {
+            Ok(v.as_tensor().clone())
+        } else {
+            v.to_dtype(self.compute_dtype)
+        }
+    }
+
+    /// `x: [..., in]` times `wᵀ` (`w: [out, in]`), shaped as `out_shape`.
+    fn linear(&self, x: &Tensor, w: &Var, out_shape: impl Into<candle_core::Shape>) -> candle_core::Result<Tensor> {
+        ops::linear::linear(x, &self.w(w)?, out_shape, self.kernels)
+    }
+
+    fn norm(&self, x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
+        ops::rms_norm::rms_norm(x, &self.w(w)?, self.cfg.norm_eps, self.kernels)
+    }
+
+    /// Final hidden states `[B·T, C]` of `ids: [B, T]` (u32) whose first position is `pos_offset`.
+    fn hidden(&self, ids: &Tensor, pos_offset: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.cfg.check_seq_len(pos_offset + t)?;
+        let cfg = &self.cfg;
+        let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
+        let n = b * t;
+        let k_ops = self.kernels;
+        let mut x = self.w(&self.embed)?.embedding(&ids.flatten_all()?)?; // [N, C]
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(cfg.n_layer, None);
+        }
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let hn = self.norm(&x, &blk.attn_norm)?;
+            let q = self.linear(&hn, &blk.wq, (b, t, h, d))?;
+            let k = self.linear(&hn, &blk.wk, (b, t, hkv, d))?;
+            let v = self.linear(&hn, &blk.wv, (b, t, hkv, d))?;
+            let q = ops::rope::rope(&self.norm(&q, &blk.q_norm)?, &self.rope, pos_offset, k_ops)?;
+            let mut k = ops::rope::rope(&self.norm(&k, &blk.k_norm)?, &self.rope, pos_offset, k_ops)?;
+            let mut v = v;
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &c.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 1)?;
+                    v = Tensor::cat(&[pv, &v], 1)?;
+                }
+                c.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let y = ops::attention::causal_attention(&q, &k, &v, k_ops)?;
+            x = (x + self.linear(&y, &blk.wo, (n, cfg.n_embd))?)?;
+
+            let hn = self.norm(&x, &blk.mlp_norm)?;
+            let up = self.linear(&hn, &blk.w_up, (n, cfg.mlp_hidden))?;
+            let act = match &blk.w_gate {
+                None => ops::relu2::relu2(&up, k_ops)?,
+                Some(g) => (self.linear(&hn, g, (n, cfg.mlp_hidden))?.silu()? * up)?,
+            };
+            x = (x + self.linear(&act, &blk.w_down, (n, cfg.n_embd))?)?;
+        }
+        Ok(self.norm(&x, &self.final_norm)?)
+    }
+
+    /// Raw (not yet capped) logits `[N, V]` in fp32.
+    fn raw_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let n = hidden.dim(0)?;
+        Ok(self.linear(hidden, &self.lm_head, (n, self.cfg.vocab_size))?.to_dtype(DType::F32)?)
+    }
+
+    /// Soft-capped fp32 logits `[B, T, V]` for `ids: [B, T]` (u32) starting at position
+    /// `pos_offset`; with a cache, the keys/values of these positions are appended to it and
+    /// attention also sees the cached ones.
+    pub fn forward(&self, ids: &Tensor, pos_offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let logits = self.raw_logits(&self.hidden(ids, pos_offset, cache)?)?;
+        Ok(ops::cross_entropy::softcap(&logits, self.cfg.logit_softcap)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Per-token cross-entropy (nats, fp32) `[B·T]` of predicting `targets: [B, T]` from `ids`.
+    pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let hidden = self.hidden(ids, 0, None)?;
+        let targets = targets.flatten_all()?;
+        let cap = self.cfg.logit_softcap;
+        Ok(ops::head_ce::head_cross_entropy(&hidden, &self.w(&self.lm_head)?, &targets, cap, self.kernels)?)
+    }
+
+    /// Mean cross-entropy (nats) over all target tokens: the training loss.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(self.token_losses(ids, targets)?.mean_all()?)
+    }
+
+    /// All weights by name, as fp32 tensors.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(b: usize, t: usize, vocab: u32, salt: u32) -> (Tensor, Tensor) {
+        let toks: Vec<u32> =
+            (0..b * (t + 1)).map(|i| ((i as u32).wrapping_mul(2654435761u32) ^ salt) % vocab).collect();
+        let all = Tensor::from_vec(toks, (b, t + 1), &Device::Cpu).unwrap();
+        (all.narrow(1, 0, t).unwrap(), all.narrow(1, 1, t).unwrap())
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        for kernels in [Kernels::Composed, Kernels::Fused] {
+            for mlp in [MlpKind::Relu2, MlpKind::SwiGlu] {
+                let mut cfg = ModelConfig::tiny(300);
+                cfg.mlp = mlp;
+                let mut m = Gpt::new(&cfg, 1, &Device::Cpu).unwrap();
+                m.set_kernels(kernels);
+                assert_eq!(m.num_params(), cfg.num_params());
+                let (x, y) = batch(2, 16, 300, 5);
+                let loss = m.loss(&x, &y).unwrap();
+                let l = loss.to_scalar::<f32>().unwrap();
+                assert!((l - (300f32).ln()).abs() < 0.1, "initial loss {l} should be near ln(vocab)");
+                let grads = loss.backward().unwrap();
+                for (name, v) in m.params() {
+                    let g = grads.get(v).unwrap_or_else(|| panic!("{kernels:?}: no gradient for {name}"));
+                    let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(norm > 0.0 && norm.is_finite(), "{kernels:?} {mlp:?}: gradient of {name} is {norm}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_model_matches_composed_model() {
+        let cfg = ModelConfig::tiny(300);
+        let mut m = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+        let (x, y) = batch(2, 32, 300, 9);
+        let run = |m: &Gpt| {
+            let loss = m.loss(&x, &y).unwrap();
+            let g = loss.backward().unwrap();
+            let gs: Vec<Tensor> = m.params().iter().map(|(_, v)| g.get(v).unwrap().clone()).collect();
+            (loss.to_scalar::<f32>().unwrap(), gs)
+        };
+        m.set_kernels(Kernels::Composed);
+        let (l0, g0) = run(&m);
+        m.set_kernels(Kernels::Fused);
+        let (l1, g1) = run(&m);
+        assert!((l0 - l1).abs() < 1e-5, "{l0} vs {l1}");
+        for ((name, _), (a, b)) in m.params().iter().zip(g0.iter().zip(&g1)) {
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let d = crate::ops::testing::max_abs_diff(a, b);
+            assert!(d <= 1e-3 * scale, "{name}: grads differ by {d} (scale {scale})");
+        }
+    }
+
+    #[test]
+    fn kv_cache_decode_matches_full_forward() {
+        let cfg = ModelConfig::tiny(300);
+        let m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
+        let (x, _) = batch(1, 10, 300, 1);
+        let full = m.forward(&x, 0, None).unwrap();
+        let mut cache = KvCache::new();
+        let pre = m.forward(&x.narrow(1, 0, 6).unwrap(), 0, Some(&mut cache)).unwrap();
+        assert_eq!(cache.len(), 6);
+        let mut last = pre.narrow(1, 5, 1).unwrap();
+        for p in 6..10 {
+            last = m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap();
+        }
+        let d = crate::ops::testing::max_abs_diff(&full.narrow(1, 9, 1).unwrap(), &last);
+        assert!(d < 1e-4, "decode differs from full forward by {d}");
+    }
+
+    #[test]
+    fn context_longer_than_rotary_tables_is_an_error() {
+        let cfg = ModelConfig::tiny(300);
+        let m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
+        let (x, _) = batch(1, 40, 300, 1);
+        let err = m.forward(&x, 0, None).unwrap_err().to_string();
+        assert!(err.contains("rotary"), "{err}");
+    }
+}

@@ -1,0 +1,202 @@
+//! The output head and the soft-capped cross-entropy in one op:
+//! `losses = softcap_ce(h·Wᵀ, targets)` for `h: [N, C]`, `W: [V, C]`, without ever holding
+//! the `[N, V]` logits: rows go through in blocks of [`BLOCK_ROWS`], whose logits live only
+//! in a scratch buffer. The backward pass recomputes each block's logits (one extra
+//! `N·C·V` matmul) and turns them into `dz` in place, then `dh = dz·W`, `dW += dzᵀ·h`.
+//! Besides the memory (three `N×V` fp32 tensors on the composed path), this removes the
+//! largest tensors from candle's gradient bookkeeping.
+
+use super::cross_entropy::{row_backward, row_forward, softcap_cross_entropy_composed};
+use super::linear::linear_composed;
+use super::{with_f32, Kernels};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Rows per block: the block's logits (`BLOCK_ROWS × V` floats) stay in cache-sized scratch.
+pub const BLOCK_ROWS: usize = 128;
+
+/// Per-row losses `[N]` (nats, fp32) of `h: [N, C]` through head `w: [V, C]` against `targets: [N]`.
+pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, cap: f32, kernels: Kernels) -> Result<Tensor> {
+    if kernels.fused_for(h) && kernels.fused_for(w) {
+        let op = FusedHeadCe { cap, lse: Mutex::new(Vec::new()) };
+        h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
+    } else {
+        let n = h.dim(0)?;
+        let logits = linear_composed(h, w, Shape::from((n, w.dim(0)?)))?.to_dtype(candle_core::DType::F32)?;
+        softcap_cross_entropy_composed(&logits, targets, cap)
+    }
+}
+
+struct FusedHeadCe {
+    cap: f32,
+    lse: Mutex<Vec<f32>>,
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `dst[m×n] (+)= lhs·rhs` with explicit strides (rows, columns), multithreaded.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "head: buffer sizes");
+    // SAFETY: dense operands whose sizes were just checked; strides stay inside them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+fn targets_of(s: &CpuStorage, l: &Layout, n: usize, v: usize) -> Result<Vec<u32>> {
+    let t = match l.contiguous_offsets() {
+        Some((a, b)) => s.as_slice::<u32>()?[a..b].to_vec(),
+        None => candle_core::bail!("fused head: targets must be contiguous"),
+    };
+    if t.len() != n {
+        candle_core::bail!("fused head: {} targets for {n} rows", t.len());
+    }
+    if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("fused head: target {bad} outside the vocabulary of {v}");
+    }
+    Ok(t)
+}
+
+impl CustomOp3 for FusedHeadCe {
+    fn name(&self) -> &'static str {
+        "fused-head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        st: &CpuStorage,
+        lt: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = super::slice_f32(sh, lh)?;
+        let w = super::slice_f32(sw, lw)?;
+        let (n, c) = lh.shape().dims2()?;
+        let (v, cw) = lw.shape().dims2()?;
+        if c != cw {
+            candle_core::bail!("fused head: h {:?} and w {:?} do not match", lh.shape(), lw.shape());
+        }
+        let t = targets_of(st, lt, n, v)?;
+        let mut loss = vec![0f32; n];
+        let mut lse = vec![0f32; n];
+        let mut z = vec![0f32; BLOCK_ROWS * v];
+        for r0 in (0..n).step_by(BLOCK_ROWS) {
+            let m = BLOCK_ROWS.min(n - r0);
+            mm((m, v, c), &mut z, false, &h[r0 * c..], (c, 1), w, (1, c));
+            z[..m * v]
+                .par_chunks_mut(v)
+                .zip(loss[r0..r0 + m].par_iter_mut().zip(lse[r0..r0 + m].par_iter_mut()))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; v],
+                    |buf, (r, (zr, (l, s)))| {
+                        (*l, *s) = row_forward(zr, t[r0 + r], self.cap, buf);
+                    },
+                );
+        }
+        *self.lse.lock().expect("lse lock") = lse;
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        t: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = h.dims2()?;
+        let v = w.dim(0)?;
+        let lse = std::mem::take(&mut *self.lse.lock().expect("lse lock"));
+        if lse.len() != n {
+            candle_core::bail!("fused head: backward without forward");
+        }
+        let t = t.to_vec1::<u32>()?;
+        let g = g.to_vec1::<f32>()?;
+        let (dh, dw) = with_f32(h, |h| {
+            with_f32(w, |w| {
+                let mut dh = vec![0f32; n * c];
+                let mut dw = vec![0f32; v * c];
+                let mut z = vec![0f32; BLOCK_ROWS * v];
+                for r0 in (0..n).step_by(BLOCK_ROWS) {
+                    let m = BLOCK_ROWS.min(n - r0);
+                    mm((m, v, c), &mut z, false, &h[r0 * c..], (c, 1), w, (1, c));
+                    z[..m * v].par_chunks_mut(v).enumerate().for_each_init(
+                        || vec![0f32; v],
+                        |e, (r, zr)| row_backward(zr, t[r0 + r], lse[r0 + r], g[r0 + r], self.cap, e),
+                    );
+                    // dh[block] = dz·W ; dW += dzᵀ·h[block]
+                    mm((m, c, v), &mut dh[r0 * c..], false, &z, (v, 1), w, (c, 1));
+                    mm((v, c, m), &mut dw, r0 > 0, &z, (1, v), &h[r0 * c..], (c, 1));
+                }
+                (dh, dw)
+            })
+        })??;
+        Ok((Some(Tensor::from_vec(dh, (n, c), h.device())?), Some(Tensor::from_vec(dw, (v, c), w.device())?), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_matches_composed_values_and_grads() {
+        let (n, c, v) = (2 * BLOCK_ROWS + 17, 24, 300);
+        let h = Var::from_tensor(&randn(&[n, c], 1, 2.0)).unwrap();
+        let w = Var::from_tensor(&randn(&[v, c], 2, 1.0)).unwrap();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 97) % v as u32).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
+        let up = randn(&[n], 3, 1.0);
+        let run = |k: Kernels| {
+            let l = head_cross_entropy(&h, &w, &t, 15.0, k).unwrap();
+            let g = (l.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (l, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone())
+        };
+        let (l0, dh0, dw0) = run(Kernels::Composed);
+        let (l1, dh1, dw1) = run(Kernels::Fused);
+        assert_close(&l0, &l1, 1e-4, "loss");
+        assert_close(&dh0, &dh1, 1e-4, "dh");
+        assert_close(&dw0, &dw1, 1e-4, "dw");
+    }
+}

@@ -1,0 +1,141 @@
+//! Bias-free linear layer `y = x·Wᵀ` (`W: [out, in]`), with `x` of any shape whose last
+//! dimension is `in` and an output shape chosen by the caller (so the attention heads'
+//! reshapes cost no extra graph nodes).
+//!
+//! Backward: `dx = dy·W`, `dW = dyᵀ·x`. The fused version calls the `gemm` crate directly and
+//! returns contiguous gradients, where candle's composed `matmul(x, W.t())` leaves a transposed
+//! gradient that candle's gradient accumulation then copies through a strided path.
+
+use super::{slice_f32, with_f32, Kernels};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// `x: [..., in]`, `w: [out, in]` → `[..., out]` reshaped to `out_shape`.
+pub fn linear(x: &Tensor, w: &Tensor, out_shape: impl Into<Shape>, kernels: Kernels) -> Result<Tensor> {
+    let out_shape = out_shape.into();
+    if kernels.fused_for(x) {
+        x.contiguous()?.apply_op2(&w.contiguous()?, FusedLinear { out_shape })
+    } else {
+        linear_composed(x, w, out_shape)
+    }
+}
+
+pub fn linear_composed(x: &Tensor, w: &Tensor, out_shape: Shape) -> Result<Tensor> {
+    let inp = w.dim(1)?;
+    x.reshape((x.elem_count() / inp, inp))?.matmul(&w.t()?)?.reshape(out_shape)
+}
+
+struct FusedLinear {
+    out_shape: Shape,
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k]·rhs[k×n]`, row/column strides in elements, threads from rayon.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "linear: buffer sizes");
+    // SAFETY: the strides address only elements inside the slices (checked sizes, dense operands).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+impl CustomOp2 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1)?;
+        let w = slice_f32(s2, l2)?;
+        let (out, inp) = l2.shape().dims2()?;
+        let n = x.len() / inp;
+        if n * inp != x.len() || self.out_shape.elem_count() != n * out {
+            candle_core::bail!(
+                "fused linear: x {:?}, w {:?}, output {:?} do not fit",
+                l1.shape(),
+                l2.shape(),
+                self.out_shape
+            );
+        }
+        let mut y = vec![0f32; n * out];
+        // y[n×out] = x[n×in] · Wᵀ (Wᵀ[i, o] = W[o·in + i])
+        mm((n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
+        Ok((CpuStorage::F32(y), self.out_shape.clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, inp) = w.dims2()?;
+        let n = x.elem_count() / inp;
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(dy, |dy| {
+                    let mut dx = vec![0f32; n * inp];
+                    let mut dw = vec![0f32; out * inp];
+                    mm((n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
+                    // dW[out×in] = dyᵀ · x (dyᵀ[o, r] = dy[r·out + o])
+                    mm((out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));
+                    (dx, dw)
+                })
+            })
+        })???;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, (out, inp), w.device())?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use candle_core::Var;
+
+    #[test]
+    fn fused_matches_composed_values_and_grads() {
+        let x = Var::from_tensor(&randn(&[3, 5, 24], 1, 1.0)).unwrap();
+        let w = Var::from_tensor(&randn(&[40, 24], 2, 0.5)).unwrap();
+        let up = randn(&[15, 4, 10], 3, 1.0);
+        let run = |k: Kernels| {
+            let y = linear(&x, &w, (15, 4, 10), k).unwrap();
+            let g = (y.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone())
+        };
+        let (y0, dx0, dw0) = run(Kernels::Composed);
+        let (y1, dx1, dw1) = run(Kernels::Fused);
+        assert_close(&y0, &y1, 1e-5, "y");
+        assert_close(&dx0, &dx1, 1e-5, "dx");
+        assert_close(&dw0, &dw1, 1e-5, "dw");
+    }
+}

@@ -1,0 +1,101 @@
+//! Training-step benchmark on random tokens (no shards needed), the jarip side of
+//! `bench/train/run.sh`. Prints one JSON line: ms/step (median), tokens/s, MFU, peak RSS.
+//!
+//! cargo run --release -p jarip-train --example bench_train -- [--depth 6] [--vocab 8192]
+//!     [--seq-len 256] [--batch 8] [--steps 10] [--warmup 2] [--kernels fused|composed]
+//!     [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown]
+
+use candle_core::{Device, Tensor};
+use jarip_model::{Gpt, Kernels, ModelConfig};
+use jarip_train::optim::{Optimizer, OptimizerOptions};
+use jarip_train::step::train_step;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let depth: usize = arg(&args, "--depth", 6);
+    let vocab: usize = arg(&args, "--vocab", 8192);
+    let seq_len: usize = arg(&args, "--seq-len", 256);
+    let batch: usize = arg(&args, "--batch", 8);
+    let steps: usize = arg(&args, "--steps", 10);
+    let warmup: usize = arg(&args, "--warmup", 2);
+    let peak_gflops: f64 = arg(&args, "--peak-gflops", 269.0);
+    let kernels = match arg(&args, "--kernels", "fused".to_string()).as_str() {
+        "composed" => Kernels::Composed,
+        _ => Kernels::Fused,
+    };
+
+    let mut cfg = ModelConfig::from_depth(depth, vocab);
+    if arg(&args, "--mlp", "relu2".to_string()) == "swiglu" {
+        // Same parameter count: 3 matrices of 8/3·C instead of 2 of 4·C.
+        cfg.mlp = jarip_model::MlpKind::SwiGlu;
+        cfg.mlp_hidden = 8 * cfg.n_embd / 3;
+    }
+    cfg.max_seq_len = cfg.max_seq_len.max(seq_len);
+    let mut model = Gpt::new(&cfg, 0, &Device::Cpu)?;
+    model.set_kernels(kernels);
+    let opts = OptimizerOptions::default();
+    let mut optim = Optimizer::new(model.params(), &opts, kernels == Kernels::Fused)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let tokens = batch * seq_len;
+    let mut times = Vec::new();
+    let mut last_loss = 0.0;
+    for i in 0..warmup + steps {
+        let ids: Vec<u32> = (0..batch * (seq_len + 1)).map(|_| rng.gen_range(0..vocab as u32)).collect();
+        let all = Tensor::from_vec(ids, (batch, seq_len + 1), &Device::Cpu)?;
+        let micro = [(all.narrow(1, 0, seq_len)?.contiguous()?, all.narrow(1, 1, seq_len)?.contiguous()?)];
+        if args.iter().any(|a| a == "--breakdown") {
+            // Forward, backward and update timed separately (one extra step's worth of work).
+            let t = Instant::now();
+            let loss = model.loss(&micro[0].0, &micro[0].1)?;
+            let _ = loss.to_scalar::<f32>()?;
+            let fwd = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let grads = optim.collect_grads(&loss.backward()?)?;
+            let bwd = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            optim.step(&grads, 1, 0.0)?;
+            let upd = t.elapsed().as_secs_f64();
+            eprintln!("  forward {:.0} ms, backward {:.0} ms, update {:.0} ms", fwd * 1e3, bwd * 1e3, upd * 1e3);
+        }
+        let t0 = Instant::now();
+        let out = train_step(&model, &mut optim, &micro, 1.0)?;
+        let dt = t0.elapsed().as_secs_f64();
+        last_loss = out.loss;
+        if i >= warmup {
+            times.push(dt);
+        }
+        eprintln!("step {i}: {:.0} ms, loss {:.4}", dt * 1e3, out.loss);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let median = times[times.len() / 2];
+    // FLOPs per token: 6 per non-embedding parameter plus causal attention (same formula as train_ref.py).
+    let flops = cfg.train_flops_per_token(seq_len) * tokens as f64;
+    let line = serde_json::json!({
+        "impl": format!("jarip ({}, {:?})", if kernels == Kernels::Fused { "fused" } else { "composed" }, cfg.mlp),
+        "params": model.num_params(),
+        "ms_per_step": median * 1e3,
+        "tokens_per_s": tokens as f64 / median,
+        "gflops_per_step": flops / 1e9,
+        "mfu": flops / median / (peak_gflops * 1e9),
+        "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
+        "final_loss": last_loss,
+    });
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Checkpoints: `RUN/ckpt-STEP/` holding `model.safetensors`, `config.json`,
+//! `optimizer.safetensors`, `trainer.json` and a `manifest.json` (kind "checkpoint") with the
+//! SHA-256 of each file. Built under a temporary name and renamed when complete
+//! ([`AtomicDir`]), so a crash or full disk never leaves a half checkpoint; the last K are kept.
+
+use crate::optim::Optimizer;
+use anyhow::{bail, Context, Result};
+use jarip_data::SamplerState;
+use jarip_ledger::{AtomicDir, Manifest};
+use jarip_model::{Gpt, ModelConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const TRAINER_FILE: &str = "trainer.json";
+pub const CHECKPOINT_KIND: &str = "checkpoint";
+
+/// Everything besides weights and moments needed to continue exactly where a run stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub tokens_seen: u64,
+    /// Where the training data sampler stands.
+    pub sampler: SamplerState,
+    /// The run's seed: weights at step 0, data order, and the sampling RNG (which is re-seeded
+    /// from (seed, step) at every sample, so it carries no state of its own).
+    pub seed: u64,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    /// Tokens per optimizer step (gradient accumulation reaches it).
+    pub batch_tokens: usize,
+    pub elapsed_s: f64,
+    pub weights_sha256: String,
+    pub tokenizer_sha256: String,
+}
+
+pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
+    run.join(format!("ckpt-{step:06}"))
+}
+
+/// Completed checkpoints of a run, oldest first.
+pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !run.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(run).with_context(|| format!("cannot list {}", run.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
+            if e.file_type()?.is_dir() {
+                out.push((step, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn latest_checkpoint(run: &Path) -> Result<Option<(u64, PathBuf)>> {
+    Ok(list_checkpoints(run)?.pop())
+}
+
+/// Writes checkpoint `state.step` atomically, then removes all but the newest `keep`.
+pub fn save_checkpoint(
+    run: &Path,
+    model: &Gpt,
+    optim: &Optimizer,
+    state: &TrainerState,
+    settings: serde_json::Value,
+    keep: usize,
+) -> Result<PathBuf> {
+    let target = checkpoint_dir(run, state.step);
+    let dir = AtomicDir::create(&target)?;
+    model.save(dir.path())?;
+    optim.save(&dir.path().join(OPTIMIZER_FILE))?;
+    std::fs::write(dir.path().join(TRAINER_FILE), serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("cannot write {}", TRAINER_FILE))?;
+    Manifest::for_dir(CHECKPOINT_KIND, dir.path(), vec![], settings)?.write(dir.path())?;
+    dir.commit().with_context(|| format!("cannot complete checkpoint {}", target.display()))?;
+    let all = list_checkpoints(run)?;
+    if keep > 0 && all.len() > keep {
+        for (_, old) in &all[..all.len() - keep] {
+            std::fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
+        }
+    }
+    Ok(target)
+}
+
+/// A checkpoint read back, its files checked against its manifest.
+pub struct Loaded {
+    pub config: ModelConfig,
+    pub model: Gpt,
+    pub state: TrainerState,
+    pub dir: PathBuf,
+}
+
+pub fn load_checkpoint(dir: &Path, device: &candle_core::Device) -> Result<Loaded> {
+    let manifest = Manifest::read(dir)?;
+    if manifest.kind != CHECKPOINT_KIND {
+        bail!("{} is a {:?}, not a checkpoint", dir.display(), manifest.kind);
+    }
+    manifest.verify(dir)?;
+    let model = Gpt::load(dir, device)?;
+    let text = std::fs::read_to_string(dir.join(TRAINER_FILE))
+        .with_context(|| format!("cannot read {}", dir.join(TRAINER_FILE).display()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not trainer state", dir.join(TRAINER_FILE).display()))?;
+    Ok(Loaded { config: model.config().clone(), model, state, dir: dir.to_path_buf() })
+}

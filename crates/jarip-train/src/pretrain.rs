@@ -1,0 +1,365 @@
+//! The pretraining run: resolve inputs, build or restore model and optimizer, loop over steps
+//! (schedule, accumulation, clipping, metrics, evaluation, samples, checkpoints, ledger).
+
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use crate::eval::{evaluate, token_byte_lengths, EvalResult};
+use crate::metrics::MetricsLog;
+use crate::optim::Optimizer;
+use crate::options::{PretrainOptions, PretrainSummary};
+use crate::sample::generate;
+use crate::step::train_step;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
+use jarip_ledger::{Entry, FileRef, Ledger, Manifest};
+use jarip_model::{Gpt, ModelConfig};
+use rand::SeedableRng;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const LEDGER_FILE: &str = "ledger.jsonl";
+
+fn device_for(name: &str) -> Result<(Device, DType)> {
+    match name {
+        "cpu" => Ok((Device::Cpu, DType::F32)),
+        "cuda" => {
+            let d = Device::new_cuda(0).context("cannot open CUDA device 0 (was jarip built with --features cuda?)")?;
+            Ok((d, DType::BF16))
+        }
+        other => bail!("unknown device {other:?} (use cpu or cuda)"),
+    }
+}
+
+fn tokenizer_path(opts: &PretrainOptions) -> Result<PathBuf> {
+    if let Some(t) = &opts.tokenizer {
+        return Ok(t.clone());
+    }
+    let beside = opts.data.parent().map(|p| p.join("tokenizer")).unwrap_or_else(|| PathBuf::from("tokenizer"));
+    if beside.join("tokenizer.json").exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "no tokenizer given and none found at {}: pass --tokenizer DIR (the tokenizer the shards were made with)",
+        beside.display()
+    )
+}
+
+/// The config asked for on the command line, if any.
+fn requested_config(opts: &PretrainOptions, vocab: usize) -> Result<Option<ModelConfig>> {
+    let cfg = match (&opts.config, opts.depth) {
+        (Some(_), Some(_)) => bail!("give either --depth or --config, not both"),
+        (Some(path), None) => ModelConfig::from_file(path)?,
+        (None, Some(d)) => {
+            let mut c = ModelConfig::from_depth(d, vocab);
+            c.max_seq_len = c.max_seq_len.max(opts.seq_len);
+            c
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(cfg))
+}
+
+fn to_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let x = Tensor::from_vec(b.inputs.clone(), (b.batch_size, b.seq_len), device)?;
+    let y = Tensor::from_vec(b.targets.clone(), (b.batch_size, b.seq_len), device)?;
+    Ok((x, y))
+}
+
+fn progress_bar(total: Option<u64>, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Runs (or resumes) pretraining as `opts` describe.
+pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
+    let t_start = Instant::now();
+    if opts.seq_len == 0 || opts.batch_size == 0 {
+        bail!("--seq-len and --batch-size must be positive");
+    }
+    let micro_tokens = opts.seq_len * opts.batch_size;
+    let batch_tokens = opts.batch_tokens.unwrap_or(micro_tokens);
+    if batch_tokens == 0 || !batch_tokens.is_multiple_of(micro_tokens) {
+        bail!("batch size in tokens ({batch_tokens}) must be a positive multiple of seq_len × batch_size ({micro_tokens})");
+    }
+    let accum = batch_tokens / micro_tokens;
+    let total_steps = match (opts.max_steps, opts.tokens, opts.minutes) {
+        (Some(s), _, _) => Some(s),
+        (None, Some(t), _) => Some(t.div_ceil(batch_tokens as u64)),
+        (None, None, Some(_)) => None,
+        (None, None, None) => bail!("give a limit: --max-steps, --tokens or --minutes"),
+    };
+    let (device, compute_dtype) = device_for(&opts.device)?;
+
+    let tok_path = tokenizer_path(opts)?;
+    let tokenizer = jarip_tokenizer::Tokenizer::load(&tok_path)
+        .with_context(|| format!("cannot load tokenizer {}", tok_path.display()))?;
+    let shards = ShardSet::open(&opts.data, Some(tokenizer.sha256()))?;
+    let vocab = tokenizer.vocab_size();
+    let token_bytes = token_byte_lengths(&tokenizer);
+    // The shard writer records the Merkle root of its shard files in its manifest; fall back
+    // to the manifest's own content hash for shard sets that lack it.
+    let shards_root = if opts.data.join(jarip_ledger::manifest::MANIFEST_FILE).exists() {
+        let m = Manifest::read(&opts.data)?;
+        Some(m.settings.get("merkle_root").and_then(|r| r.as_str()).map_or_else(|| m.content_hash(), str::to_string))
+    } else {
+        None
+    };
+
+    // Model, optimizer and position: fresh, or from the newest checkpoint.
+    let requested = requested_config(opts, vocab)?;
+    let latest = latest_checkpoint(&opts.out)?;
+    let ledger = Ledger::at(&opts.out.join(LEDGER_FILE));
+    let metrics = MetricsLog::at(&opts.out);
+    let (mut model, state) = if opts.resume {
+        let (_, dir) =
+            latest.with_context(|| format!("--resume: {} has no checkpoint to resume from", opts.out.display()))?;
+        let loaded = load_checkpoint(&dir, &device)?;
+        if let Some(req) = &requested {
+            if req != &loaded.config {
+                bail!(
+                    "--resume: the requested model config differs from the run's ({}):\nrequested {}\nrun       {}",
+                    dir.display(),
+                    serde_json::to_string(req)?,
+                    serde_json::to_string(&loaded.config)?
+                );
+            }
+        }
+        let s = &loaded.state;
+        if (s.seq_len, s.batch_size, s.batch_tokens, s.seed) != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed)
+        {
+            bail!(
+                "--resume: the run used seq_len {} batch_size {} batch_tokens {} seed {}; this invocation asks for {} {} {} {}",
+                s.seq_len, s.batch_size, s.batch_tokens, s.seed, opts.seq_len, opts.batch_size, batch_tokens, opts.seed
+            );
+        }
+        if s.tokenizer_sha256 != tokenizer.sha256() {
+            bail!("--resume: the run was trained with tokenizer {}, not {}", s.tokenizer_sha256, tokenizer.sha256());
+        }
+        (loaded.model, Some((loaded.state, dir)))
+    } else {
+        if latest.is_some() {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue it, or choose a new --out",
+                opts.out.display()
+            );
+        }
+        let cfg = requested.unwrap_or_else(|| {
+            let mut c = ModelConfig::from_depth(6, vocab);
+            c.max_seq_len = c.max_seq_len.max(opts.seq_len);
+            c
+        });
+        (Gpt::new(&cfg, opts.seed, &device)?, None)
+    };
+    let cfg = model.config().clone();
+    if cfg.vocab_size != vocab {
+        bail!("model vocab_size {} differs from the tokenizer's {vocab}", cfg.vocab_size);
+    }
+    if (shards.vocab_size() as usize) > cfg.vocab_size {
+        bail!("shards use a vocabulary of {}, larger than the model's {}", shards.vocab_size(), cfg.vocab_size);
+    }
+    cfg.check_seq_len(opts.seq_len)?;
+    model.set_kernels(opts.kernels);
+    model.set_compute_dtype(compute_dtype);
+    let mut optim = Optimizer::new(model.params(), &opts.optimizer, true)?;
+    let (mut step, mut tokens_seen, elapsed_before, mut sampler) = match &state {
+        Some((s, dir)) => {
+            optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
+            metrics.truncate_after(s.step)?;
+            (
+                s.step,
+                s.tokens_seen,
+                s.elapsed_s,
+                BatchSampler::resume(&shards, opts.seq_len, opts.batch_size, s.sampler)?,
+            )
+        }
+        None => {
+            // Lines left by an earlier attempt that died before its first checkpoint.
+            metrics.truncate_after(0)?;
+            (0, 0, 0.0, shards.sampler(opts.seq_len, opts.batch_size, opts.seed)?)
+        }
+    };
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+
+    let num_params = model.num_params();
+    let flops_per_token = cfg.train_flops_per_token(opts.seq_len);
+    let settings = json!({
+        "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
+        "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
+        "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
+    });
+    let inputs = {
+        let mut v = Vec::new();
+        let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
+        if let Ok(f) = FileRef::of_file(&tok_file) {
+            v.push(f);
+        }
+        let shard_manifest = opts.data.join(jarip_ledger::manifest::MANIFEST_FILE);
+        if let Ok(f) = FileRef::of_file(&shard_manifest) {
+            v.push(f);
+        }
+        v
+    };
+    let mut last_ckpt: Option<PathBuf> = state.as_ref().map(|(_, d)| d.clone());
+    let mut cursor_at_ckpt: SamplerState = sampler.state();
+    {
+        let mut e = Entry::new(if state.is_some() { "pretrain-resume" } else { "pretrain-start" });
+        e.inputs = inputs.clone();
+        e.config = settings.clone();
+        e.seed = Some(opts.seed);
+        e.details = json!({
+            "step": step,
+            "weights_sha256": model.weights_sha256()?,
+            "initial_weights": step == 0,
+            "num_params": num_params,
+            "tokenizer_sha256": tokenizer.sha256(),
+            "shards_merkle_root": shards_root,
+            "sampler": sampler.state(),
+            "resumed_from": last_ckpt.as_ref().map(|d| d.display().to_string()),
+        });
+        ledger.append(e)?;
+    }
+
+    let budget_s = opts.minutes.map(|m| m * 60.0);
+    let eprint = |pb: &indicatif::ProgressBar, s: String| {
+        if pb.is_hidden() {
+            eprintln!("{s}");
+        } else {
+            pb.println(s)
+        }
+    };
+    let pb = progress_bar(total_steps, opts.progress);
+    pb.set_position(step);
+    eprint(
+        &pb,
+        format!("model: {num_params} parameters ({} layers, width {}, {} heads)", cfg.n_layer, cfg.n_embd, cfg.n_head),
+    );
+
+    let run_start = Instant::now();
+    let (mut last_loss, mut last_eval): (Option<f64>, Option<EvalResult>) = (None, None);
+    let mut tps_ema = 0f64;
+    loop {
+        let elapsed = run_start.elapsed().as_secs_f64();
+        if total_steps.is_some_and(|t| step >= t) || budget_s.is_some_and(|b| elapsed >= b) {
+            break;
+        }
+        let progress = budget_s.map(|b| elapsed / b);
+        let lr_factor = opts.schedule.factor(step, total_steps.unwrap_or(u64::MAX), progress);
+        let t0 = Instant::now();
+        let micro: Vec<(Tensor, Tensor)> =
+            (0..accum).map(|_| to_tensors(&sampler.next_batch(), &device)).collect::<Result<_>>()?;
+        let out = match train_step(&model, &mut optim, &micro, lr_factor) {
+            Ok(o) => o,
+            Err(e) => {
+                pb.abandon();
+                let keep = match &last_ckpt {
+                    Some(d) => format!("the last good checkpoint is {}", d.display()),
+                    None => "no checkpoint was written yet".into(),
+                };
+                bail!("training stopped at step {}: {e:#} (not finite); {keep}", step + 1);
+            }
+        };
+        step += 1;
+        tokens_seen += batch_tokens as u64;
+        let dt = t0.elapsed().as_secs_f64();
+        let tps = batch_tokens as f64 / dt;
+        tps_ema = if tps_ema == 0.0 { tps } else { 0.9 * tps_ema + 0.1 * tps };
+        let mfu = flops_per_token * tps / opts.peak_flops;
+        last_loss = Some(out.loss);
+        let mut line = json!({
+            "step": step, "loss": out.loss, "lr": opts.optimizer.lr * lr_factor, "grad_norm": out.grad_norm,
+            "tokens": tokens_seen, "tokens_per_s": tps, "mfu": mfu, "step_ms": dt * 1e3,
+            "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
+        });
+        // A time-limited run ends after the step that used up its budget: that step is
+        // evaluated and checkpointed like the last step of a step-limited run.
+        let out_of_time = budget_s.is_some_and(|b| run_start.elapsed().as_secs_f64() >= b);
+        let last_step = total_steps == Some(step) || out_of_time;
+        if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
+            let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
+            line["val_loss"] = json!(ev.loss);
+            line["val_bpb"] = json!(ev.bpb);
+            eprint(&pb, format!("step {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
+            last_eval = Some(ev);
+        }
+        if opts.sample_every > 0 && step % opts.sample_every == 0 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let ids = generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, &mut rng)?;
+            let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
+            eprint(&pb, format!("step {step} sample: {text:?}"));
+            line["sample"] = json!(text);
+        }
+        metrics.append(&line)?;
+        pb.set_position(step);
+        pb.set_message(format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, tps_ema, mfu * 100.0));
+
+        if (opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0) || last_step {
+            let ts = TrainerState {
+                step,
+                tokens_seen,
+                sampler: sampler.state(),
+                seed: opts.seed,
+                seq_len: opts.seq_len,
+                batch_size: opts.batch_size,
+                batch_tokens,
+                elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
+                weights_sha256: model.weights_sha256()?,
+                tokenizer_sha256: tokenizer.sha256().to_string(),
+            };
+            let dir = save_checkpoint(&opts.out, &model, &optim, &ts, settings.clone(), opts.keep_checkpoints)?;
+            let mut e = Entry::new("checkpoint");
+            e.outputs = Manifest::read(&dir)?
+                .files
+                .iter()
+                .map(|(n, f)| FileRef {
+                    path: dir.join(n).display().to_string(),
+                    sha256: f.sha256.clone(),
+                    bytes: Some(f.bytes),
+                })
+                .collect();
+            e.seed = Some(opts.seed);
+            e.details = json!({
+                "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen,
+                "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
+                "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
+            });
+            ledger.append(e)?;
+            cursor_at_ckpt = ts.sampler;
+            last_ckpt = Some(dir);
+        }
+        if opts.step_delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(opts.step_delay_ms));
+        }
+    }
+    pb.finish_and_clear();
+    let trained_s = run_start.elapsed().as_secs_f64();
+    let trained_tokens = tokens_seen - state.as_ref().map_or(0, |(s, _)| s.tokens_seen);
+    Ok(PretrainSummary {
+        out: opts.out.clone(),
+        steps: step,
+        tokens_seen,
+        final_loss: last_loss,
+        val_loss: last_eval.map(|e| e.loss),
+        val_bpb: last_eval.map(|e| e.bpb),
+        last_checkpoint: last_ckpt,
+        weights_sha256: model.weights_sha256()?,
+        num_params,
+        tokens_per_s: trained_tokens as f64 / trained_s.max(1e-9),
+        elapsed_s: t_start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Path helper for callers: the newest checkpoint directory of a run, if any.
+pub fn newest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
+    Ok(latest_checkpoint(run)?.map(|(_, d)| d))
+}

@@ -1,0 +1,154 @@
+//! `jarip pretrain`: flags onto [`jarip_train::PretrainOptions`].
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use jarip_train::{PretrainOptions, PretrainSummary};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScheduleArg {
+    Cosine,
+    Wsd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KernelsArg {
+    Fused,
+    Composed,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// Shard directory (from `jarip data shard`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory: checkpoints, metrics.jsonl, ledger.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tokenizer directory (default: `tokenizer/` beside the shard directory).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Model size dial: width 64·depth, depth heads of 64, MLP 4·width (default 6).
+    #[arg(long, conflicts_with = "config")]
+    pub depth: Option<usize>,
+    /// Model config file (TOML or JSON) setting every field.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Stop after this many training tokens.
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    /// Stop after this many minutes.
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tokens per optimizer step, reached by gradient accumulation.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep (0 = all).
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Evaluate validation loss and bits per byte every N steps.
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: u64,
+    /// Validation tokens per evaluation (0 = the whole split).
+    #[arg(long, default_value_t = 65536)]
+    pub eval_tokens: usize,
+    /// Print a sample generation every N steps (0 = never).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    /// Peak AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Muon for block matrices (AdamW for the rest).
+    #[arg(long)]
+    pub muon: bool,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    #[arg(long, default_value_t = 50)]
+    pub warmup_steps: u64,
+    /// Fused CPU kernels or plain candle ops.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub kernels: KernelsArg,
+    /// cpu or cuda (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl PretrainArgs {
+    pub fn options(&self) -> PretrainOptions {
+        let mut o = PretrainOptions {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            tokenizer: self.tokenizer.clone(),
+            depth: self.depth,
+            config: self.config.clone(),
+            max_steps: self.max_steps,
+            tokens: self.tokens,
+            minutes: self.minutes,
+            resume: self.resume,
+            seed: self.seed,
+            seq_len: self.seq_len,
+            batch_size: self.batch_size,
+            batch_tokens: self.batch_tokens,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            eval_every: self.eval_every,
+            eval_tokens: self.eval_tokens,
+            sample_every: self.sample_every,
+            device: self.device.clone(),
+            progress: !self.no_progress,
+            ..Default::default()
+        };
+        o.optimizer.lr = self.lr;
+        o.optimizer.weight_decay = self.weight_decay;
+        o.optimizer.grad_clip = self.grad_clip;
+        o.optimizer.muon = self.muon;
+        o.schedule.kind = match self.schedule {
+            ScheduleArg::Cosine => jarip_train::schedule::ScheduleKind::Cosine,
+            ScheduleArg::Wsd => jarip_train::schedule::ScheduleKind::Wsd,
+        };
+        o.schedule.warmup_steps = self.warmup_steps;
+        o.kernels = match self.kernels {
+            KernelsArg::Fused => jarip_model::Kernels::Fused,
+            KernelsArg::Composed => jarip_model::Kernels::Composed,
+        };
+        o
+    }
+}
+
+pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
+    let s = jarip_train::pretrain(&a.options())?;
+    println!(
+        "pretrained {} parameters for {} steps ({} tokens, {:.0} tokens/s): loss {}, val bpb {}; weights {}",
+        s.num_params,
+        s.steps,
+        s.tokens_seen,
+        s.tokens_per_s,
+        s.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.val_bpb.map_or("-".into(), |b| format!("{b:.4}")),
+        &s.weights_sha256[..16.min(s.weights_sha256.len())]
+    );
+    Ok(s)
+}
