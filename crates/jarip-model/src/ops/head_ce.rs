@@ -7,7 +7,7 @@
 //! largest tensors from candle's gradient bookkeeping.
 
 use super::cross_entropy::{row_backward, row_forward, softcap_cross_entropy_composed};
-use super::linear::linear_composed;
+use super::linear::{linear_composed, mm};
 use super::{with_f32, Kernels};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -31,51 +31,6 @@ pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, cap: f32, ke
 struct FusedHeadCe {
     cap: f32,
     lse: Mutex<Vec<f32>>,
-}
-
-fn parallelism() -> gemm::Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    }
-}
-
-/// `dst[m×n] (+)= lhs·rhs` with explicit strides (rows, columns), multithreaded.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "head: buffer sizes");
-    // SAFETY: dense operands whose sizes were just checked; strides stay inside them.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
-    }
 }
 
 fn targets_of(s: &CpuStorage, l: &Layout, n: usize, v: usize) -> Result<Vec<u32>> {

@@ -28,7 +28,7 @@ struct FusedLinear {
     out_shape: Shape,
 }
 
-fn parallelism() -> gemm::Parallelism {
+pub(crate) fn parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
@@ -37,7 +37,7 @@ fn parallelism() -> gemm::Parallelism {
 
 /// `dst[m×n] (+)= lhs[m×k]·rhs[k×n]`, row/column strides in elements, threads from rayon.
 #[allow(clippy::too_many_arguments)]
-fn mm(
+pub(crate) fn mm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
@@ -46,7 +46,7 @@ fn mm(
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "linear: buffer sizes");
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul: buffer sizes");
     // SAFETY: the strides address only elements inside the slices (checked sizes, dense operands).
     unsafe {
         gemm::gemm(
