@@ -69,28 +69,15 @@ fn prepare_tokenize_shard_chain_into_one_ledger() {
 
     let sample = d.path().join("sample.txt");
     std::fs::write(&sample, "대한민국은 민주공화국이다. All the world's a stage.").unwrap();
-    let enc: serde_json::Value = serde_json::from_str(&ok(&jarip(&[
-        "tokenizer",
-        "encode",
-        "--tokenizer",
-        &s(&run.join("tok")),
-        "--input",
-        &s(&sample),
-        "--json",
-    ])))
-    .unwrap();
+    let tokenizer_json = |command: &str| -> serde_json::Value {
+        let tok = s(&run.join("tok"));
+        let out = ok(&jarip(&["tokenizer", command, "--tokenizer", &tok, "--input", &s(&sample), "--json"]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let enc = tokenizer_json("encode");
     let ids = enc["ids"].as_array().unwrap();
     assert!(!ids.is_empty());
-    let stats: serde_json::Value = serde_json::from_str(&ok(&jarip(&[
-        "tokenizer",
-        "stats",
-        "--tokenizer",
-        &s(&run.join("tok")),
-        "--input",
-        &s(&sample),
-        "--json",
-    ])))
-    .unwrap();
+    let stats = tokenizer_json("stats");
     assert_eq!(stats["tokens"].as_u64().unwrap() as usize, ids.len());
     assert_eq!(stats["bytes"].as_u64().unwrap(), std::fs::metadata(&sample).unwrap().len());
     assert!(stats["bytes_per_token"].as_f64().unwrap() > 1.5, "{stats}");
