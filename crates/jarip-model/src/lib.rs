@@ -4,17 +4,21 @@
 //! - [`config`]: the model's shape ([`ModelConfig`]), the `depth` dial, validation, TOML/JSON files;
 //! - [`init`]: seeded, documented initialisation (same seed → same weights, bit for bit);
 //! - [`model`]: [`Gpt`] — forward (with an optional [`KvCache`] for decoding), loss, parameters;
+//! - [`decode`]: the same network for CPU inference on ragged batches with per-sequence KV
+//!   caches (continuous batching), batch-invariant;
 //! - [`weights`]: `model.safetensors` + `config.json` I/O and [`Gpt::weights_sha256`];
 //! - [`ops`]: each building block as composed candle ops and as a fused CPU kernel with an
 //!   explicit backward pass, tested against each other.
 
 pub mod config;
+pub mod decode;
 pub mod init;
 pub mod model;
 pub mod ops;
 pub mod weights;
 
 pub use config::{MlpKind, ModelConfig};
+pub use decode::{DecodeModel, SeqCache, SeqInput};
 pub use model::{param_shapes, Gpt, KvCache, ParamRole};
 pub use ops::Kernels;
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

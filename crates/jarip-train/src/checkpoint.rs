@@ -1,4 +1,4 @@
-//! Checkpoints: `RUN/ckpt-STEP/` holding `model.safetensors`, `config.json`,
+//! Checkpoints: `RUN/ckpt-STEP/` holding `model.safetensors`, `config.json`, `tokenizer.json`,
 //! `optimizer.safetensors`, `trainer.json` and a `manifest.json` (kind "checkpoint") with the
 //! SHA-256 of each file. Built under a temporary name and renamed when complete
 //! ([`AtomicDir`]), so a crash or full disk never leaves a half checkpoint; the last K are kept.
@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_FILE: &str = "trainer.json";
 pub const CHECKPOINT_KIND: &str = "checkpoint";
+/// A copy of the tokenizer travels in every checkpoint, so a checkpoint alone is a usable model.
+pub const TOKENIZER_FILE: &str = jarip_infer::model_dir::TOKENIZER_FILE;
 
 /// Everything besides weights and moments needed to continue exactly where a run stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,9 @@ pub struct TrainerState {
     pub elapsed_s: f64,
     pub weights_sha256: String,
     pub tokenizer_sha256: String,
+    /// The run's length in steps; for a time-limited run, the plan fixed after its first steps.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
 }
 
 pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
@@ -68,12 +73,15 @@ pub fn save_checkpoint(
     model: &Gpt,
     optim: &Optimizer,
     state: &TrainerState,
+    tokenizer_json: &Path,
     settings: serde_json::Value,
     keep: usize,
 ) -> Result<PathBuf> {
     let target = checkpoint_dir(run, state.step);
     let dir = AtomicDir::create(&target)?;
     model.save(dir.path())?;
+    std::fs::copy(tokenizer_json, dir.path().join(TOKENIZER_FILE))
+        .with_context(|| format!("cannot copy {} into the checkpoint", tokenizer_json.display()))?;
     optim.save(&dir.path().join(OPTIMIZER_FILE))?;
     std::fs::write(dir.path().join(TRAINER_FILE), serde_json::to_string_pretty(state)?)
         .with_context(|| format!("cannot write {}", TRAINER_FILE))?;
@@ -108,4 +116,20 @@ pub fn load_checkpoint(dir: &Path, device: &candle_core::Device) -> Result<Loade
     let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{} is not trainer state", dir.join(TRAINER_FILE).display()))?;
     Ok(Loaded { config: model.config().clone(), model, state, dir: dir.to_path_buf() })
+}
+
+/// A ledger entry for checkpoint `dir` of stage `stage`, listing each of its files with its hash.
+pub fn checkpoint_entry(stage: &str, dir: &Path, seed: u64) -> Result<jarip_ledger::Entry> {
+    let mut e = jarip_ledger::Entry::new(stage);
+    e.outputs = Manifest::read(dir)?
+        .files
+        .iter()
+        .map(|(n, f)| jarip_ledger::FileRef {
+            path: dir.join(n).display().to_string(),
+            sha256: f.sha256.clone(),
+            bytes: Some(f.bytes),
+        })
+        .collect();
+    e.seed = Some(seed);
+    Ok(e)
 }

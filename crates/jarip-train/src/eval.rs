@@ -33,9 +33,19 @@ pub fn evaluate(
     max_tokens: usize,
     token_bytes: &[u32],
 ) -> Result<EvalResult> {
+    evaluate_batches(model, set.val_batches(seq_len, batch_size), max_tokens, token_bytes)
+}
+
+/// Loss and bits per byte over `batches`, counting only masked-in targets that stand for text.
+pub fn evaluate_batches(
+    model: &Gpt,
+    batches: impl IntoIterator<Item = jarip_data::Batch>,
+    max_tokens: usize,
+    token_bytes: &[u32],
+) -> Result<EvalResult> {
     let device = model.device().clone();
     let (mut nats, mut tokens, mut bytes) = (0f64, 0u64, 0u64);
-    for batch in set.val_batches(seq_len, batch_size) {
+    for batch in batches {
         let (b, l) = (batch.batch_size, batch.seq_len);
         let x = Tensor::from_vec(batch.inputs.clone(), (b, l), &device)?;
         let y = Tensor::from_vec(batch.targets.clone(), (b, l), &device)?;

@@ -1,4 +1,4 @@
-//! jarip-train: pretraining a [`jarip_model::Gpt`] on token shards.
+//! jarip-train: pretraining a [`jarip_model::Gpt`] on token shards, and fine-tuning it on conversations.
 //!
 //! It owns the training loop and everything a run leaves behind:
 //! - [`optim`]: AdamW with decoupled weight decay (fused on CPU) and optional Muon, gradient clipping;
@@ -6,9 +6,10 @@
 //! - [`step`]: one optimizer step over accumulated micro-batches;
 //! - [`eval`]: validation loss and bits per byte; [`sample`]: generations during training;
 //! - [`checkpoint`]: atomic `ckpt-STEP/` directories with manifests, keep-last-K, exact resume;
-//! - [`metrics`]: `metrics.jsonl`; [`pretrain`](mod@pretrain): the run itself, with its ledger entries.
+//! - [`metrics`]: `metrics.jsonl`; [`pretrain`](mod@pretrain): the run itself, with its ledger entries;
+//! - [`sft`](mod@sft): supervised fine-tuning with assistant-only loss, from a base checkpoint.
 //!
-//! The CLI calls [`pretrain()`] with [`PretrainOptions`].
+//! The CLI calls [`pretrain()`] with [`PretrainOptions`] and [`sft()`] with [`SftOptions`].
 
 pub mod checkpoint;
 pub mod eval;
@@ -18,9 +19,11 @@ pub mod options;
 pub mod pretrain;
 pub mod sample;
 pub mod schedule;
+pub mod sft;
 pub mod step;
 
 pub use optim::OptimizerOptions;
 pub use options::{PretrainOptions, PretrainSummary};
 pub use pretrain::{newest_checkpoint, pretrain};
 pub use schedule::{Schedule, ScheduleKind};
+pub use sft::{sft, SftOptions, SftSummary};

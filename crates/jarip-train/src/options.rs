@@ -25,6 +25,8 @@ pub struct PretrainOptions {
     pub tokens: Option<u64>,
     /// ... or after this many minutes of training.
     pub minutes: Option<f64>,
+    /// Stop (and checkpoint) after this step without changing the schedule: replays a segment.
+    pub stop_at_step: Option<u64>,
     /// Continue the run in `out` from its newest checkpoint.
     pub resume: bool,
     pub seed: u64,
@@ -69,6 +71,7 @@ impl Default for PretrainOptions {
             max_steps: None,
             tokens: None,
             minutes: None,
+            stop_at_step: None,
             resume: false,
             seed: 42,
             seq_len: 256,

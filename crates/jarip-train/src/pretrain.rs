@@ -20,7 +20,7 @@ use std::time::Instant;
 
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 
-fn device_for(name: &str) -> Result<(Device, DType)> {
+pub(crate) fn device_for(name: &str) -> Result<(Device, DType)> {
     match name {
         "cpu" => Ok((Device::Cpu, DType::F32)),
         "cuda" => {
@@ -66,7 +66,7 @@ fn to_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
-fn progress_bar(total: Option<u64>, show: bool) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(total: Option<u64>, show: bool) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -93,7 +93,7 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         bail!("batch size in tokens ({batch_tokens}) must be a positive multiple of seq_len × batch_size ({micro_tokens})");
     }
     let accum = batch_tokens / micro_tokens;
-    let total_steps = match (opts.max_steps, opts.tokens, opts.minutes) {
+    let mut total_steps = match (opts.max_steps, opts.tokens, opts.minutes) {
         (Some(s), _, _) => Some(s),
         (None, Some(t), _) => Some(t.div_ceil(batch_tokens as u64)),
         (None, None, Some(_)) => None,
@@ -174,6 +174,10 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
     let mut optim = Optimizer::new(model.params(), &opts.optimizer, true)?;
     let (mut step, mut tokens_seen, elapsed_before, mut sampler) = match &state {
         Some((s, dir)) => {
+            if total_steps.is_none() {
+                // A time-limited run fixed its length once; resuming keeps that plan.
+                total_steps = s.total_steps;
+            }
             optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
             metrics.truncate_after(s.step)?;
             (
@@ -197,10 +201,11 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
         "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
         "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
+        "kernels": opts.kernels, "device": opts.device,
     });
+    let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
     let inputs = {
         let mut v = Vec::new();
-        let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
         if let Ok(f) = FileRef::of_file(&tok_file) {
             v.push(f);
         }
@@ -246,15 +251,19 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
     );
 
     let run_start = Instant::now();
+    // A time budget becomes a step count after a few measured steps, so that the schedule (and
+    // hence every weight) is a function of the step alone: resumable and replayable bit for bit.
+    // Steps before the plan are at most the first step past warmup, whose rate does not depend
+    // on the total.
+    let plan_after = opts.schedule.warmup_steps.clamp(1, 3);
+    let (first_step, mut timed_s) = (step, 0f64);
     let (mut last_loss, mut last_eval): (Option<f64>, Option<EvalResult>) = (None, None);
     let mut tps_ema = 0f64;
     loop {
-        let elapsed = run_start.elapsed().as_secs_f64();
-        if total_steps.is_some_and(|t| step >= t) || budget_s.is_some_and(|b| elapsed >= b) {
+        if total_steps.is_some_and(|t| step >= t) || opts.stop_at_step.is_some_and(|s| step >= s) {
             break;
         }
-        let progress = budget_s.map(|b| elapsed / b);
-        let lr_factor = opts.schedule.factor(step, total_steps.unwrap_or(u64::MAX), progress);
+        let lr_factor = opts.schedule.factor(step, total_steps.unwrap_or(u64::MAX));
         let t0 = Instant::now();
         let micro: Vec<(Tensor, Tensor)> =
             (0..accum).map(|_| to_tensors(&sampler.next_batch(), &device)).collect::<Result<_>>()?;
@@ -272,6 +281,19 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         step += 1;
         tokens_seen += batch_tokens as u64;
         let dt = t0.elapsed().as_secs_f64();
+        timed_s += dt;
+        if let (Some(b), None) = (budget_s, total_steps) {
+            if step - first_step >= plan_after {
+                let per_step = timed_s / (step - first_step) as f64;
+                let planned = ((b - run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64 + step;
+                total_steps = Some(planned.max(step));
+                eprint(
+                    &pb,
+                    format!("time budget {:.1} min → {} steps at {:.0} ms/step", b / 60.0, planned, per_step * 1e3),
+                );
+                pb.set_length(planned);
+            }
+        }
         let tps = batch_tokens as f64 / dt;
         tps_ema = if tps_ema == 0.0 { tps } else { 0.9 * tps_ema + 0.1 * tps };
         let mfu = flops_per_token * tps / opts.peak_flops;
@@ -281,10 +303,7 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             "tokens": tokens_seen, "tokens_per_s": tps, "mfu": mfu, "step_ms": dt * 1e3,
             "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
         });
-        // A time-limited run ends after the step that used up its budget: that step is
-        // evaluated and checkpointed like the last step of a step-limited run.
-        let out_of_time = budget_s.is_some_and(|b| run_start.elapsed().as_secs_f64() >= b);
-        let last_step = total_steps == Some(step) || out_of_time;
+        let last_step = total_steps == Some(step) || opts.stop_at_step == Some(step);
         if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
             let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
             line["val_loss"] = json!(ev.loss);
@@ -315,21 +334,13 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
                 elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
                 weights_sha256: model.weights_sha256()?,
                 tokenizer_sha256: tokenizer.sha256().to_string(),
+                total_steps,
             };
-            let dir = save_checkpoint(&opts.out, &model, &optim, &ts, settings.clone(), opts.keep_checkpoints)?;
-            let mut e = Entry::new("checkpoint");
-            e.outputs = Manifest::read(&dir)?
-                .files
-                .iter()
-                .map(|(n, f)| FileRef {
-                    path: dir.join(n).display().to_string(),
-                    sha256: f.sha256.clone(),
-                    bytes: Some(f.bytes),
-                })
-                .collect();
-            e.seed = Some(opts.seed);
+            let dir =
+                save_checkpoint(&opts.out, &model, &optim, &ts, &tok_file, settings.clone(), opts.keep_checkpoints)?;
+            let mut e = crate::checkpoint::checkpoint_entry("checkpoint", &dir, opts.seed)?;
             e.details = json!({
-                "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen,
+                "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen, "total_steps": total_steps,
                 "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
                 "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
             });

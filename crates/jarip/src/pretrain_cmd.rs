@@ -130,11 +130,17 @@ impl PretrainArgs {
             ScheduleArg::Wsd => jarip_train::schedule::ScheduleKind::Wsd,
         };
         o.schedule.warmup_steps = self.warmup_steps;
-        o.kernels = match self.kernels {
+        o.kernels = self.kernels.into();
+        o
+    }
+}
+
+impl From<KernelsArg> for jarip_model::Kernels {
+    fn from(k: KernelsArg) -> Self {
+        match k {
             KernelsArg::Fused => jarip_model::Kernels::Fused,
             KernelsArg::Composed => jarip_model::Kernels::Composed,
-        };
-        o
+        }
     }
 }
 

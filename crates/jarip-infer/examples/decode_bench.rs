@@ -1,0 +1,91 @@
+//! Decode throughput at batch 1 and batch 8, next to this machine's memory-bandwidth bound
+//! measured in the same run. Run with `bench/decode/run.sh` (see bench/decode/README.md).
+//!
+//! The bound: a decode step streams every weight once, so tokens/s at batch 1 cannot exceed
+//! (bytes/s a large parallel copy moves) / (bytes of weights).
+
+use anyhow::Result;
+use jarip_infer::{Batcher, Request, SamplingParams};
+use jarip_model::{DecodeModel, Gpt, ModelConfig};
+use jarip_tokenizer::Tokenizer;
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bytes per second moved (read + written) by a parallel copy of `mib` MiB, best of 5.
+fn copy_bandwidth(mib: usize) -> f64 {
+    let n = mib << 18; // f32s
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    (2 * n * 4) as f64 / best
+}
+
+/// Aggregate decode tokens/s of `batch` sequences, prefill excluded.
+fn decode_tps(model: &Arc<DecodeModel>, tok: &Arc<Tokenizer>, batch: usize, steps: usize) -> Result<f64> {
+    let mut b = Batcher::new(model.clone(), tok.clone(), batch);
+    for i in 0..batch {
+        let prompt: Vec<u32> = (0..16).map(|j| ((i * 31 + j * 7) % 200) as u32 + 1).collect();
+        let sampling = SamplingParams { temperature: 1.0, seed: Some(i as u64), ..Default::default() };
+        b.admit(i as u64, Request::new(prompt, steps + 1, sampling))?;
+    }
+    b.step()?; // prefill + first token
+    let t = Instant::now();
+    let mut tokens = 0;
+    for _ in 0..steps {
+        tokens += b.step()?.len();
+    }
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+}
+
+fn report(name: &str, model: Arc<DecodeModel>, tok: Arc<Tokenizer>, bw: f64, steps: usize) -> Result<()> {
+    let wb = model.weight_bytes() as f64;
+    let bound = bw / wb;
+    let t1 = decode_tps(&model, &tok, 1, steps)?;
+    let t8 = decode_tps(&model, &tok, 8, steps)?;
+    println!(
+        "{name:<32} weights {:>7.1} MB  bound {:>6.1} tok/s | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
+        wb / 1e6,
+        bound,
+        t1,
+        100.0 * t1 / bound,
+        t8,
+        t8 / t1
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let steps: usize = flag("--steps").and_then(|s| s.parse().ok()).unwrap_or(32);
+    println!("threads: {}", rayon::current_num_threads());
+    let bw = copy_bandwidth(1024);
+    println!("memory bandwidth (1 GiB parallel copy, read + write): {:.2} GB/s", bw / 1e9);
+    if let Some(dir) = flag("--model") {
+        let loaded = jarip_infer::load_model(std::path::Path::new(&dir), &candle_core::Device::Cpu)?;
+        let n = loaded.model.num_params();
+        let model = Arc::new(DecodeModel::new(&loaded.model)?);
+        report(&format!("{dir} ({:.1}M)", n as f64 / 1e6), model, Arc::new(loaded.tokenizer), bw, steps)?;
+    }
+    // ~100M parameters: depth 10 (640 wide, 10 layers), vocabulary 40960.
+    let cfg = ModelConfig::from_depth(10, 40960);
+    let (model, n) = {
+        let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
+        (Arc::new(DecodeModel::new(&gpt)?), gpt.num_params())
+    };
+    // Text is not the point here: a small tokenizer renders ids beyond its vocabulary as U+FFFD.
+    let docs = ["jarip decode benchmark 자립 디코드 벤치마크".to_string()];
+    let tok = jarip_tokenizer::train(
+        docs.into_iter(),
+        &jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() },
+    )?;
+    report(&format!("random init ({:.1}M)", n as f64 / 1e6), model, Arc::new(tok), bw, steps)?;
+    Ok(())
+}

@@ -1,0 +1,532 @@
+//! The inference engine: requests in, streamed text out.
+//!
+//! A [`Batcher`] holds the sequences being generated. Each [`Batcher::step`] is one forward
+//! pass over the weights in which newly admitted sequences feed (a chunk of) their prompt and
+//! every other sequence feeds its last sampled token; sequences can be admitted and cancelled
+//! between steps. That is continuous batching: the server runs one batcher, `jarip generate`
+//! and `jarip chat` run one with a single sequence.
+//!
+//! Each sequence turns tokens into text through a UTF-8 buffer (a character split across
+//! tokens is held until complete) and a [`StopMatcher`] (stop strings are never returned).
+
+use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
+use crate::stop::{StopMatcher, StopOutcome};
+use anyhow::{bail, Result};
+use jarip_model::{DecodeModel, Gpt, SeqCache, SeqInput};
+use jarip_tokenizer::Tokenizer;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    /// At most this many new tokens (generation also ends at the context's end).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Text that ends generation; it is not returned.
+    pub stop: Vec<String>,
+    /// Tokens that end generation (e.g. `<|end|>`); they are not returned.
+    pub stop_tokens: Vec<u32>,
+    /// Report the log-probability of each chosen token (and `sampling.top_logprobs` alternatives).
+    pub logprobs: bool,
+    /// A prompt longer than the context is an error unless this is set: then only its last
+    /// tokens are kept, leaving room for `max_tokens` (or at least one).
+    pub truncate_prompt: bool,
+}
+
+impl Request {
+    pub fn new(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling,
+            stop: vec![],
+            stop_tokens: vec![],
+            logprobs: false,
+            truncate_prompt: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What one step produced for one sequence.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// New text (possibly empty while a character or a possible stop string is incomplete).
+    pub text: String,
+    /// The token sampled this step, unless it was a stop token.
+    pub token: Option<u32>,
+    pub logprob: Option<TokenLogprob>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: u64,
+    pub delta: Delta,
+    /// Set on the sequence's last event.
+    pub finished: Option<FinishReason>,
+}
+
+/// A whole generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Tokens sampled, including a final stop token.
+    pub completion_tokens: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Bytes of generated tokens → text, never splitting a UTF-8 character.
+#[derive(Default)]
+struct Utf8Buffer {
+    pending: Vec<u8>,
+}
+
+impl Utf8Buffer {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let good = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..good]).expect("checked prefix"));
+                    match e.error_len() {
+                        // An invalid sequence can never complete: replace it and go on.
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..good + bad);
+                        }
+                        // An incomplete character at the end: wait for its next bytes.
+                        None => {
+                            self.pending.drain(..good);
+                            return out;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+struct Active {
+    id: u64,
+    req: Request,
+    cache: SeqCache,
+    /// Tokens not yet fed to the model (the prompt, then each sampled token).
+    pending: Vec<u32>,
+    sampler: Sampler,
+    text: Utf8Buffer,
+    stop: StopMatcher,
+    generated: usize,
+}
+
+/// Sequences being generated together (continuous batching).
+pub struct Batcher {
+    model: Arc<DecodeModel>,
+    tokenizer: Arc<Tokenizer>,
+    active: Vec<Active>,
+    max_batch: usize,
+    /// Most prompt tokens one sequence feeds per step, so a long prompt does not stall the
+    /// decoding of the others (chunked prefill).
+    prefill_chunk: usize,
+}
+
+impl Batcher {
+    pub fn new(model: Arc<DecodeModel>, tokenizer: Arc<Tokenizer>, max_batch: usize) -> Self {
+        Self { model, tokenizer, active: Vec::new(), max_batch: max_batch.max(1), prefill_chunk: 256 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.active.len() < self.max_batch
+    }
+
+    pub fn context(&self) -> usize {
+        self.model.config().max_seq_len
+    }
+
+    /// Checks a request without admitting it; returns the prompt as it will be fed.
+    pub fn check(&self, req: &Request) -> Result<Vec<u32>> {
+        check_request(req, self.context(), self.model.config().vocab_size)
+    }
+
+    /// Adds a sequence; it starts in the next step.
+    pub fn admit(&mut self, id: u64, req: Request) -> Result<()> {
+        if !self.has_room() {
+            bail!("the batch is full ({} sequences)", self.max_batch);
+        }
+        let prompt = self.check(&req)?;
+        let sampler = Sampler::new(req.sampling.clone(), &prompt);
+        let stop = StopMatcher::new(&req.stop);
+        self.active.push(Active {
+            id,
+            req,
+            cache: SeqCache::new(),
+            pending: prompt,
+            sampler,
+            text: Utf8Buffer::default(),
+            stop,
+            generated: 0,
+        });
+        Ok(())
+    }
+
+    /// Removes a sequence (e.g. its client went away). Returns whether it was active.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        let before = self.active.len();
+        self.active.retain(|a| a.id != id);
+        before != self.active.len()
+    }
+
+    /// One forward pass for every active sequence; returns one event per sequence that sampled
+    /// a token (sequences still prefilling a long prompt produce none). Finished sequences leave.
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        if self.active.is_empty() {
+            return Ok(vec![]);
+        }
+        let chunk = self.prefill_chunk;
+        let feeds: Vec<Vec<u32>> = self
+            .active
+            .iter_mut()
+            .map(|a| {
+                let n = a.pending.len().min(chunk);
+                a.pending.drain(..n).collect()
+            })
+            .collect();
+        let logits = {
+            let mut inputs: Vec<SeqInput<'_>> =
+                self.active.iter_mut().zip(&feeds).map(|(a, f)| SeqInput { tokens: f, cache: &mut a.cache }).collect();
+            self.model.forward(&mut inputs, false)?
+        };
+        let ctx = self.context();
+        let mut events = Vec::new();
+        for (a, row) in self.active.iter_mut().zip(&logits) {
+            if !a.pending.is_empty() {
+                continue; // still prefilling
+            }
+            let lp = a.sampler.sample(row);
+            a.generated += 1;
+            let token = lp.token;
+            let mut delta = Delta { logprob: a.req.logprobs.then(|| lp.clone()), ..Default::default() };
+            let mut finished = None;
+            if a.req.stop_tokens.contains(&token) {
+                finished = Some(FinishReason::Stop);
+            } else {
+                delta.token = Some(token);
+                let piece = a.text.push(self.tokenizer.id_bytes(token).unwrap_or(b"\xEF\xBF\xBD"));
+                match a.stop.push(&piece) {
+                    StopOutcome::Continue(s) => delta.text = s,
+                    StopOutcome::Stopped(s) => {
+                        delta.text = s;
+                        finished = Some(FinishReason::Stop);
+                    }
+                }
+                if finished.is_none() && (a.generated >= a.req.max_tokens || a.cache.len() + 1 >= ctx) {
+                    finished = Some(FinishReason::Length);
+                }
+                if finished.is_none() {
+                    a.pending.push(token);
+                }
+            }
+            if finished == Some(FinishReason::Length) {
+                // The held-back tail is text too when no stop string completed.
+                let rest = a.text.flush();
+                let (StopOutcome::Continue(s) | StopOutcome::Stopped(s)) = a.stop.push(&rest);
+                delta.text.push_str(&s);
+                delta.text.push_str(&a.stop.finish());
+            }
+            events.push(Event { id: a.id, delta, finished });
+        }
+        let done: Vec<u64> = events.iter().filter(|e| e.finished.is_some()).map(|e| e.id).collect();
+        self.active.retain(|a| !done.contains(&a.id));
+        Ok(events)
+    }
+}
+
+fn check_request(req: &Request, ctx: usize, vocab: usize) -> Result<Vec<u32>> {
+    if req.prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if req.max_tokens == 0 {
+        bail!("max_tokens must be at least 1");
+    }
+    if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+        bail!("prompt token {t} is outside the vocabulary of {vocab}");
+    }
+    req.sampling.validate().map_err(anyhow::Error::msg)?;
+    if req.prompt.len() < ctx {
+        return Ok(req.prompt.clone());
+    }
+    if !req.truncate_prompt {
+        bail!(
+            "the prompt has {} tokens but the model's context is {ctx} tokens (leave room for at least one new token, or ask for truncation)",
+            req.prompt.len()
+        );
+    }
+    let keep = ctx.saturating_sub(req.max_tokens.min(ctx / 2)).max(1);
+    Ok(req.prompt[req.prompt.len() - keep..].to_vec())
+}
+
+/// A model ready to generate: weights laid out for decoding, and the tokenizer.
+#[derive(Clone)]
+pub struct Engine {
+    model: Arc<DecodeModel>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Engine {
+    pub fn new(model: &Gpt, tokenizer: Tokenizer) -> Result<Self> {
+        if tokenizer.vocab_size() != model.config().vocab_size {
+            bail!(
+                "the tokenizer has {} tokens but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            );
+        }
+        Ok(Self { model: Arc::new(DecodeModel::new(model)?), tokenizer: Arc::new(tokenizer) })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn model(&self) -> &DecodeModel {
+        &self.model
+    }
+
+    pub fn batcher(&self, max_batch: usize) -> Batcher {
+        Batcher::new(self.model.clone(), self.tokenizer.clone(), max_batch)
+    }
+
+    /// Tokens that end an assistant's turn: `<|end|>`, `<|eos|>`, and the start of another turn.
+    pub fn chat_stop_tokens(&self) -> Vec<u32> {
+        ["<|end|>", "<|eos|>", "<|user|>", "<|system|>", "<|assistant|>", "<|bos|>"]
+            .iter()
+            .filter_map(|s| self.tokenizer.special_id(s))
+            .collect()
+    }
+
+    /// One request, its text handed to `on_text` as it is produced.
+    pub fn generate(&self, req: Request, mut on_text: impl FnMut(&str)) -> Result<Completion> {
+        let mut out = self.generate_batch(vec![req], |_, s| on_text(s))?;
+        Ok(out.remove(0))
+    }
+
+    /// Several requests decoded together; `on_text(index, text)` streams each one's text.
+    pub fn generate_batch(&self, reqs: Vec<Request>, mut on_text: impl FnMut(usize, &str)) -> Result<Vec<Completion>> {
+        let mut b = self.batcher(reqs.len());
+        let mut out: Vec<Completion> = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.into_iter().enumerate() {
+            let prompt_tokens = b.check(&r)?.len();
+            out.push(Completion {
+                text: String::new(),
+                tokens: vec![],
+                finish_reason: FinishReason::Length,
+                prompt_tokens,
+                completion_tokens: 0,
+                logprobs: vec![],
+            });
+            b.admit(i as u64, r)?;
+        }
+        while !b.is_empty() {
+            for e in b.step()? {
+                let c = &mut out[e.id as usize];
+                c.completion_tokens += 1;
+                c.text.push_str(&e.delta.text);
+                c.tokens.extend(e.delta.token);
+                c.logprobs.extend(e.delta.logprob);
+                if !e.delta.text.is_empty() {
+                    on_text(e.id as usize, &e.delta.text);
+                }
+                if let Some(f) = e.finished {
+                    c.finish_reason = f;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use jarip_model::ModelConfig;
+
+    fn engine() -> Engine {
+        let docs =
+            ["안녕하세요 반갑습니다. 오늘은 날씨가 좋네요.", "Hello there, general Kenobi. The weather is fine."];
+        let cfg = jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() };
+        let tok = jarip_tokenizer::train(docs.iter().map(|d| d.to_string()), &cfg).unwrap();
+        let mut mc = ModelConfig::tiny(tok.vocab_size());
+        mc.max_seq_len = 48;
+        let model = Gpt::new(&mc, 3, &Device::Cpu).unwrap();
+        Engine::new(&model, tok).unwrap()
+    }
+
+    fn sampled(seed: u64) -> SamplingParams {
+        SamplingParams { temperature: 1.0, seed: Some(seed), ..Default::default() }
+    }
+
+    #[test]
+    fn same_seed_same_text_and_batching_does_not_change_it() {
+        let e = engine();
+        let prompt = e.tokenizer().encode("안녕");
+        let one = e.generate(Request::new(prompt.clone(), 20, sampled(5)), |_| {}).unwrap();
+        let again = e.generate(Request::new(prompt.clone(), 20, sampled(5)), |_| {}).unwrap();
+        assert_eq!(one.tokens, again.tokens);
+        assert_eq!(one.text, again.text);
+        let other = e.tokenizer().encode("Hello there");
+        let batch = e
+            .generate_batch(vec![Request::new(other, 15, sampled(9)), Request::new(prompt, 20, sampled(5))], |_, _| {})
+            .unwrap();
+        assert_eq!(batch[1].tokens, one.tokens, "a neighbour in the batch changed the sequence");
+        let different = e.generate(Request::new(e.tokenizer().encode("안녕"), 20, sampled(6)), |_| {}).unwrap();
+        assert_ne!(different.tokens, one.tokens);
+    }
+
+    #[test]
+    fn streamed_text_equals_decoded_tokens_and_never_splits_characters() {
+        let e = engine();
+        let mut pieces = Vec::new();
+        let c = e
+            .generate(Request::new(e.tokenizer().encode("오늘은"), 30, sampled(1)), |s| pieces.push(s.to_string()))
+            .unwrap();
+        assert_eq!(pieces.concat(), c.text);
+        assert_eq!(c.text, String::from_utf8_lossy(&e.tokenizer().decode_bytes(&c.tokens)));
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert_eq!(c.completion_tokens, 30);
+    }
+
+    #[test]
+    fn utf8_buffer_holds_incomplete_characters() {
+        let mut b = Utf8Buffer::default();
+        let bytes = "한".as_bytes();
+        assert_eq!(b.push(&bytes[..1]), "");
+        assert_eq!(b.push(&bytes[1..2]), "");
+        assert_eq!(b.push(&bytes[2..]), "한");
+        assert_eq!(b.push(b"a\xFFb"), "a\u{FFFD}b");
+        assert_eq!(b.push(&bytes[..2]), "");
+        assert_eq!(b.flush(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn stop_strings_end_generation_and_are_not_returned() {
+        let e = engine();
+        let prompt = e.tokenizer().encode("Hello");
+        let free = e.generate(Request::new(prompt.clone(), 30, SamplingParams::greedy()), |_| {}).unwrap();
+        // Pick a stop string from the middle of the unconstrained output.
+        let chars: Vec<char> = free.text.chars().collect();
+        assert!(chars.len() > 6, "{:?}", free.text);
+        let stop: String = chars[3..5].iter().collect();
+        let mut r = Request::new(prompt, 30, SamplingParams::greedy());
+        r.stop = vec![stop.clone()];
+        let c = e.generate(r, |_| {}).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        assert!(!c.text.contains(&stop));
+        assert_eq!(c.text, free.text[..free.text.find(&stop).unwrap()]);
+    }
+
+    #[test]
+    fn stop_tokens_end_generation_and_are_not_returned() {
+        let e = engine();
+        let prompt = e.tokenizer().encode("Hello");
+        let free = e.generate(Request::new(prompt.clone(), 10, SamplingParams::greedy()), |_| {}).unwrap();
+        let mut r = Request::new(prompt, 10, SamplingParams::greedy());
+        r.stop_tokens = vec![free.tokens[4]];
+        let c = e.generate(r, |_| {}).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        let first = free.tokens.iter().position(|&t| t == free.tokens[4]).unwrap();
+        assert_eq!(c.tokens, free.tokens[..first]);
+        assert_eq!(c.completion_tokens, first + 1);
+    }
+
+    #[test]
+    fn long_prompts_are_refused_unless_truncation_is_asked_and_context_ends_generation() {
+        let e = engine();
+        let long: Vec<u32> = (0..60).map(|i| i % 200).collect();
+        let err = e.generate(Request::new(long.clone(), 5, SamplingParams::greedy()), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("context is 48 tokens"), "{err}");
+        let mut r = Request::new(long, 5, SamplingParams::greedy());
+        r.truncate_prompt = true;
+        let c = e.generate(r, |_| {}).unwrap();
+        assert_eq!(c.prompt_tokens, 43);
+        assert_eq!(c.completion_tokens, 5);
+        // max_tokens beyond the context: ends at the context with "length".
+        let c = e.generate(Request::new(vec![1, 2, 3], 500, SamplingParams::greedy()), |_| {}).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert_eq!(c.prompt_tokens + c.completion_tokens, 48);
+    }
+
+    #[test]
+    fn logprobs_are_reported_per_token() {
+        let e = engine();
+        let mut r = Request::new(e.tokenizer().encode("Hello"), 6, SamplingParams { top_logprobs: 3, ..sampled(2) });
+        r.logprobs = true;
+        let c = e.generate(r, |_| {}).unwrap();
+        assert_eq!(c.logprobs.len(), 6);
+        for (lp, t) in c.logprobs.iter().zip(&c.tokens) {
+            assert_eq!(lp.token, *t);
+            assert!(lp.logprob <= 0.0 && lp.top.len() == 3);
+            assert!(lp.top[0].1 >= lp.top[1].1 && lp.top[0].1 >= lp.logprob);
+        }
+    }
+
+    #[test]
+    fn cancelled_sequences_leave_the_batch() {
+        let e = engine();
+        let mut b = e.batcher(4);
+        b.admit(1, Request::new(vec![5, 6], 100, sampled(1))).unwrap();
+        b.admit(2, Request::new(vec![7], 100, sampled(1))).unwrap();
+        assert_eq!(b.step().unwrap().len(), 2);
+        assert!(b.cancel(1));
+        let ev = b.step().unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].id, 2);
+        assert!(!b.cancel(1));
+    }
+}

@@ -1,0 +1,109 @@
+//! A model on disk: a jarip checkpoint directory (`ckpt-STEP/`, with `model.safetensors`,
+//! `config.json`, `tokenizer.json` and a manifest), or a run directory meaning its newest
+//! checkpoint. Loading checks every file against the manifest and the tokenizer against the
+//! model, so a mismatched pair is refused rather than producing fluent nonsense.
+
+use anyhow::{bail, Context, Result};
+use jarip_ledger::manifest::MANIFEST_FILE;
+use jarip_ledger::Manifest;
+use jarip_model::Gpt;
+use jarip_tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Written by the trainer beside the weights; its presence marks a checkpoint.
+pub const TRAINER_FILE: &str = "trainer.json";
+
+/// The newest `ckpt-*` directory of a run, if any.
+fn newest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in std::fs::read_dir(run).with_context(|| format!("cannot list {}", run.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
+            if e.file_type()?.is_dir() && best.as_ref().is_none_or(|(b, _)| step > *b) {
+                best = Some((step, e.path()));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+/// A checkpoint directory, or a run directory (its newest checkpoint) → checkpoint directory.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    if !path.is_dir() {
+        bail!("{} is a file; --model takes a checkpoint or run directory", path.display());
+    }
+    if path.join(MANIFEST_FILE).exists() && path.join(TRAINER_FILE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    match newest_checkpoint(path)? {
+        Some(d) => Ok(d),
+        None => bail!(
+            "{} is not a jarip checkpoint (no {MANIFEST_FILE} and {TRAINER_FILE}) nor a run directory holding ckpt-* checkpoints",
+            path.display()
+        ),
+    }
+}
+
+/// A model ready for inference.
+pub struct LoadedModel {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// Its manifest (hashes of every file, the training settings).
+    pub manifest: Manifest,
+}
+
+impl LoadedModel {
+    /// Optimizer steps behind these weights, as the trainer recorded them.
+    pub fn step(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.dir.join(TRAINER_FILE)).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?.get("step")?.as_u64()
+    }
+}
+
+/// Loads `path` (checkpoint or run directory) on `device` with its tokenizer.
+pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    let dir = resolve_checkpoint(path)?;
+    let manifest = Manifest::read(&dir)?;
+    if manifest.kind != "checkpoint" {
+        bail!("{} is a {:?}, not a checkpoint", dir.display(), manifest.kind);
+    }
+    manifest.verify(&dir)?;
+    let model = Gpt::load(&dir, device).with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let tok_file = dir.join(TOKENIZER_FILE);
+    if !tok_file.exists() {
+        bail!("{} has no {TOKENIZER_FILE}: copy the tokenizer the model was trained with into it", dir.display());
+    }
+    let tokenizer =
+        Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
+    check_pair(&model, &tokenizer, &manifest, &tok_file)?;
+    Ok(LoadedModel { model, tokenizer, dir, manifest })
+}
+
+/// Refuses a tokenizer that is not the one the model was trained with.
+fn check_pair(model: &Gpt, tok: &Tokenizer, manifest: &Manifest, tok_file: &Path) -> Result<()> {
+    if let Some(want) = manifest.settings.get("tokenizer_sha256").and_then(|v| v.as_str()) {
+        if tok.sha256() != want {
+            bail!(
+                "tokenizer {} (sha256 {}) does not match the model, which was trained with tokenizer {want}",
+                tok_file.display(),
+                tok.sha256()
+            );
+        }
+    }
+    if tok.vocab_size() != model.config().vocab_size {
+        bail!(
+            "tokenizer {} has {} tokens but the model's vocab_size is {}",
+            tok_file.display(),
+            tok.vocab_size(),
+            model.config().vocab_size
+        );
+    }
+    Ok(())
+}

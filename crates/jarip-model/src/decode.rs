@@ -1,0 +1,586 @@
+//! The same network as [`crate::model`], for inference on the CPU: no autograd, plain `f32`
+//! slices, and *ragged* batches — every sequence brings its own KV cache and any number of new
+//! tokens (a whole prompt when it is admitted, one token per decode step afterwards), and all
+//! new tokens of all sequences go through each weight matrix together. That is what lets a
+//! server decode many conversations in one pass over the weights (continuous batching).
+//!
+//! Decoding is memory-bound: each step streams every weight once, so the matrix kernel
+//! ([`matmul_wt`]) walks a weight row once for up to [`ROW_TILE`] activation rows. Each output
+//! element is reduced in one fixed order whatever the batch holds, so a sequence's logits (and
+//! hence its sampled text) do not depend on which other sequences shared its steps.
+
+use crate::config::MlpKind;
+use crate::model::Gpt;
+use crate::ModelConfig;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Activation rows that share one pass over a weight row.
+pub const ROW_TILE: usize = 8;
+/// Accumulator lanes of a dot product (one AVX2 register).
+const LANES: usize = 8;
+
+/// Keys and values of one sequence's past positions, per layer (`[pos, Hkv, D]`, after rotary).
+#[derive(Debug, Clone, Default)]
+pub struct SeqCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl SeqCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets positions `n..` (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, n: usize, kv_dim: usize) {
+        if n < self.len {
+            self.len = n;
+            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+                l.truncate(n * kv_dim);
+            }
+        }
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    wo: Vec<f32>,
+    mlp_norm: Vec<f32>,
+    w_gate: Option<Vec<f32>>,
+    w_up: Vec<f32>,
+    w_down: Vec<f32>,
+}
+
+/// A read-only copy of a [`Gpt`]'s weights laid out for CPU inference.
+pub struct DecodeModel {
+    cfg: ModelConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    lm_head: Vec<f32>,
+    /// Rotary tables `[max_seq_len, D/2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// One sequence's part of a ragged batch: its new tokens and its cache (whose length is the
+/// position of the first new token).
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqCache,
+}
+
+impl DecodeModel {
+    pub fn new(model: &Gpt) -> Result<Self> {
+        let cfg = model.config().clone();
+        let t = model.tensors();
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let x = t.get(name).ok_or_else(|| anyhow::anyhow!("model has no tensor {name}"))?;
+            Ok(x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let l = |i: usize, rest: &str| format!("model.layers.{i}.{rest}");
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            layers.push(Layer {
+                attn_norm: get(&l(i, "input_layernorm.weight"))?,
+                wq: get(&l(i, "self_attn.q_proj.weight"))?,
+                wk: get(&l(i, "self_attn.k_proj.weight"))?,
+                wv: get(&l(i, "self_attn.v_proj.weight"))?,
+                q_norm: get(&l(i, "self_attn.q_norm.weight"))?,
+                k_norm: get(&l(i, "self_attn.k_norm.weight"))?,
+                wo: get(&l(i, "self_attn.o_proj.weight"))?,
+                mlp_norm: get(&l(i, "post_attention_layernorm.weight"))?,
+                w_gate: if cfg.mlp == MlpKind::SwiGlu { Some(get(&l(i, "mlp.gate_proj.weight"))?) } else { None },
+                w_up: get(&l(i, "mlp.up_proj.weight"))?,
+                w_down: get(&l(i, "mlp.down_proj.weight"))?,
+            });
+        }
+        let (half, d) = (cfg.head_dim() / 2, cfg.head_dim());
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..cfg.max_seq_len {
+            for i in 0..half {
+                let angle = p as f64 * cfg.rope_base.powf(-(2.0 * i as f64) / d as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Self {
+            embed: get("model.embed_tokens.weight")?,
+            final_norm: get("model.norm.weight")?,
+            lm_head: get("lm_head.weight")?,
+            layers,
+            cos,
+            sin,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Bytes of weights one decode step reads (the memory-bandwidth cost of a token).
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.len()
+                    + l.wk.len()
+                    + l.wv.len()
+                    + l.wo.len()
+                    + l.w_up.len()
+                    + l.w_down.len()
+                    + l.w_gate.as_ref().map_or(0, Vec::len)
+                    + l.attn_norm.len() * 2
+                    + l.q_norm.len() * 2
+            })
+            .sum();
+        4 * (l + self.lm_head.len() + self.final_norm.len() + self.cfg.n_embd)
+    }
+
+    /// Runs the new tokens of every sequence, appending their keys/values to each cache, and
+    /// returns soft-capped logits: for each sequence its last position's row (`[V]`), or every
+    /// new position's rows (`[n_i · V]`) when `all_positions`.
+    pub fn forward(&self, seqs: &mut [SeqInput<'_>], all_positions: bool) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.cfg;
+        let (c, h, hkv, d) = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim());
+        let kv = hkv * d;
+        // Row r of the batch belongs to sequence `owner[r]` at position `pos[r]`.
+        let (mut owner, mut pos) = (Vec::new(), Vec::new());
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                bail!("sequence {i} of the batch has no new tokens");
+            }
+            let end = s.cache.len + s.tokens.len();
+            if end > cfg.max_seq_len {
+                bail!("sequence of {end} tokens exceeds the model's context of {} tokens", cfg.max_seq_len);
+            }
+            for (j, &t) in s.tokens.iter().enumerate() {
+                if t as usize >= cfg.vocab_size {
+                    bail!("token id {t} is outside the vocabulary of {}", cfg.vocab_size);
+                }
+                owner.push(i);
+                pos.push(s.cache.len + j);
+            }
+        }
+        let n = owner.len();
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut x = vec![0f32; n * c];
+        for (row, &t) in x.chunks_mut(c).zip(&ids) {
+            row.copy_from_slice(&self.embed[t as usize * c..(t as usize + 1) * c]);
+        }
+        for s in seqs.iter_mut() {
+            s.cache.k.resize(cfg.n_layer, Vec::new());
+            s.cache.v.resize(cfg.n_layer, Vec::new());
+        }
+        let (mut hn, mut q, mut k, mut v) =
+            (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n * kv], vec![0f32; n * kv]);
+        let mut y = vec![0f32; n * c];
+        let mut up = vec![0f32; n * cfg.mlp_hidden];
+        let mut tmp = vec![0f32; n * c];
+        for (li, lw) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &lw.attn_norm, cfg.norm_eps as f32, &mut hn);
+            matmul_wt(&hn, n, &lw.wq, c, c, &mut q);
+            matmul_wt(&hn, n, &lw.wk, kv, c, &mut k);
+            matmul_wt(&hn, n, &lw.wv, kv, c, &mut v);
+            let qn = q.clone();
+            rms_norm_rows(&qn, &lw.q_norm, cfg.norm_eps as f32, &mut q);
+            let kn = k.clone();
+            rms_norm_rows(&kn, &lw.k_norm, cfg.norm_eps as f32, &mut k);
+            self.rotate(&mut q, &pos, h);
+            self.rotate(&mut k, &pos, hkv);
+            // Append the new keys/values to their sequences' caches.
+            let mut r = 0;
+            for s in seqs.iter_mut() {
+                let m = s.tokens.len();
+                s.cache.k[li].extend_from_slice(&k[r * kv..(r + m) * kv]);
+                s.cache.v[li].extend_from_slice(&v[r * kv..(r + m) * kv]);
+                r += m;
+            }
+            self.attend(seqs, li, &q, &owner, &pos, &mut y);
+            matmul_wt(&y, n, &lw.wo, c, c, &mut tmp);
+            add_into(&mut x, &tmp);
+
+            rms_norm_rows(&x, &lw.mlp_norm, cfg.norm_eps as f32, &mut hn);
+            matmul_wt(&hn, n, &lw.w_up, cfg.mlp_hidden, c, &mut up);
+            match &lw.w_gate {
+                None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
+                Some(g) => {
+                    let mut gate = vec![0f32; n * cfg.mlp_hidden];
+                    matmul_wt(&hn, n, g, cfg.mlp_hidden, c, &mut gate);
+                    up.par_iter_mut().zip(&gate).for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
+                }
+            }
+            matmul_wt(&up, n, &lw.w_down, c, cfg.mlp_hidden, &mut tmp);
+            add_into(&mut x, &tmp);
+        }
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        // Only the rows whose logits are wanted go through the (large) head.
+        let rows: Vec<usize> = if all_positions {
+            (0..n).collect()
+        } else {
+            let mut last = Vec::new();
+            let mut r = 0;
+            for s in seqs.iter() {
+                r += s.tokens.len();
+                last.push(r - 1);
+            }
+            last
+        };
+        let mut sel = vec![0f32; rows.len() * c];
+        for (dst, &r) in sel.chunks_mut(c).zip(&rows) {
+            dst.copy_from_slice(&x[r * c..(r + 1) * c]);
+        }
+        let sel_in = sel.clone();
+        rms_norm_rows(&sel_in, &self.final_norm, cfg.norm_eps as f32, &mut sel);
+        let vsz = cfg.vocab_size;
+        let mut logits = vec![0f32; rows.len() * vsz];
+        matmul_wt(&sel, rows.len(), &self.lm_head, vsz, c, &mut logits);
+        let cap = cfg.logit_softcap;
+        logits.par_iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+        let mut out = Vec::with_capacity(seqs.len());
+        if all_positions {
+            let mut r = 0;
+            for s in seqs.iter() {
+                let m = s.tokens.len();
+                out.push(logits[r * vsz..(r + m) * vsz].to_vec());
+                r += m;
+            }
+        } else {
+            out.extend(logits.chunks(vsz).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// Rotary embedding of `x: [N, heads, D]` in place, row r at position `pos[r]`.
+    fn rotate(&self, x: &mut [f32], pos: &[usize], heads: usize) {
+        let d = self.cfg.head_dim();
+        let half = d / 2;
+        x.par_chunks_mut(heads * d).zip(pos).for_each(|(row, &p)| {
+            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            for hd in row.chunks_mut(d) {
+                let (x1, x2) = hd.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (x1[i], x2[i]);
+                    x1[i] = a * cos[i] - b * sin[i];
+                    x2[i] = a * sin[i] + b * cos[i];
+                }
+            }
+        });
+    }
+
+    /// Causal attention of each new row over its own sequence's cache (which already holds the
+    /// row's own key), writing `y: [N, H·D]`.
+    fn attend(&self, seqs: &[SeqInput<'_>], layer: usize, q: &[f32], owner: &[usize], pos: &[usize], y: &mut [f32]) {
+        let cfg = &self.cfg;
+        let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
+        let (rep, kv) = (h / hkv, hkv * d);
+        let scale = 1.0 / (d as f32).sqrt();
+        y.par_chunks_mut(d).enumerate().for_each(|(idx, out)| {
+            let (r, head) = (idx / h, idx % h);
+            let cache = &seqs[owner[r]].cache;
+            let (keys, vals) = (&cache.k[layer], &cache.v[layer]);
+            let kh = head / rep;
+            let qv = &q[r * h * d + head * d..r * h * d + (head + 1) * d];
+            let seen = pos[r] + 1;
+            let mut scores: Vec<f32> =
+                (0..seen).map(|p| dot(qv, &keys[p * kv + kh * d..p * kv + (kh + 1) * d]) * scale).collect();
+            let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out.fill(0.0);
+            for (p, s) in scores.iter().enumerate() {
+                let w = s / sum;
+                for (o, vv) in out.iter_mut().zip(&vals[p * kv + kh * d..p * kv + (kh + 1) * d]) {
+                    *o += w * vv;
+                }
+            }
+        });
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.par_iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// RMSNorm of each row of `x` (row length = `w.len()`) into `out`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let c = w.len();
+    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
+        let ss: f32 = r.iter().map(|v| v * v).sum();
+        let inv = 1.0 / (ss / c as f32 + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(r).zip(w) {
+            *o = v * inv * g;
+        }
+    });
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `out[m × n] = x[m × k] · wᵀ` for `w: [n × k]` (the layout of every weight matrix).
+///
+/// Parallel over blocks of weight rows; within a block each weight row is loaded once and
+/// multiplied with up to [`ROW_TILE`] activation rows, so batch decoding costs about one read of
+/// the weights per step, like batch 1.
+pub fn matmul_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_wt: buffer sizes");
+    const BLOCK: usize = 32;
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+            let mut part = vec![0f32; m * (hi - lo)];
+            kernel(x, m, &w[lo * k..hi * k], hi - lo, k, &mut part);
+            part
+        })
+        .collect();
+    for (b, part) in blocks.iter().enumerate() {
+        let (lo, width) = (b * BLOCK, part.len() / m.max(1));
+        for i in 0..m {
+            out[i * n + lo..i * n + lo + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+        }
+    }
+}
+
+/// `part[m × nb] = x · w_blockᵀ`, dispatching to an AVX2+FMA build when the CPU has it.
+fn kernel(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features this function was compiled for were just detected.
+            unsafe { kernel_avx2(x, m, w, nb, k, part) };
+            return;
+        }
+    }
+    kernel_generic::<false>(x, m, w, nb, k, part);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
+    kernel_generic::<true>(x, m, w, nb, k, part);
+}
+
+/// Every output element is `Σ lanes`, lane `l` accumulating `x[i]·w[i]` for `i ≡ l (mod 8)` in
+/// increasing `i`, then the tail: the same order for any `m`, which keeps results batch-invariant.
+#[inline(always)]
+fn kernel_generic<const FMA: bool>(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
+    let body = k - k % LANES;
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let finish = |acc: &[f32; LANES], xr: &[f32], wr: &[f32]| {
+        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for i in body..k {
+            s = fma(xr[i], wr[i], s);
+        }
+        s
+    };
+    if m == 1 {
+        // One activation row: four weight rows at a time for independent FMA chains.
+        let xr = &x[..k];
+        let mut j = 0;
+        while j + 4 <= nb {
+            let ws = [
+                &w[j * k..(j + 1) * k],
+                &w[(j + 1) * k..(j + 2) * k],
+                &w[(j + 2) * k..(j + 3) * k],
+                &w[(j + 3) * k..(j + 4) * k],
+            ];
+            let mut acc = [[0f32; LANES]; 4];
+            for c in (0..body).step_by(LANES) {
+                let xs = &xr[c..c + LANES];
+                for (a, wr) in acc.iter_mut().zip(&ws) {
+                    let wc = &wr[c..c + LANES];
+                    for l in 0..LANES {
+                        a[l] = fma(xs[l], wc[l], a[l]);
+                    }
+                }
+            }
+            for (t, (a, wr)) in acc.iter().zip(&ws).enumerate() {
+                part[j + t] = finish(a, xr, wr);
+            }
+            j += 4;
+        }
+        for jj in j..nb {
+            let wr = &w[jj * k..(jj + 1) * k];
+            let mut a = [0f32; LANES];
+            for c in (0..body).step_by(LANES) {
+                for l in 0..LANES {
+                    a[l] = fma(xr[c + l], wr[c + l], a[l]);
+                }
+            }
+            part[jj] = finish(&a, xr, wr);
+        }
+        return;
+    }
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = (m - i0).min(ROW_TILE);
+        // A fixed tile height keeps the accumulators in registers.
+        match rows {
+            8 => tile::<8, FMA>(x, i0, w, nb, k, part),
+            7 => tile::<7, FMA>(x, i0, w, nb, k, part),
+            6 => tile::<6, FMA>(x, i0, w, nb, k, part),
+            5 => tile::<5, FMA>(x, i0, w, nb, k, part),
+            4 => tile::<4, FMA>(x, i0, w, nb, k, part),
+            3 => tile::<3, FMA>(x, i0, w, nb, k, part),
+            2 => tile::<2, FMA>(x, i0, w, nb, k, part),
+            _ => tile::<1, FMA>(x, i0, w, nb, k, part),
+        }
+        i0 += rows;
+    }
+}
+
+/// Rows `i0..i0 + R` of `x` against every row of the weight block (same lane order as above).
+#[inline(always)]
+fn tile<const R: usize, const FMA: bool>(x: &[f32], i0: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
+    let body = k - k % LANES;
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(i0 + r) * k..(i0 + r + 1) * k]);
+    for j in 0..nb {
+        let wr = &w[j * k..(j + 1) * k];
+        let mut acc = [[0f32; LANES]; R];
+        for c in (0..body).step_by(LANES) {
+            let wc: &[f32; LANES] = wr[c..c + LANES].try_into().expect("lane chunk");
+            for r in 0..R {
+                let xc: &[f32; LANES] = xs[r][c..c + LANES].try_into().expect("lane chunk");
+                for l in 0..LANES {
+                    acc[r][l] = fma(xc[l], wc[l], acc[r][l]);
+                }
+            }
+        }
+        for r in 0..R {
+            let a = &acc[r];
+            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            for i in body..k {
+                s = fma(xs[r][i], wr[i], s);
+            }
+            part[(i0 + r) * nb + j] = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn tiny() -> Gpt {
+        let mut cfg = ModelConfig::tiny(97);
+        cfg.max_seq_len = 64;
+        Gpt::new(&cfg, 7, &Device::Cpu).unwrap()
+    }
+
+    fn full_logits(model: &Gpt, ids: &[u32]) -> Vec<f32> {
+        let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
+        model.forward(&t, 0, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn matmul_is_batch_invariant_and_correct() {
+        let (m, n, k) = (11, 37, 45);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 103) as f32 / 51.0 - 1.0).collect();
+        let mut out = vec![0f32; m * n];
+        matmul_wt(&x, m, &w, n, k, &mut out);
+        for i in 0..m {
+            let mut one = vec![0f32; n];
+            matmul_wt(&x[i * k..(i + 1) * k], 1, &w, n, k, &mut one);
+            assert_eq!(&out[i * n..(i + 1) * n], &one[..], "row {i} differs between batch and single");
+            for j in 0..n {
+                let r: f64 = (0..k).map(|c| x[i * k + c] as f64 * w[j * k + c] as f64).sum();
+                assert!((out[i * n + j] as f64 - r).abs() < 1e-4, "({i},{j}): {} vs {r}", out[i * n + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_and_cached_decode_match_full_recomputation() {
+        let model = tiny();
+        let dm = DecodeModel::new(&model).unwrap();
+        let ids: Vec<u32> = (0..20).map(|i| (i * 13 % 97) as u32).collect();
+        let full = full_logits(&model, &ids);
+        let v = 97;
+        // All positions at once.
+        let mut cache = SeqCache::new();
+        let all = dm.forward(&mut [SeqInput { tokens: &ids, cache: &mut cache }], true).unwrap().remove(0);
+        assert!(max_diff(&all, &full) < 1e-4, "prefill differs by {}", max_diff(&all, &full));
+        // A prompt of 7, then one token at a time through the cache.
+        let mut cache = SeqCache::new();
+        let first = dm.forward(&mut [SeqInput { tokens: &ids[..7], cache: &mut cache }], false).unwrap().remove(0);
+        assert!(max_diff(&first, &full[6 * v..7 * v]) < 1e-4);
+        for p in 7..ids.len() {
+            let row =
+                dm.forward(&mut [SeqInput { tokens: &ids[p..p + 1], cache: &mut cache }], false).unwrap().remove(0);
+            let d = max_diff(&row, &full[p * v..(p + 1) * v]);
+            assert!(d < 1e-4, "position {p}: cached decode differs from full recomputation by {d}");
+        }
+        assert_eq!(cache.len(), ids.len());
+    }
+
+    #[test]
+    fn ragged_batch_gives_each_sequence_its_own_logits() {
+        let model = tiny();
+        let dm = DecodeModel::new(&model).unwrap();
+        let a: Vec<u32> = vec![1, 5, 9, 2, 44, 3];
+        let b: Vec<u32> = vec![7, 8];
+        let (mut ca, mut cb) = (SeqCache::new(), SeqCache::new());
+        // b is admitted (prefilled) while a decodes its sixth token.
+        dm.forward(&mut [SeqInput { tokens: &a[..5], cache: &mut ca }], false).unwrap();
+        let out = dm
+            .forward(
+                &mut [SeqInput { tokens: &a[5..], cache: &mut ca }, SeqInput { tokens: &b, cache: &mut cb }],
+                false,
+            )
+            .unwrap();
+        let (mut sa, mut sb) = (SeqCache::new(), SeqCache::new());
+        let alone_a = dm.forward(&mut [SeqInput { tokens: &a, cache: &mut sa }], false).unwrap().remove(0);
+        let alone_b = dm.forward(&mut [SeqInput { tokens: &b, cache: &mut sb }], false).unwrap().remove(0);
+        assert!(max_diff(&out[0], &alone_a) < 1e-5);
+        assert!(max_diff(&out[1], &alone_b) < 1e-5);
+    }
+
+    #[test]
+    fn refuses_contexts_beyond_the_model() {
+        let model = tiny();
+        let dm = DecodeModel::new(&model).unwrap();
+        let ids = vec![1u32; 65];
+        let mut c = SeqCache::new();
+        let err = dm.forward(&mut [SeqInput { tokens: &ids, cache: &mut c }], false).unwrap_err().to_string();
+        assert!(err.contains("context of 64"), "{err}");
+        assert!(c.is_empty());
+    }
+}

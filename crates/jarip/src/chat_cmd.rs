@@ -1,0 +1,340 @@
+//! `jarip sft`, `jarip generate` and `jarip chat`: flags onto the fine-tuning options and the
+//! inference engine.
+
+use crate::pretrain_cmd::KernelsArg;
+use anyhow::{Context, Result};
+use clap::Args;
+use jarip_infer::{Engine, Request, SamplingParams};
+use jarip_tokenizer::{Message, Role};
+use jarip_train::{SftOptions, SftSummary};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct SftArgs {
+    /// The base model: a checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Conversations, one {"messages":[{"role","content"},…]} per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory of the fine-tuning.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Ledger to append to (default: OUT/ledger.jsonl).
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Or after this many passes over the training conversations.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Share of conversations held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 20)]
+    pub warmup_steps: u64,
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    #[arg(long, value_enum, default_value = "fused")]
+    pub kernels: KernelsArg,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl SftArgs {
+    pub fn options(&self) -> SftOptions {
+        let mut o = SftOptions {
+            base: self.base.clone(),
+            data: self.data.clone(),
+            out: self.out.clone(),
+            ledger: self.ledger.clone(),
+            max_steps: self.max_steps,
+            epochs: self.epochs,
+            resume: self.resume,
+            seed: self.seed,
+            seq_len: self.seq_len,
+            batch_size: self.batch_size,
+            val_fraction: self.val_fraction,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            eval_every: self.eval_every,
+            kernels: self.kernels.into(),
+            device: self.device.clone(),
+            progress: !self.no_progress,
+            ..Default::default()
+        };
+        o.optimizer.lr = self.lr;
+        o.schedule.warmup_steps = self.warmup_steps;
+        o
+    }
+}
+
+pub fn sft(a: &SftArgs) -> Result<SftSummary> {
+    let s = jarip_train::sft(&a.options())?;
+    let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    println!(
+        "sft: {} steps, loss {}, val loss {}, val bpb {}; base {} ({}…) → {}",
+        s.steps,
+        fmt(s.final_loss),
+        fmt(s.val_loss),
+        fmt(s.val_bpb),
+        s.base_checkpoint.display(),
+        &s.base_weights_sha256[..12],
+        s.last_checkpoint.as_ref().map_or("no checkpoint".into(), |d| d.display().to_string())
+    );
+    Ok(s)
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Seed of the sampler (random when absent).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Text that ends generation (not returned); repeatable.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep only the end of a prompt longer than the context instead of refusing it.
+    #[arg(long)]
+    pub truncate: bool,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            top_logprobs: 0,
+        }
+    }
+
+    fn request(&self, prompt: Vec<u32>) -> Request {
+        let mut r = Request::new(prompt, self.max_tokens, self.params());
+        r.stop = self.stop.clone();
+        r.truncate_prompt = self.truncate;
+        r
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print {"text","tokens",…} as JSON instead of streaming the text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also report each token's log-probability and this many alternatives (with --json).
+    #[arg(long)]
+    pub logprobs: Option<usize>,
+    /// Render the prompt as one user turn of the chat template.
+    #[arg(long)]
+    pub chat: bool,
+}
+
+fn load_engine(model: &std::path::Path) -> Result<(Engine, PathBuf)> {
+    let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
+    Ok((Engine::new(&loaded.model, loaded.tokenizer)?, loaded.dir))
+}
+
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let (engine, _dir) = load_engine(&a.model)?;
+    let tok = engine.tokenizer();
+    let prompt = if a.chat {
+        tok.render_chat(&[Message::new(Role::User, a.prompt.clone())], true)?.ids
+    } else {
+        let mut ids = vec![tok.bos_id()];
+        ids.extend(tok.encode(&a.prompt));
+        ids
+    };
+    let mut req = a.sampling.request(prompt);
+    if a.chat {
+        req.stop_tokens = engine.chat_stop_tokens();
+    } else {
+        req.stop_tokens = vec![tok.eos_id()];
+    }
+    if let Some(n) = a.logprobs {
+        req.logprobs = true;
+        req.sampling.top_logprobs = n;
+    }
+    req.sampling.validate().map_err(anyhow::Error::msg)?;
+    let stdout = std::io::stdout();
+    if a.json {
+        let c = engine.generate(req, |_| {})?;
+        let mut v = serde_json::json!({
+            "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+        });
+        if a.logprobs.is_some() {
+            v["logprobs"] = serde_json::to_value(&c.logprobs)?;
+        }
+        println!("{v}");
+    } else {
+        let mut out = stdout.lock();
+        write!(out, "{}", a.prompt)?;
+        engine.generate(req, |s| {
+            let _ = write!(out, "{s}");
+            let _ = out.flush();
+        })?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A system message to start every conversation with.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// What a line typed at the prompt asks for.
+#[derive(Debug, PartialEq)]
+enum Line {
+    Say(String),
+    Reset,
+    System(String),
+    Quit,
+    Help,
+    Nothing,
+}
+
+fn parse_line(s: &str) -> Line {
+    let t = s.trim();
+    match t.split_once(' ').map_or((t, ""), |(a, b)| (a, b.trim())) {
+        ("/quit" | "/exit", _) => Line::Quit,
+        ("/reset", _) => Line::Reset,
+        ("/system", rest) => Line::System(rest.to_string()),
+        ("/help", _) => Line::Help,
+        _ if t.is_empty() => Line::Nothing,
+        _ => Line::Say(t.to_string()),
+    }
+}
+
+/// An interactive chat on a terminal, or one user turn per line of piped input.
+pub fn chat(a: &ChatArgs) -> Result<()> {
+    let (engine, dir) = load_engine(&a.model)?;
+    let stdin = std::io::stdin();
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    let mut system = a.system.clone();
+    let mut history: Vec<Message> = Vec::new();
+    let stdout = std::io::stdout();
+    if interactive {
+        eprintln!("jarip chat with {} — /reset, /system TEXT, /quit, /help", dir.display());
+    }
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("\n> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read input")?;
+        match parse_line(&line) {
+            Line::Quit => break,
+            Line::Nothing => continue,
+            Line::Help => {
+                eprintln!("/reset forgets the conversation, /system TEXT sets the system message, /quit ends")
+            }
+            Line::Reset => {
+                history.clear();
+                eprintln!("(conversation cleared)");
+            }
+            Line::System(s) => {
+                system = if s.is_empty() { None } else { Some(s) };
+                history.clear();
+                eprintln!("(system message set; conversation cleared)");
+            }
+            Line::Say(text) => {
+                history.push(Message::new(Role::User, text));
+                let mut msgs: Vec<Message> = system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+                msgs.extend(history.iter().cloned());
+                let mut ids = engine.tokenizer().render_chat(&msgs, true)?.ids;
+                // Keep the conversation inside the context: forget the oldest turns first.
+                let room = engine.model().config().max_seq_len.saturating_sub(a.sampling.max_tokens.min(256));
+                while ids.len() > room && history.len() > 1 {
+                    history.drain(..history.len().min(2));
+                    msgs = system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+                    msgs.extend(history.iter().cloned());
+                    ids = engine.tokenizer().render_chat(&msgs, true)?.ids;
+                }
+                let mut req = a.sampling.request(ids);
+                req.stop_tokens = engine.chat_stop_tokens();
+                req.truncate_prompt = true;
+                let mut out = stdout.lock();
+                let c = engine.generate(req, |s| {
+                    let _ = write!(out, "{s}");
+                    let _ = out.flush();
+                })?;
+                writeln!(out)?;
+                history.push(Message::new(Role::Assistant, c.text.trim().to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_recognised() {
+        assert_eq!(parse_line("/quit"), Line::Quit);
+        assert_eq!(parse_line("  /reset "), Line::Reset);
+        assert_eq!(parse_line("/system 당신은 친절합니다"), Line::System("당신은 친절합니다".into()));
+        assert_eq!(parse_line("/system"), Line::System(String::new()));
+        assert_eq!(parse_line("안녕하세요"), Line::Say("안녕하세요".into()));
+        assert_eq!(parse_line("   "), Line::Nothing);
+    }
+}
