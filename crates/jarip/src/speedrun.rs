@@ -222,7 +222,13 @@ fn sample_chats(model: &std::path::Path) -> Result<()> {
             .tokenizer()
             .render_chat(&[jarip_tokenizer::Message::new(jarip_tokenizer::Role::User, *q)], true)?
             .ids;
-        let sampling = jarip_infer::SamplingParams { temperature: 0.0, seed: Some(i as u64), ..Default::default() };
+        let sampling = jarip_infer::SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            repetition_penalty: 1.15,
+            seed: Some(i as u64),
+            ..Default::default()
+        };
         let mut req = jarip_infer::Request::new(ids, 80, sampling);
         req.stop_tokens = engine.chat_stop_tokens();
         let c = engine.generate(req, |_| {})?;

@@ -1,0 +1,62 @@
+//! `jarip serve`: flags onto the server's options (the server is `jarip-serve`).
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on; loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the printed URL says which).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long, env = "JARIP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The model id in /v1/models and in requests (default: the --model directory's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Sequences decoded together in one forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Sequences that may wait for a place in the batch; beyond them requests get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take from arrival to its last token.
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout: f64,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> Result<jarip_serve::ServeOptions> {
+        anyhow::ensure!(
+            self.request_timeout.is_finite() && self.request_timeout > 0.0,
+            "--request-timeout must be a positive number of seconds"
+        );
+        anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        Ok(jarip_serve::ServeOptions {
+            model: self.model.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            api_key: self.api_key.clone(),
+            served_model_name: self.served_model_name.clone(),
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs_f64(self.request_timeout),
+        })
+    }
+}
+
+pub fn serve(a: &ServeArgs) -> Result<()> {
+    jarip_serve::run(&a.options()?)
+}
