@@ -4,7 +4,8 @@
 //! ```text
 //! data/demo (fetch-demo) → RUN/prepared (prepare) → RUN/tokenizer (tokenizer train)
 //!   → RUN/shards (data shard) → RUN/ckpt-* (pretrain from a seeded initialisation)
-//!   → RUN/conversations.jsonl → RUN/sft/ckpt-* (fine-tune) → sample chats → RUN/report.md
+//!   → RUN/conversations.jsonl → RUN/sft/ckpt-* (fine-tune) → sample chats
+//!   → RUN/evals (sanity tasks, base and SFT scores) → RUN/report.md (report card with charts)
 //! ```
 //!
 //! The base model's validation bits per byte are compared with a unigram baseline counted on
@@ -86,6 +87,7 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
         let base = pretrain_and_compare(a)?;
         let sft = fine_tune(a, &base, &ledger)?;
         sample_chats(&sft)?;
+        evaluate_and_report(a, &base, &sft)?;
     }
 
     let entries = jarip_ledger::Ledger::at(&ledger).verify_chain()?;
@@ -205,6 +207,29 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
     };
     crate::chat_cmd::sft(&args)?;
     Ok(out)
+}
+
+/// Scores the base and fine-tuned models on sanity tasks generated from the demo corpus, then
+/// writes the report card `RUN/report.md`.
+fn evaluate_and_report(a: &SpeedrunArgs, base: &std::path::Path, sft: &std::path::Path) -> Result<()> {
+    println!("[8/8] evaluate on sanity tasks from the demo corpus → {}", a.out.join("report.md").display());
+    let evals = a.out.join("evals");
+    let tasks = jarip_eval::sanity::write_demo_tasks(&a.demo, &evals.join("tasks"), a.seed)?;
+    let specs: Vec<jarip_eval::TaskSpec> =
+        tasks.iter().map(|t| jarip_eval::TaskSpec::new(jarip_eval::Layout::Jsonl, t.clone())).collect();
+    for (name, model) in [("base", base), ("sft", sft)] {
+        let reports = jarip_eval::run_eval(&jarip_eval::EvalRequest {
+            models: vec![model.to_path_buf()],
+            tasks: specs.clone(),
+            options: jarip_eval::EvalOptions { limit: Some(200), progress: false, ..Default::default() },
+            json: Some(evals.join(format!("{name}.json"))),
+            ledger: jarip_eval::LedgerChoice::Auto,
+        })?;
+        println!("{}", jarip_eval::render_table(&reports));
+    }
+    let report = jarip_eval::write_report(&a.out)?;
+    println!("      report card: {}", report.display());
+    Ok(())
 }
 
 /// A few questions of the kinds the demo conversations teach, in Korean and English.

@@ -1,0 +1,69 @@
+//! The readable form of results: one row per task and metric, one column per model, so
+//! `--model A --model B` compares them side by side.
+
+use crate::run::EvalReport;
+
+/// A metric's value as printed in tables (the CLI's and the report's).
+pub(crate) fn format_value(metric: &str, v: f64) -> String {
+    if !v.is_finite() {
+        return "nan".into();
+    }
+    match metric {
+        "n" | "tokens" | "bytes" => format!("{v:.0}"),
+        _ if v.abs() >= 1e6 => format!("{v:.3e}"),
+        m if m.ends_with("perplexity") => format!("{v:.2}"),
+        _ => format!("{v:.4}"),
+    }
+}
+
+/// A label per model: its checkpoint directory, numbered if the same one appears twice.
+fn labels(reports: &[EvalReport]) -> Vec<String> {
+    let names: Vec<String> = reports.iter().map(|r| r.model.dir.display().to_string()).collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| if names.iter().filter(|m| *m == n).count() > 1 { format!("{n} #{}", i + 1) } else { n.clone() })
+        .collect()
+}
+
+pub fn render_table(reports: &[EvalReport]) -> String {
+    let mut header = vec!["task".to_string(), "metric".to_string()];
+    header.extend(labels(reports));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let Some(first) = reports.first() else { return String::new() };
+    for task in &first.results {
+        let mut first_row = true;
+        let mut metric_names: Vec<&str> = vec!["n"];
+        metric_names.extend(task.metrics.iter().map(|(m, _)| m.as_str()).filter(|m| !m.ends_with("_stderr")));
+        for metric in metric_names {
+            let mut row = vec![if first_row { task.name.clone() } else { String::new() }, metric.to_string()];
+            first_row = false;
+            for r in reports {
+                let cell = match r.results.iter().find(|t| t.name == task.name) {
+                    None => "-".into(),
+                    Some(t) if metric == "n" => t.n.to_string(),
+                    Some(t) => match (t.metric(metric), t.metric(&format!("{metric}_stderr"))) {
+                        (Some(v), Some(se)) => format!("{} ± {}", format_value(metric, v), format_value(metric, se)),
+                        (Some(v), None) => format_value(metric, v),
+                        (None, _) => "-".into(),
+                    },
+                };
+                row.push(cell);
+            }
+            rows.push(row);
+        }
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().chain(std::iter::once(&header)).map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let line = |r: &[String]| {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        cells.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header);
+    out.push_str(&(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ") + "\n"));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}
