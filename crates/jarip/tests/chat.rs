@@ -2,35 +2,12 @@
 //! and pretrained for a few steps; `jarip sft` fine-tunes it on conversations (resuming exactly),
 //! then `jarip generate` and `jarip chat` talk to it; and the bad inputs are refused clearly.
 
+mod common;
+use common::{fails_with, jarip, ok, s};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn jarip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jarip")).args(args).output().expect("run jarip")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "jarip failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr should mention {n:?}: {err}");
-    }
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use std::process::{Command, Stdio};
 
 fn conversations(path: &Path) {
     let lines: Vec<String> = (0..24)

@@ -1,30 +1,10 @@
 //! End-to-end tests of the `jarip` binary on small corpora made here: each stage, the ledger
 //! chain across stages, and the bad inputs the stages must refuse with a clear message.
 
+mod common;
+use common::{fails_with, jarip, ok, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn jarip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jarip")).args(args).output().expect("run jarip")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "jarip failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr should mention {n:?}: {err}");
-    }
-}
 
 /// A small bilingual corpus with a duplicate and a near-duplicate.
 fn corpus(dir: &Path) -> PathBuf {
@@ -49,7 +29,6 @@ fn prepare_tokenize_shard_chain_into_one_ledger() {
     let d = tempfile::tempdir().unwrap();
     let c = corpus(d.path());
     let run = d.path().join("run");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
 
     ok(&jarip(&["data", "prepare", &s(&c), "--out", &s(&run.join("prepared"))]));
     let summary: serde_json::Value =
@@ -105,7 +84,6 @@ fn prepare_tokenize_shard_chain_into_one_ledger() {
 #[test]
 fn bad_inputs_are_named_and_leave_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
 
     let bad = d.path().join("bad.txt");
     let mut bytes = "좋은 텍스트 ".repeat(10).into_bytes();
