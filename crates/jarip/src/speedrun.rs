@@ -86,8 +86,8 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     if !a.no_pretrain {
         let base = pretrain_and_compare(a)?;
         let sft = fine_tune(a, &base, &ledger)?;
-        sample_chats(&sft)?;
-        evaluate_and_report(a, &base, &sft)?;
+        let chats = sample_chats(&sft)?;
+        evaluate_and_report(a, &base, &sft, &chats)?;
     }
 
     let entries = jarip_ledger::Ledger::at(&ledger).verify_chain()?;
@@ -211,7 +211,12 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
 
 /// Scores the base and fine-tuned models on sanity tasks generated from the demo corpus, then
 /// writes the report card `RUN/report.md`.
-fn evaluate_and_report(a: &SpeedrunArgs, base: &std::path::Path, sft: &std::path::Path) -> Result<()> {
+fn evaluate_and_report(
+    a: &SpeedrunArgs,
+    base: &std::path::Path,
+    sft: &std::path::Path,
+    chats: &[(String, String)],
+) -> Result<()> {
     println!("[8/8] evaluate on sanity tasks from the demo corpus → {}", a.out.join("report.md").display());
     let evals = a.out.join("evals");
     let tasks = jarip_eval::sanity::write_demo_tasks(&a.demo, &evals.join("tasks"), a.seed)?;
@@ -228,14 +233,21 @@ fn evaluate_and_report(a: &SpeedrunArgs, base: &std::path::Path, sft: &std::path
         println!("{}", jarip_eval::render_table(&reports));
     }
     let report = jarip_eval::write_report(&a.out)?;
+    let mut text = std::fs::read_to_string(&report)?;
+    text.push_str(&format!("\n## Sample chats ({})\n\n", sft.display()));
+    for (q, answer) in chats {
+        text.push_str(&format!("> {q}\n\n```text\n{}\n```\n\n", answer.trim()));
+    }
+    jarip_ledger::atomic_write(&report, text.as_bytes())?;
     println!("      report card: {}", report.display());
     Ok(())
 }
 
 /// A few questions of the kinds the demo conversations teach, in Korean and English.
-fn sample_chats(model: &std::path::Path) -> Result<()> {
+fn sample_chats(model: &std::path::Path) -> Result<Vec<(String, String)>> {
     println!("[7/8] sample chats with {}", model.display());
     let engine = engine_for(model)?;
+    let mut chats = Vec::new();
     let questions = [
         "너는 누구니?",
         "대한민국 헌법 제1조의 내용은 무엇입니까?",
@@ -258,6 +270,7 @@ fn sample_chats(model: &std::path::Path) -> Result<()> {
         req.stop_tokens = engine.chat_stop_tokens();
         let c = engine.generate(req, |_| {})?;
         println!("      > {q}\n        {}", c.text.trim().replace('\n', "\n        "));
+        chats.push((q.to_string(), c.text));
     }
-    Ok(())
+    Ok(chats)
 }
