@@ -40,17 +40,46 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
 
 /// At most this many examples (rows) enter a Gram matrix; a fixed stride subset, the same
 /// rows on both sides, keeps the estimate unbiased and the cost bounded.
-const MAX_EXAMPLES: usize = 1024;
+const MAX_EXAMPLES: usize = 512;
 
-fn gram(data: &[f32], rows: usize, cols: usize, take: &[usize]) -> Result<Vec<f64>> {
+/// A fixed stride subset of `n` examples, at most [`MAX_EXAMPLES`], the same on both sides.
+fn examples(n: usize) -> Vec<usize> {
+    (0..n).step_by(n.div_ceil(MAX_EXAMPLES).max(1)).collect()
+}
+
+/// Gram matrix of rows `take` of a row-major matrix with `cols` columns.
+fn gram_rows(data: &[f32], cols: usize, take: &[usize]) -> Result<Vec<f64>> {
     let mut sub = Vec::with_capacity(take.len() * cols);
     for &r in take {
         sub.extend_from_slice(&data[r * cols..(r + 1) * cols]);
     }
-    let _ = rows;
     let x = CTensor::from_vec(sub, (take.len(), cols), &Device::Cpu)?;
     let k = x.matmul(&x.t()?)?;
     Ok(k.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect())
+}
+
+/// Gram matrix of columns `take` (gathered, never transposing the whole matrix).
+fn gram_cols(data: &[f32], rows: usize, cols: usize, take: &[usize]) -> Result<Vec<f64>> {
+    let n = take.len();
+    let mut sub = Vec::with_capacity(rows * n);
+    for row in data.chunks_exact(cols).take(rows) {
+        sub.extend(take.iter().map(|&c| row[c]));
+    }
+    let x = CTensor::from_vec(sub, (rows, n), &Device::Cpu)?;
+    let k = x.t()?.matmul(&x)?;
+    Ok(k.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect())
+}
+
+/// Debiased CKA of two n×n Gram matrices over the same examples.
+fn cka_grams(k: &[f64], l: &[f64], n: usize) -> f64 {
+    if n < 4 {
+        return f64::NAN;
+    }
+    let (kl, kk, ll) = (hsic_unbiased(k, l, n), hsic_unbiased(k, k, n), hsic_unbiased(l, l, n));
+    if kk <= 0.0 || ll <= 0.0 {
+        return f64::NAN;
+    }
+    kl / (kk * ll).sqrt()
 }
 
 /// Unbiased HSIC (Song et al. 2012) of two n×n Gram matrices.
@@ -76,41 +105,37 @@ fn hsic_unbiased(k: &[f64], l: &[f64], n: usize) -> f64 {
     (tr + sk * sl / ((nf - 1.0) * (nf - 2.0)) - 2.0 * cross / (nf - 2.0)) / (nf * (nf - 3.0))
 }
 
-/// Debiased linear CKA with rows as examples and columns as features: ≈ 0 for unrelated
-/// matrices, 1 for matrices equal up to an orthogonal transform (e.g. a permutation) and a
-/// scale of their columns.
-pub fn cka_rows(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<f64> {
-    if rows < 4 {
+/// Debiased linear CKA between two sets of features of the same `rows` examples: `a` is
+/// rows×`cols_a`, `b` rows×`cols_b` (the feature counts may differ). ≈ 0 for unrelated
+/// matrices, 1 for matrices equal up to an orthogonal transform of their features (e.g. a
+/// permutation) and an overall scale. NaN when there are too few examples or no variation.
+pub fn cka_features(a: &[f32], cols_a: usize, b: &[f32], cols_b: usize, rows: usize) -> Result<f64> {
+    if rows < 4 || cols_a == 0 || cols_b == 0 {
         return Ok(f64::NAN);
     }
-    let stride = rows.div_ceil(MAX_EXAMPLES);
-    let take: Vec<usize> = (0..rows).step_by(stride).collect();
-    let n = take.len();
-    let (k, l) = (gram(a, rows, cols, &take)?, gram(b, rows, cols, &take)?);
-    let kl = hsic_unbiased(&k, &l, n);
-    let kk = hsic_unbiased(&k, &k, n);
-    let ll = hsic_unbiased(&l, &l, n);
-    if kk <= 0.0 || ll <= 0.0 {
-        return Ok(f64::NAN);
-    }
-    Ok(kl / (kk * ll).sqrt())
+    let take = examples(rows);
+    Ok(cka_grams(&gram_rows(a, cols_a, &take)?, &gram_rows(b, cols_b, &take)?, take.len()))
 }
 
-pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = data[r * cols + c];
-        }
+/// [`cka_features`] for two matrices of the same shape, rows as examples.
+pub fn cka_rows(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<f64> {
+    cka_features(a, cols, b, cols, rows)
+}
+
+/// Debiased CKA with columns as examples and rows as features.
+pub fn cka_cols(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<f64> {
+    if cols < 4 || rows == 0 {
+        return Ok(f64::NAN);
     }
-    t
+    let take = examples(cols);
+    Ok(cka_grams(&gram_cols(a, rows, cols, &take)?, &gram_cols(b, rows, cols, &take)?, take.len()))
 }
 
 /// CKA in both orientations, the larger kept: whichever axis holds the hidden units, their
 /// permutation leaves one orientation unchanged.
 pub fn cka_both(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<f64> {
     let r = cka_rows(a, b, rows, cols)?;
-    let c = cka_rows(&transpose(a, rows, cols), &transpose(b, rows, cols), cols, rows)?;
+    let c = cka_cols(a, b, rows, cols)?;
     Ok(match (r.is_nan(), c.is_nan()) {
         (true, true) => f64::NAN,
         (true, false) => c,
@@ -122,7 +147,7 @@ pub fn cka_both(a: &[f32], b: &[f32], rows: usize, cols: usize) -> Result<f64> {
 /// The `k` largest singular values of a rows×cols matrix, by subspace iteration on its Gram.
 pub fn top_singular_values(a: &[f32], rows: usize, cols: usize, k: usize) -> Result<Vec<f32>> {
     let dev = Device::Cpu;
-    let x = CTensor::from_vec(a.to_vec(), (rows, cols), &dev)?;
+    let x = CTensor::from_slice(a, (rows, cols), &dev)?;
     let g = if rows <= cols { x.matmul(&x.t()?)? } else { x.t()?.matmul(&x)? };
     let n = rows.min(cols);
     let k = k.min(n);
@@ -140,6 +165,25 @@ pub fn top_singular_values(a: &[f32], rows: usize, cols: usize, k: usize) -> Res
         .collect::<candle_core::Result<_>>()?;
     ev.sort_by(|a, b| b.total_cmp(a));
     Ok(ev.into_iter().map(|e| e.max(0.0).sqrt()).collect())
+}
+
+/// Distance between two singular-value spectra (same length, descending): the mean absolute
+/// difference of their log values after removing each one's mean log, so an overall rescaling
+/// costs nothing. 0 for equal spectra. Sorted spectra of *any* two matrices of one shape are
+/// strongly correlated (random matrices share a Marchenko–Pastur shape), so correlation of
+/// spectra would be another raw-cosine trap; the distance is read against the references.
+pub fn spectrum_distance(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return f64::NAN;
+    }
+    let logs = |v: &[f32]| -> Vec<f64> {
+        let l: Vec<f64> = v[..n].iter().map(|&x| (x as f64).max(1e-20).ln()).collect();
+        let m = l.iter().sum::<f64>() / n as f64;
+        l.into_iter().map(|x| x - m).collect()
+    };
+    let (la, lb) = (logs(a), logs(b));
+    la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).sum::<f64>() / n as f64
 }
 
 fn orthonormalize(q: &CTensor) -> Result<CTensor> {
@@ -202,6 +246,17 @@ mod tests {
         assert!(pearson(&a, &p).abs() < 0.2, "permutation hides from Pearson");
         assert!(cka_both(&a, &p, rows, cols).unwrap() > 0.99);
         assert!(cka_both(&a, &b, rows, cols).unwrap().abs() < 0.1);
+    }
+
+    #[test]
+    fn columns_as_examples_equal_rows_of_the_transpose() {
+        let (rows, cols) = (40, 30);
+        let (a, b) = (randn(rows * cols, 5), randn(rows * cols, 6));
+        let t = |m: &[f32]| (0..cols).flat_map(|c| (0..rows).map(move |r| m[r * cols + c])).collect::<Vec<f32>>();
+        let noisy: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + 0.5 * y).collect();
+        let want = cka_rows(&t(&a), &t(&noisy), cols, rows).unwrap();
+        assert!((cka_cols(&a, &noisy, rows, cols).unwrap() - want).abs() < 1e-6);
+        assert!(want > 0.5);
     }
 
     #[test]

@@ -82,7 +82,8 @@ mod tests {
         let y = Tensor::from_vec(targets.clone(), (2, 8), &Device::Cpu).unwrap();
         let m = Tensor::from_vec(mask.clone(), 16, &Device::Cpu).unwrap();
         let per_token: Vec<f32> = model.token_losses(&x, &y).unwrap().to_vec1().unwrap();
-        let (sum, n) = per_token.iter().zip(&mask).filter(|(_, &k)| k > 0.0).fold((0f32, 0), |(s, n), (l, _)| (s + l, n + 1));
+        let (sum, n) =
+            per_token.iter().zip(&mask).filter(|(_, &k)| k > 0.0).fold((0f32, 0), |(s, n), (l, _)| (s + l, n + 1));
         let got = masked_loss(&model, &x, &y, &m).unwrap().to_scalar::<f32>().unwrap();
         assert!((got - sum / n as f32).abs() < 1e-5, "{got} vs {}", sum / n as f32);
         // Changing a target the mask leaves out changes neither the loss nor its gradient.

@@ -61,7 +61,7 @@ pub struct LineageArgs {
     #[arg(long)]
     pub json: bool,
     /// AdamW steps of the fine-tuned reference (jarip models).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     pub ref_steps: usize,
     /// Learning rate of the fine-tuned reference.
     #[arg(long, default_value_t = 1e-4)]

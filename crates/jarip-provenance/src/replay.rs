@@ -1,0 +1,147 @@
+//! Replaying a recorded checkpoint interval with the trainer itself.
+//!
+//! Interval K runs from checkpoint K to checkpoint K+1, checkpoints numbered from 1 in ledger
+//! order and 0 standing for the seeded initialisation. Checkpoint K is copied into a scratch
+//! run directory and [`jarip_train::pretrain`] resumes it with the recorded configuration and
+//! run length, stopping at checkpoint K+1's step (the schedule is a function of the step and the
+//! recorded length, so stopping early changes nothing before it). The weights it ends with must
+//! hash to what the ledger recorded for checkpoint K+1, and its data cursor must end where the
+//! ledger says: on CPU (fp32, deterministic kernels) training is reproducible bit for bit.
+
+use crate::record::{CheckpointRec, Pretraining, RunRecord};
+use crate::verify::Check;
+use anyhow::{bail, Context, Result};
+use jarip_train::checkpoint::{TrainerState, TOKENIZER_FILE, TRAINER_FILE};
+use jarip_train::PretrainOptions;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))
+                .with_context(|| format!("cannot copy {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The trainer options that re-run the recorded pretraining in `out`.
+fn options(rec: &RunRecord, p: &Pretraining, out: &Path, total_steps: u64, stop: u64) -> Result<PretrainOptions> {
+    let c = &p.config;
+    let manifest = p.shard_manifest.as_ref().context("pretrain-start records no shard manifest")?;
+    let data = rec.paths.locate(manifest).parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(PretrainOptions {
+        data,
+        out: out.to_path_buf(),
+        max_steps: Some(total_steps),
+        stop_at_step: Some(stop),
+        seed: c.seed,
+        seq_len: c.seq_len,
+        batch_size: c.batch_size,
+        batch_tokens: Some(c.batch_tokens),
+        checkpoint_every: 0,
+        keep_checkpoints: 0,
+        eval_every: 0,
+        // The last step always evaluates; a single batch keeps that cheap (it reads no state
+        // that training uses).
+        eval_tokens: c.seq_len * c.batch_size,
+        sample_every: 0,
+        optimizer: c.optimizer.clone(),
+        schedule: c.schedule,
+        kernels: c.kernels,
+        device: "cpu".into(),
+        progress: false,
+        ..Default::default()
+    })
+}
+
+/// The run's length in steps as the ledger recorded it (the target checkpoint's, else any).
+fn total_steps(p: &Pretraining, target: &CheckpointRec) -> Option<u64> {
+    target.total_steps.or_else(|| p.checkpoints.iter().find_map(|c| c.total_steps))
+}
+
+fn replay_interval(rec: &RunRecord, p: &Pretraining, k: usize) -> Result<String> {
+    let n = p.checkpoints.len();
+    if k >= n {
+        bail!(
+            "the ledger records {n} checkpoints, so intervals 0..={} can be replayed (0 = from the seed)",
+            n.saturating_sub(1)
+        );
+    }
+    if p.config.device != "cpu" {
+        bail!(
+            "the run trained on {:?}; bit-for-bit replay needs a CPU run (jarip pretrain --device cpu), where the \
+             arithmetic is deterministic",
+            p.config.device
+        );
+    }
+    let target = &p.checkpoints[k];
+    let total = total_steps(p, target).context("the ledger does not record the run's length (total_steps)")?;
+    let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let out = scratch.path().join("replay");
+    let mut opts = options(rec, p, &out, total, target.step)?;
+    let from_step = if k == 0 {
+        // From the seed: a fresh run with the recorded model config and tokenizer.
+        let cfg = scratch.path().join("model.json");
+        std::fs::write(&cfg, p.config.model.to_json())?;
+        opts.config = Some(cfg);
+        let tok = p.tokenizer_file.as_ref().context("pretrain-start records no tokenizer")?;
+        opts.tokenizer = Some(rec.paths.locate(tok));
+        0
+    } else {
+        let source = &p.checkpoints[k - 1];
+        let dir = rec.paths.locate(source.recorded_dir.as_deref().context("checkpoint entry records no files")?);
+        if !dir.is_dir() {
+            bail!("checkpoint {} ({}) is not on disk", source.name(), dir.display());
+        }
+        let name = dir.file_name().map(PathBuf::from).context("checkpoint directory has no name")?;
+        copy_dir(&dir, &out.join(name))?;
+        opts.resume = true;
+        opts.tokenizer = Some(dir.join(TOKENIZER_FILE));
+        source.step
+    };
+    let t0 = Instant::now();
+    let summary = jarip_train::pretrain(&opts).context("re-running the recorded training")?;
+    let secs = t0.elapsed().as_secs_f64();
+    if summary.steps != target.step {
+        bail!("the replay stopped at step {}, not at {}", summary.steps, target.step);
+    }
+    if summary.weights_sha256 != target.weights_sha256 {
+        bail!(
+            "steps {from_step} → {}: the replayed weights hash to {}…, the ledger records {}… for {}",
+            target.step,
+            &summary.weights_sha256[..12],
+            &target.weights_sha256[..target.weights_sha256.len().min(12)],
+            target.name()
+        );
+    }
+    let ckpt = summary.last_checkpoint.context("the replay wrote no checkpoint")?;
+    let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(ckpt.join(TRAINER_FILE))?)?;
+    if serde_json::to_value(state.sampler)? != target.sampler_after {
+        bail!("the replay's data cursor ended at {:?}, the ledger records {}", state.sampler, target.sampler_after);
+    }
+    Ok(format!(
+        "steps {from_step} → {} re-run in {secs:.1} s: weights {}… and data cursor equal the ledger's for {}",
+        target.step,
+        &summary.weights_sha256[..12],
+        target.name()
+    ))
+}
+
+/// Check for interval `k` (see the module doc).
+pub fn replay(rec: &RunRecord, p: &Pretraining, k: usize) -> Check {
+    let name = match p.checkpoints.get(k) {
+        Some(t) => {
+            let from = if k == 0 { "seed".to_string() } else { p.checkpoints[k - 1].name() };
+            format!("replay {k}: {from} → {}", t.name())
+        }
+        None => format!("replay {k}"),
+    };
+    match replay_interval(rec, p, k) {
+        Ok(detail) => Check::pass(name, detail),
+        Err(e) => Check::fail(name, format!("{e:#}")),
+    }
+}
