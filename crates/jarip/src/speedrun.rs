@@ -119,7 +119,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
         batch_size: 8,
         batch_tokens: None,
         checkpoint_every: 200,
-        keep_checkpoints: 3,
+        keep_checkpoints: 0, // every checkpoint stays, so `provenance verify` can replay each interval
         eval_every: 100,
         eval_tokens: 32768,
         sample_every: 0,
@@ -199,7 +199,7 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
         lr: 1e-3,
         warmup_steps: 20,
         checkpoint_every: 200,
-        keep_checkpoints: 2,
+        keep_checkpoints: 0,
         eval_every: 100,
         kernels: crate::pretrain_cmd::KernelsArg::Fused,
         device: "cpu".into(),

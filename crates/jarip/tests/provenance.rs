@@ -2,30 +2,21 @@
 //! CLI: an honest run verifies and replays bit for bit; each kind of tampering fails verify and
 //! is named; lineage verdicts in --json; bad inputs exit non-zero with a clear message.
 
+mod common;
+use common::{jarip, ok, s};
+
 use jarip_ledger::{FileRef, Ledger, Manifest};
 use jarip_model::{Gpt, ModelConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn jarip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jarip")).args(args).output().expect("run jarip")
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use std::process::Output;
 
 fn text(out: &Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "jarip failed:\n{}", text(out));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Asserts failure, and that the output names each needle.
-fn fails_with(out: &Output, needles: &[&str]) {
+/// Asserts failure, and that the output (the PASS/FAIL lines on stdout, or the error on stderr)
+/// names each needle.
+fn fails_naming(out: &Output, needles: &[&str]) {
     let all = text(out);
     assert!(!out.status.success(), "expected failure, got success:\n{all}");
     for n in needles {
@@ -156,7 +147,7 @@ fn an_honest_run_verifies_replays_and_gets_a_card() {
     copy_tree(&run, &moved);
     ok(&verify(&moved, &[]));
 
-    fails_with(&verify(&run, &["--replay", "7"]), &["replay 7", "3 checkpoints"]);
+    fails_naming(&verify(&run, &["--replay", "7"]), &["replay 7", "3 checkpoints"]);
 
     // Fine-tuning recorded in the same ledger is checked too; fine-tuning weights that no ledger
     // shows being made is an import.
@@ -192,7 +183,7 @@ fn an_honest_run_verifies_replays_and_gets_a_card() {
     let foreign = d.path().join("foreign");
     copy_tree(&run.join("ckpt-000006"), &foreign.join("ckpt-000006"));
     sft(&foreign.join("ckpt-000006"), &d.path().join("sft2"), &d.path().join("sft2/ledger.jsonl"));
-    fails_with(&verify(&d.path().join("sft2"), &[]), &["FAIL  no imported weights", "sft-start fine-tuned weights"]);
+    fails_naming(&verify(&d.path().join("sft2"), &[]), &["FAIL  no imported weights", "sft-start fine-tuned weights"]);
 
     let out = jarip(&["provenance", "card", &s(&run), "--json"]);
     let card: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
@@ -261,7 +252,7 @@ fn each_tampering_is_detected_and_named() {
         std::fs::write(&p, b).unwrap();
     });
     let out = verify(&c, &[]);
-    fails_with(&out, &["ckpt-000004/model.safetensors changed"]);
+    fails_naming(&out, &["ckpt-000004/model.safetensors changed"]);
     let failed = failed_checks(&out);
     assert!(failed.contains(&"checkpoint ckpt-000004".to_string()), "{failed:?}");
     assert!(failed.contains(&"manifest ckpt-000004".to_string()), "{failed:?}");
@@ -275,14 +266,14 @@ fn each_tampering_is_detected_and_named() {
         l.swap(4, 5);
         std::fs::write(c.join("ledger.jsonl"), l.join("\n") + "\n").unwrap();
     });
-    fails_with(&verify(&c, &[]), &["FAIL  ledger chain", "ledger.jsonl:5", "reordered"]);
+    fails_naming(&verify(&c, &[]), &["FAIL  ledger chain", "ledger.jsonl:5", "reordered"]);
     let c = copy(&|c| {
         let mut l = lines(c);
         l.remove(5);
         std::fs::write(c.join("ledger.jsonl"), l.join("\n") + "\n").unwrap();
     });
     let out = verify(&c, &[]);
-    fails_with(&out, &["FAIL  ledger chain", "deleted"]);
+    fails_naming(&out, &["FAIL  ledger chain", "deleted"]);
     assert!(failed_checks(&out).contains(&"training record continuity".to_string()), "{}", text(&out));
 
     // A shard swapped for another.
@@ -290,7 +281,7 @@ fn each_tampering_is_detected_and_named() {
         std::fs::copy(c.join("shards/val-00000.bin"), c.join("shards/train-00000.bin")).unwrap();
     });
     let out = verify(&c, &[]);
-    fails_with(&out, &["train-00000.bin changed", "FAIL  shards merkle root", "changed: train-00000.bin"]);
+    fails_naming(&out, &["train-00000.bin changed", "FAIL  shards merkle root", "changed: train-00000.bin"]);
 
     // A config edited: in a checkpoint, and in the ledger itself.
     let c = copy(&|c| {
@@ -299,25 +290,25 @@ fn each_tampering_is_detected_and_named() {
         std::fs::write(&p, cfg).unwrap();
     });
     let out = verify(&c, &[]);
-    fails_with(&out, &["ckpt-000004/config.json changed", "config.json differs from the model config"]);
+    fails_naming(&out, &["ckpt-000004/config.json changed", "config.json differs from the model config"]);
     let c = copy(&|c| {
         let l = lines(c).join("\n").replacen("\"seed\":3", "\"seed\":4", 1);
         std::fs::write(c.join("ledger.jsonl"), l + "\n").unwrap();
     });
-    fails_with(&verify(&c, &[]), &["FAIL  ledger chain", "altered"]);
+    fails_naming(&verify(&c, &[]), &["FAIL  ledger chain", "altered"]);
 
     // A checkpoint absent from disk: a failure, unless pruning is explicitly accepted.
     let c = copy(&|c| std::fs::remove_dir_all(c.join("ckpt-000002")).unwrap());
-    fails_with(&verify(&c, &[]), &["FAIL  checkpoint ckpt-000002", "not on disk"]);
+    fails_naming(&verify(&c, &[]), &["FAIL  checkpoint ckpt-000002", "not on disk"]);
     ok(&verify(&c, &["--allow-pruned"]));
     let c = copy(&|c| std::fs::remove_dir_all(c.join("ckpt-000006")).unwrap());
-    fails_with(&verify(&c, &["--allow-pruned"]), &["FAIL  checkpoint ckpt-000006", "not on disk"]);
+    fails_naming(&verify(&c, &["--allow-pruned"]), &["FAIL  checkpoint ckpt-000006", "not on disk"]);
 
     // Weights replaced and every hash rewritten to agree: the hashes pass, the replay does not.
     let c = copy(&|c| forge(c, "ckpt-000006"));
     ok(&verify(&c, &[]));
     let out = verify(&c, &["--replay", "2"]);
-    fails_with(&out, &["FAIL  replay 2: ckpt-000004 → ckpt-000006", "the replayed weights hash to"]);
+    fails_naming(&out, &["FAIL  replay 2: ckpt-000004 → ckpt-000006", "the replayed weights hash to"]);
 }
 
 fn lineage_verdict(a: &Path, b: &Path) -> String {
@@ -345,18 +336,18 @@ fn lineage_verdicts_and_bad_inputs() {
     // Bad inputs.
     let empty = d.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    fails_with(&verify(&empty, &[]), &["no ledger"]);
+    fails_naming(&verify(&empty, &[]), &["no ledger"]);
     let bad_ledger = d.path().join("bad/ledger.jsonl");
     std::fs::create_dir_all(bad_ledger.parent().unwrap()).unwrap();
     std::fs::write(&bad_ledger, [0xff, 0xfe, b'\n']).unwrap();
-    fails_with(&verify(&bad_ledger, &[]), &["not UTF-8"]);
+    fails_naming(&verify(&bad_ledger, &[]), &["not UTF-8"]);
     let garbage = d.path().join("x.safetensors");
     std::fs::write(&garbage, b"definitely not tensors").unwrap();
-    fails_with(&jarip(&["lineage", &s(&garbage), &s(&a)]), &["model A", "not a safetensors file"]);
-    fails_with(&jarip(&["lineage", &s(&a), &s(&d.path().join("README.md"))]), &["model B", "no such model"]);
-    fails_with(&jarip(&["lineage", &s(&a.join("ckpt-000099")), &s(&a)]), &["ckpt-000099"]);
+    fails_naming(&jarip(&["lineage", &s(&garbage), &s(&a)]), &["model A", "not a safetensors file"]);
+    fails_naming(&jarip(&["lineage", &s(&a), &s(&d.path().join("README.md"))]), &["model B", "no such model"]);
+    fails_naming(&jarip(&["lineage", &s(&a.join("ckpt-000099")), &s(&a)]), &["ckpt-000099"]);
     let wide = d.path().join("wide");
     let cfg = ModelConfig { n_layer: 1, n_embd: 128, ..ModelConfig::tiny(300) };
     Gpt::new(&cfg, 1, &candle_core::Device::Cpu).unwrap().save(&wide).unwrap();
-    fails_with(&jarip(&["lineage", &s(&a), &s(&wide)]), &["no tensor of", "matches"]);
+    fails_naming(&jarip(&["lineage", &s(&a), &s(&wide)]), &["no tensor of", "matches"]);
 }
