@@ -297,16 +297,17 @@ pub fn chat(a: &ChatArgs) -> Result<()> {
             }
             Line::Say(text) => {
                 history.push(Message::new(Role::User, text));
-                let mut msgs: Vec<Message> = system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
-                msgs.extend(history.iter().cloned());
-                let mut ids = engine.tokenizer().render_chat(&msgs, true)?.ids;
+                let render = |history: &[Message]| -> Result<Vec<u32>> {
+                    let mut msgs: Vec<Message> = system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+                    msgs.extend(history.iter().cloned());
+                    Ok(engine.tokenizer().render_chat(&msgs, true)?.ids)
+                };
+                let mut ids = render(&history)?;
                 // Keep the conversation inside the context: forget the oldest turns first.
                 let room = engine.model().config().max_seq_len.saturating_sub(a.sampling.max_tokens.min(256));
                 while ids.len() > room && history.len() > 1 {
                     history.drain(..history.len().min(2));
-                    msgs = system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
-                    msgs.extend(history.iter().cloned());
-                    ids = engine.tokenizer().render_chat(&msgs, true)?.ids;
+                    ids = render(&history)?;
                 }
                 let mut req = a.sampling.request(ids);
                 req.stop_tokens = engine.chat_stop_tokens();
