@@ -27,15 +27,25 @@ fn copy_bandwidth(mib: usize) -> f64 {
     (2 * n * 4) as f64 / best
 }
 
-/// Aggregate decode tokens/s of `batch` sequences, prefill excluded.
-fn decode_tps(model: &Arc<DecodeModel>, tok: &Arc<Tokenizer>, batch: usize, steps: usize) -> Result<f64> {
+/// Aggregate decode tokens/s of `batch` sequences after prompts of `context` tokens, prefill
+/// excluded.
+fn decode_tps(
+    model: &Arc<DecodeModel>,
+    tok: &Arc<Tokenizer>,
+    batch: usize,
+    context: usize,
+    steps: usize,
+) -> Result<f64> {
     let mut b = Batcher::new(model.clone(), tok.clone(), batch);
     for i in 0..batch {
-        let prompt: Vec<u32> = (0..16).map(|j| ((i * 31 + j * 7) % 200) as u32 + 1).collect();
+        let prompt: Vec<u32> = (0..context).map(|j| ((i * 31 + j * 7) % 200) as u32 + 1).collect();
         let sampling = SamplingParams { temperature: 1.0, seed: Some(i as u64), ..Default::default() };
         b.admit(i as u64, Request::new(prompt, steps + 1, sampling))?;
     }
-    b.step()?; // prefill + first token
+    // Prefill (in chunks of 256 tokens), ending with the first token of each sequence.
+    for _ in 0..context.div_ceil(256) {
+        b.step()?;
+    }
     let t = Instant::now();
     let mut tokens = 0;
     for _ in 0..steps {
@@ -44,20 +54,30 @@ fn decode_tps(model: &Arc<DecodeModel>, tok: &Arc<Tokenizer>, batch: usize, step
     Ok(tokens as f64 / t.elapsed().as_secs_f64())
 }
 
-fn report(name: &str, model: Arc<DecodeModel>, tok: Arc<Tokenizer>, bw: f64, steps: usize) -> Result<()> {
+fn report(
+    name: &str,
+    model: Arc<DecodeModel>,
+    tok: Arc<Tokenizer>,
+    bw: f64,
+    steps: usize,
+    contexts: &[usize],
+) -> Result<()> {
     let wb = model.weight_bytes() as f64;
     let bound = bw / wb;
-    let t1 = decode_tps(&model, &tok, 1, steps)?;
-    let t8 = decode_tps(&model, &tok, 8, steps)?;
-    println!(
-        "{name:<32} weights {:>7.1} MB  bound {:>6.1} tok/s | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
-        wb / 1e6,
-        bound,
-        t1,
-        100.0 * t1 / bound,
-        t8,
-        t8 / t1
-    );
+    for &context in contexts {
+        let context = context.min(model.config().max_seq_len.saturating_sub(steps + 2)).max(1);
+        let t1 = decode_tps(&model, &tok, 1, context, steps)?;
+        let t8 = decode_tps(&model, &tok, 8, context, steps)?;
+        println!(
+            "{name:<32} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
+            wb / 1e6,
+            bound,
+            t1,
+            100.0 * t1 / bound,
+            t8,
+            t8 / t1
+        );
+    }
     Ok(())
 }
 
@@ -65,6 +85,13 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let steps: usize = flag("--steps").and_then(|s| s.parse().ok()).unwrap_or(32);
+    // Prompt lengths before decoding: attention reads the whole cache each step, so a long
+    // context costs memory traffic on top of the weights.
+    let contexts: Vec<usize> = flag("--contexts")
+        .unwrap_or_else(|| "16,512".into())
+        .split(',')
+        .map(|c| c.trim().parse())
+        .collect::<Result<_, _>>()?;
     println!("threads: {}", rayon::current_num_threads());
     let bw = copy_bandwidth(1024);
     println!("memory bandwidth (1 GiB parallel copy, read + write): {:.2} GB/s", bw / 1e9);
@@ -72,7 +99,7 @@ fn main() -> Result<()> {
         let loaded = jarip_infer::load_model(std::path::Path::new(&dir), &candle_core::Device::Cpu)?;
         let n = loaded.model.num_params();
         let model = Arc::new(DecodeModel::new(&loaded.model)?);
-        report(&format!("{dir} ({:.1}M)", n as f64 / 1e6), model, Arc::new(loaded.tokenizer), bw, steps)?;
+        report(&format!("{dir} ({:.1}M)", n as f64 / 1e6), model, Arc::new(loaded.tokenizer), bw, steps, &contexts)?;
     }
     // ~100M parameters: depth 10 (640 wide, 10 layers), vocabulary 40960.
     let cfg = ModelConfig::from_depth(10, 40960);
@@ -86,6 +113,6 @@ fn main() -> Result<()> {
         docs.into_iter(),
         &jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() },
     )?;
-    report(&format!("random init ({:.1}M)", n as f64 / 1e6), model, Arc::new(tok), bw, steps)?;
+    report(&format!("random init ({:.1}M)", n as f64 / 1e6), model, Arc::new(tok), bw, steps, &contexts)?;
     Ok(())
 }

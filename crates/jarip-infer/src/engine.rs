@@ -14,6 +14,7 @@ use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
 use jarip_model::{DecodeModel, Gpt, SeqCache, SeqInput};
 use jarip_tokenizer::Tokenizer;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -243,12 +244,19 @@ impl Batcher {
             self.model.forward(&mut inputs, false)?
         };
         let ctx = self.context();
+        // Each sequence samples with its own RNG, so sampling in parallel changes nothing but time
+        // (a full-vocabulary softmax per sequence is not small next to a batched forward).
+        let drawn: Vec<Option<TokenLogprob>> = self
+            .active
+            .par_iter_mut()
+            .zip(&logits)
+            .map(|(a, row)| a.pending.is_empty().then(|| a.sampler.sample(row)))
+            .collect();
         let mut events = Vec::new();
-        for (a, row) in self.active.iter_mut().zip(&logits) {
-            if !a.pending.is_empty() {
+        for (a, lp) in self.active.iter_mut().zip(drawn) {
+            let Some(lp) = lp else {
                 continue; // still prefilling
-            }
-            let lp = a.sampler.sample(row);
+            };
             a.generated += 1;
             let token = lp.token;
             let mut delta = Delta { logprob: a.req.logprobs.then(|| lp.clone()), ..Default::default() };

@@ -131,61 +131,116 @@ impl Sampler {
         for x in l.iter_mut() {
             *x /= t;
         }
-        let logprobs = log_softmax(&l);
-        let token = if self.params.temperature == 0.0 { argmax(&l) } else { self.draw(&logprobs) };
+        // One exponential per token: unnormalised probabilities, their sum gives the log-sum-exp.
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let probs: Vec<f32> = l.iter().map(|v| (v - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        let lse = max + total.ln();
+        let token = if self.params.temperature == 0.0 { argmax(&l) } else { self.draw(&probs, total) };
         self.observe(token);
-        let top = if self.params.top_logprobs > 0 { top_n(&logprobs, self.params.top_logprobs) } else { vec![] };
-        TokenLogprob { token, logprob: logprobs[token as usize], top }
+        let top = if self.params.top_logprobs > 0 {
+            top_n(&l, self.params.top_logprobs).into_iter().map(|(i, v)| (i, v - lse)).collect()
+        } else {
+            vec![]
+        };
+        TokenLogprob { token, logprob: l[token as usize] - lse, top }
     }
 
-    /// Draws from the tempered distribution after top-k, top-p and min-p truncation.
-    fn draw(&mut self, logprobs: &[f32]) -> u32 {
+    /// Draws from the unnormalised probabilities `probs` (summing to `total`) after top-k, top-p
+    /// and min-p truncation.
+    fn draw(&mut self, probs: &[f32], total: f32) -> u32 {
         let p = &self.params;
-        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p == 0.0 {
+        let (cand, mass) = if p.top_k == 0 && p.top_p >= 1.0 && p.min_p == 0.0 {
             // No truncation: one pass in id order, no sort over the vocabulary.
-            let mut u = self.rng.gen::<f32>();
-            for (i, lp) in logprobs.iter().enumerate() {
-                u -= lp.exp();
+            let mut u = self.rng.gen::<f32>() * total;
+            for (i, &q) in probs.iter().enumerate() {
+                u -= q;
                 if u <= 0.0 {
                     return i as u32;
                 }
             }
-            return argmax(logprobs);
-        }
-        let mut cand: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &lp)| (i as u32, lp.exp())).collect();
-        // Sort by probability, ties by id, so the draw is a function of the seed alone.
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.truncate(p.top_k);
-        }
-        if p.min_p > 0.0 {
-            let floor = cand[0].1 * p.min_p;
-            let keep = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
-            cand.truncate(keep);
-        }
-        if p.top_p < 1.0 {
-            let total: f32 = cand.iter().map(|c| c.1).sum();
-            let mut acc = 0.0;
-            let mut keep = cand.len();
-            for (i, c) in cand.iter().enumerate() {
-                acc += c.1 / total;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            cand.truncate(keep.max(1));
-        }
-        let total: f32 = cand.iter().map(|c| c.1).sum();
-        let mut u = self.rng.gen::<f32>() * total;
+            return argmax(probs);
+        } else {
+            truncate(p, probs, total)
+        };
+        let mut u = self.rng.gen::<f32>() * mass;
         for c in &cand {
             u -= c.1;
             if u <= 0.0 {
                 return c.0;
             }
         }
-        cand.last().unwrap().0
+        cand.last().expect("truncation keeps at least one token").0
     }
+}
+
+/// The tokens top-k, min-p and top-p keep (in that order), most likely first with ties by id, and
+/// their total. Truncation keeps a prefix of the sorted vocabulary, so only the largest few are
+/// sorted, and more only when the kept prefix might be longer than those (a flat distribution).
+fn truncate(p: &SamplingParams, probs: &[f32], total: f32) -> (Vec<(u32, f32)>, f32) {
+    let v = probs.len();
+    let k = if p.top_k > 0 { p.top_k.min(v) } else { v };
+    // Mass of the top-k set, the denominator of top-p when min-p removes nothing.
+    let mass_k = if k == v { total } else { mass(&largest(probs, k, false)) };
+    let mut head = k.min(512);
+    loop {
+        let cand = largest(probs, head, true);
+        let complete = head == k;
+        // min-p keeps the prefix at or above a fraction of the top token.
+        let (n, mass) = if p.min_p > 0.0 {
+            let floor = cand[0].1 * p.min_p;
+            let n = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
+            if n == head && !complete {
+                head = (head * 4).min(k);
+                continue;
+            }
+            (n, if n == k { mass_k } else { mass(&cand[..n]) })
+        } else {
+            (k, mass_k)
+        };
+        let mut keep = n;
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, c) in cand.iter().take(n).enumerate() {
+                acc += c.1 / mass;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if keep > head {
+            head = (head * 4).min(k);
+            continue;
+        }
+        let mut cand = cand;
+        cand.truncate(keep.max(1));
+        let kept = cand.iter().map(|c| c.1).sum();
+        return (cand, kept);
+    }
+}
+
+/// Total of a set of candidates, summed in id order (as the whole vocabulary's total is), so
+/// that the top-p cut does not depend on how the set was found.
+fn mass(set: &[(u32, f32)]) -> f32 {
+    let mut by_id = set.to_vec();
+    by_id.sort_unstable_by_key(|c| c.0);
+    by_id.iter().map(|c| c.1).sum()
+}
+
+/// The `n` largest `(id, value)` pairs, in decreasing value with ties by id when `sorted`.
+fn largest(x: &[f32], n: usize, sorted: bool) -> Vec<(u32, f32)> {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut idx: Vec<(u32, f32)> = x.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let n = n.min(idx.len());
+    if n < idx.len() && n > 0 {
+        idx.select_nth_unstable_by(n - 1, order);
+    }
+    idx.truncate(n);
+    if sorted {
+        idx.sort_unstable_by(order);
+    }
+    idx
 }
 
 pub fn argmax(x: &[f32]) -> u32 {
@@ -198,19 +253,8 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-pub fn log_softmax(x: &[f32]) -> Vec<f32> {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
-    x.iter().map(|v| v - lse).collect()
-}
-
-fn top_n(logprobs: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<(u32, f32)> = logprobs.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-    let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n.saturating_sub(1), |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    idx.truncate(n);
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    idx
+fn top_n(x: &[f32], n: usize) -> Vec<(u32, f32)> {
+    largest(x, n, true)
 }
 
 #[cfg(test)]
@@ -257,6 +301,65 @@ mod tests {
         // min_p 0.3: p(1)/p(0) = e^-1 ≈ 0.37 stays, p(2)/p(0) = e^-2 ≈ 0.14 goes.
         let m = freq(SamplingParams { min_p: 0.3, ..Default::default() }, &logits, 500);
         assert!(m[2..].iter().all(|&c| c == 0) && m[1] > 0, "{m:?}");
+    }
+
+    /// Truncation by sorting the whole vocabulary, the definition `truncate` must agree with.
+    fn truncate_by_full_sort(p: &SamplingParams, probs: &[f32]) -> Vec<u32> {
+        let mut cand = largest(probs, probs.len(), true);
+        if p.top_k > 0 {
+            cand.truncate(p.top_k);
+        }
+        if p.min_p > 0.0 {
+            let floor = cand[0].1 * p.min_p;
+            let keep = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
+            cand.truncate(keep);
+        }
+        if p.top_p < 1.0 {
+            let total = mass(&cand);
+            let (mut acc, mut keep) = (0.0, cand.len());
+            for (i, c) in cand.iter().enumerate() {
+                acc += c.1 / total;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep);
+        }
+        cand.iter().map(|c| c.0).collect()
+    }
+
+    #[test]
+    fn partial_sort_truncation_equals_sorting_the_whole_vocabulary() {
+        // Peaked and flat distributions over a vocabulary larger than the first sorted prefix,
+        // with ties, so that both the quick path and every widening are taken.
+        let v = 5000;
+        let peaked: Vec<f32> = (0..v).map(|i| ((i * 7919 % 997) as f32 / 60.0).exp()).collect();
+        let flat: Vec<f32> = (0..v).map(|i| 1.0 + (i % 3) as f32 * 1e-3).collect();
+        for probs in [&peaked, &flat] {
+            let total: f32 = probs.iter().sum();
+            for (top_k, top_p, min_p) in [
+                (0, 0.9, 0.0),
+                (0, 0.999, 0.0),
+                (0, 1.0, 0.05),
+                (0, 1.0, 0.999),
+                (40, 1.0, 0.0),
+                (3000, 1.0, 0.0),
+                (2000, 0.95, 0.01),
+                (0, 0.5, 0.2),
+            ] {
+                let p = SamplingParams { top_k, top_p, min_p, ..Default::default() };
+                let (got, mass) = truncate(&p, probs, total);
+                let want = truncate_by_full_sort(&p, probs);
+                assert_eq!(
+                    got.iter().map(|c| c.0).collect::<Vec<_>>(),
+                    want,
+                    "top_k {top_k} top_p {top_p} min_p {min_p}"
+                );
+                let sum: f32 = got.iter().map(|c| c.1).sum();
+                assert!((mass - sum).abs() <= 1e-3 * sum);
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! server decode many conversations in one pass over the weights (continuous batching).
 //!
 //! Decoding is memory-bound: each step streams every weight once, so the matrix kernel
-//! ([`matmul_wt`]) walks a weight row once for up to [`ROW_TILE`] activation rows. Each output
-//! element is reduced in one fixed order whatever the batch holds, so a sequence's logits (and
-//! hence its sampled text) do not depend on which other sequences shared its steps.
+//! ([`matmul_wt`], in [`crate::decode_matmul`]) reads a weight row once for all activation rows of
+//! the step. Each output element is reduced in one fixed order whatever the batch holds, so a
+//! sequence's logits (and hence its sampled text) do not depend on which other sequences shared
+//! its steps.
 
 use crate::config::MlpKind;
 use crate::model::Gpt;
@@ -15,12 +16,11 @@ use crate::ModelConfig;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-/// Activation rows that share one pass over a weight row.
-pub const ROW_TILE: usize = 8;
-/// Accumulator lanes of a dot product (one AVX2 register).
-const LANES: usize = 8;
+pub use crate::decode_matmul::matmul_wt;
+use crate::decode_matmul::Kernel;
 
-/// Keys and values of one sequence's past positions, per layer (`[pos, Hkv, D]`, after rotary).
+/// Keys and values of one sequence's past positions, after rotary: one `[pos, D]` array per layer
+/// and KV head (index `layer · Hkv + head`), so attention reads each head's history contiguously.
 #[derive(Debug, Clone, Default)]
 pub struct SeqCache {
     k: Vec<Vec<f32>>,
@@ -43,12 +43,13 @@ impl SeqCache {
     }
 
     /// Forgets positions `n..` (e.g. to reuse a shared prompt prefix).
-    pub fn truncate(&mut self, n: usize, kv_dim: usize) {
+    pub fn truncate(&mut self, n: usize) {
         if n < self.len {
-            self.len = n;
             for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-                l.truncate(n * kv_dim);
+                let width = l.len() / self.len;
+                l.truncate(n * width);
             }
+            self.len = n;
         }
     }
 
@@ -192,8 +193,8 @@ impl DecodeModel {
             row.copy_from_slice(&self.embed[t as usize * c..(t as usize + 1) * c]);
         }
         for s in seqs.iter_mut() {
-            s.cache.k.resize(cfg.n_layer, Vec::new());
-            s.cache.v.resize(cfg.n_layer, Vec::new());
+            s.cache.k.resize(cfg.n_layer * hkv, Vec::new());
+            s.cache.v.resize(cfg.n_layer * hkv, Vec::new());
         }
         let (mut hn, mut q, mut k, mut v) =
             (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n * kv], vec![0f32; n * kv]);
@@ -211,13 +212,17 @@ impl DecodeModel {
             rms_norm_rows(&kn, &lw.k_norm, cfg.norm_eps as f32, &mut k);
             self.rotate(&mut q, &pos, h);
             self.rotate(&mut k, &pos, hkv);
-            // Append the new keys/values to their sequences' caches.
+            // Append the new keys/values to their sequences' caches, head by head.
             let mut r = 0;
             for s in seqs.iter_mut() {
-                let m = s.tokens.len();
-                s.cache.k[li].extend_from_slice(&k[r * kv..(r + m) * kv]);
-                s.cache.v[li].extend_from_slice(&v[r * kv..(r + m) * kv]);
-                r += m;
+                for row in r..r + s.tokens.len() {
+                    for head in 0..hkv {
+                        let at = row * kv + head * d;
+                        s.cache.k[li * hkv + head].extend_from_slice(&k[at..at + d]);
+                        s.cache.v[li * hkv + head].extend_from_slice(&v[at..at + d]);
+                    }
+                }
+                r += s.tokens.len();
             }
             self.attend(seqs, li, &q, &owner, &pos, &mut y);
             matmul_wt(&y, n, &lw.wo, c, c, &mut tmp);
@@ -298,32 +303,102 @@ impl DecodeModel {
     fn attend(&self, seqs: &[SeqInput<'_>], layer: usize, q: &[f32], owner: &[usize], pos: &[usize], y: &mut [f32]) {
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
-        let (rep, kv) = (h / hkv, hkv * d);
+        let rep = h / hkv;
         let scale = 1.0 / (d as f32).sqrt();
-        y.par_chunks_mut(d).enumerate().for_each(|(idx, out)| {
+        y.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (idx, out)| {
             let (r, head) = (idx / h, idx % h);
             let cache = &seqs[owner[r]].cache;
-            let (keys, vals) = (&cache.k[layer], &cache.v[layer]);
-            let kh = head / rep;
+            let kh = layer * hkv + head / rep;
             let qv = &q[r * h * d + head * d..r * h * d + (head + 1) * d];
-            let seen = pos[r] + 1;
-            let mut scores: Vec<f32> =
-                (0..seen).map(|p| dot(qv, &keys[p * kv + kh * d..p * kv + (kh + 1) * d]) * scale).collect();
-            let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            out.fill(0.0);
-            for (p, s) in scores.iter().enumerate() {
-                let w = s / sum;
-                for (o, vv) in out.iter_mut().zip(&vals[p * kv + kh * d..p * kv + (kh + 1) * d]) {
-                    *o += w * vv;
-                }
-            }
+            attend_head(qv, &cache.k[kh], &cache.v[kh], pos[r] + 1, scale, scores, out);
         });
     }
+}
+
+/// One query row of one head: softmax(q·Kᵀ·scale)·V over the first `seen` positions of the
+/// head's keys and values (`[pos, D]`).
+fn attend_head(q: &[f32], keys: &[f32], vals: &[f32], seen: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected. The build is the same arithmetic (no fused
+            // multiply-add), only wider, so both paths give the same bits.
+            unsafe { attend_head_avx2(q, keys, vals, seen, scale, scores, out) };
+            return;
+        }
+    }
+    attend_head_impl(q, keys, vals, seen, scale, scores, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_head_avx2(
+    q: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    seen: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_head_impl(q, keys, vals, seen, scale, scores, out);
+}
+
+#[inline(always)]
+fn attend_head_impl(
+    q: &[f32],
+    keys: &[f32],
+    vals: &[f32],
+    seen: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    scores.clear();
+    scores.resize(seen, 0.0);
+    // q·Kᵀ is a matrix-vector product over the head's keys: the decode kernel does it, in its
+    // fixed reduction order.
+    Kernel::detect().run(q, 1, &keys[..seen * d], seen, d, scores);
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for s in scores.iter_mut() {
+        *s /= sum;
+    }
+    // Σ_p w_p·V[p], a block of columns at a time held in registers across all positions.
+    let mut c0 = 0;
+    while c0 + 64 <= d {
+        weighted_rows::<64>(scores, vals, d, c0, out);
+        c0 += 64;
+    }
+    while c0 + 8 <= d {
+        weighted_rows::<8>(scores, vals, d, c0, out);
+        c0 += 8;
+    }
+    while c0 < d {
+        weighted_rows::<1>(scores, vals, d, c0, out);
+        c0 += 1;
+    }
+}
+
+/// `out[c0..c0 + W] = Σ_p w[p] · vals[p·d + c0..][..W]`, summed in increasing `p`.
+#[inline(always)]
+fn weighted_rows<const W: usize>(w: &[f32], vals: &[f32], d: usize, c0: usize, out: &mut [f32]) {
+    let mut acc = [0f32; W];
+    for (p, &wp) in w.iter().enumerate() {
+        let v: &[f32; W] = vals[p * d + c0..p * d + c0 + W].try_into().expect("block of W columns");
+        for (a, x) in acc.iter_mut().zip(v) {
+            *a += wp * x;
+        }
+    }
+    out[c0..c0 + W].copy_from_slice(&acc);
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {
@@ -340,149 +415,6 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * g;
         }
     });
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `out[m × n] = x[m × k] · wᵀ` for `w: [n × k]` (the layout of every weight matrix).
-///
-/// Parallel over blocks of weight rows; within a block each weight row is loaded once and
-/// multiplied with up to [`ROW_TILE`] activation rows, so batch decoding costs about one read of
-/// the weights per step, like batch 1.
-pub fn matmul_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_wt: buffer sizes");
-    const BLOCK: usize = 32;
-    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|b| {
-            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-            let mut part = vec![0f32; m * (hi - lo)];
-            kernel(x, m, &w[lo * k..hi * k], hi - lo, k, &mut part);
-            part
-        })
-        .collect();
-    for (b, part) in blocks.iter().enumerate() {
-        let (lo, width) = (b * BLOCK, part.len() / m.max(1));
-        for i in 0..m {
-            out[i * n + lo..i * n + lo + width].copy_from_slice(&part[i * width..(i + 1) * width]);
-        }
-    }
-}
-
-/// `part[m × nb] = x · w_blockᵀ`, dispatching to an AVX2+FMA build when the CPU has it.
-fn kernel(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features this function was compiled for were just detected.
-            unsafe { kernel_avx2(x, m, w, nb, k, part) };
-            return;
-        }
-    }
-    kernel_generic::<false>(x, m, w, nb, k, part);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
-    kernel_generic::<true>(x, m, w, nb, k, part);
-}
-
-/// Every output element is `Σ lanes`, lane `l` accumulating `x[i]·w[i]` for `i ≡ l (mod 8)` in
-/// increasing `i`, then the tail: the same order for any `m`, which keeps results batch-invariant.
-#[inline(always)]
-fn kernel_generic<const FMA: bool>(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
-    let body = k - k % LANES;
-    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let finish = |acc: &[f32; LANES], xr: &[f32], wr: &[f32]| {
-        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for i in body..k {
-            s = fma(xr[i], wr[i], s);
-        }
-        s
-    };
-    if m == 1 {
-        // One activation row: G weight rows at a time, for independent FMA chains and enough
-        // concurrent streams to keep memory busy (8 measured twice as fast as 4 on this machine).
-        const G: usize = 8;
-        let xr = &x[..k];
-        let mut j = 0;
-        while j + G <= nb {
-            let ws: [&[f32]; G] = std::array::from_fn(|t| &w[(j + t) * k..(j + t + 1) * k]);
-            let mut acc = [[0f32; LANES]; G];
-            for c in (0..body).step_by(LANES) {
-                let xs = &xr[c..c + LANES];
-                for (a, wr) in acc.iter_mut().zip(&ws) {
-                    let wc = &wr[c..c + LANES];
-                    for l in 0..LANES {
-                        a[l] = fma(xs[l], wc[l], a[l]);
-                    }
-                }
-            }
-            for (t, (a, wr)) in acc.iter().zip(&ws).enumerate() {
-                part[j + t] = finish(a, xr, wr);
-            }
-            j += G;
-        }
-        for jj in j..nb {
-            let wr = &w[jj * k..(jj + 1) * k];
-            let mut a = [0f32; LANES];
-            for c in (0..body).step_by(LANES) {
-                for l in 0..LANES {
-                    a[l] = fma(xr[c + l], wr[c + l], a[l]);
-                }
-            }
-            part[jj] = finish(&a, xr, wr);
-        }
-        return;
-    }
-    let mut i0 = 0;
-    while i0 < m {
-        let rows = (m - i0).min(ROW_TILE);
-        // A fixed tile height keeps the accumulators in registers.
-        match rows {
-            8 => tile::<8, FMA>(x, i0, w, nb, k, part),
-            7 => tile::<7, FMA>(x, i0, w, nb, k, part),
-            6 => tile::<6, FMA>(x, i0, w, nb, k, part),
-            5 => tile::<5, FMA>(x, i0, w, nb, k, part),
-            4 => tile::<4, FMA>(x, i0, w, nb, k, part),
-            3 => tile::<3, FMA>(x, i0, w, nb, k, part),
-            2 => tile::<2, FMA>(x, i0, w, nb, k, part),
-            _ => tile::<1, FMA>(x, i0, w, nb, k, part),
-        }
-        i0 += rows;
-    }
-}
-
-/// Rows `i0..i0 + R` of `x` against every row of the weight block (same lane order as above).
-#[inline(always)]
-fn tile<const R: usize, const FMA: bool>(x: &[f32], i0: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
-    let body = k - k % LANES;
-    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(i0 + r) * k..(i0 + r + 1) * k]);
-    for j in 0..nb {
-        let wr = &w[j * k..(j + 1) * k];
-        let mut acc = [[0f32; LANES]; R];
-        for c in (0..body).step_by(LANES) {
-            let wc: &[f32; LANES] = wr[c..c + LANES].try_into().expect("lane chunk");
-            for r in 0..R {
-                let xc: &[f32; LANES] = xs[r][c..c + LANES].try_into().expect("lane chunk");
-                for l in 0..LANES {
-                    acc[r][l] = fma(xc[l], wc[l], acc[r][l]);
-                }
-            }
-        }
-        for r in 0..R {
-            let a = &acc[r];
-            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            for i in body..k {
-                s = fma(xs[r][i], wr[i], s);
-            }
-            part[(i0 + r) * nb + j] = s;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -504,24 +436,6 @@ mod tests {
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
-
-    #[test]
-    fn matmul_is_batch_invariant_and_correct() {
-        let (m, n, k) = (11, 37, 45);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 103) as f32 / 51.0 - 1.0).collect();
-        let mut out = vec![0f32; m * n];
-        matmul_wt(&x, m, &w, n, k, &mut out);
-        for i in 0..m {
-            let mut one = vec![0f32; n];
-            matmul_wt(&x[i * k..(i + 1) * k], 1, &w, n, k, &mut one);
-            assert_eq!(&out[i * n..(i + 1) * n], &one[..], "row {i} differs between batch and single");
-            for j in 0..n {
-                let r: f64 = (0..k).map(|c| x[i * k + c] as f64 * w[j * k + c] as f64).sum();
-                assert!((out[i * n + j] as f64 - r).abs() < 1e-4, "({i},{j}): {} vs {r}", out[i * n + j]);
-            }
-        }
     }
 
     #[test]

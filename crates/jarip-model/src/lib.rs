@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod decode_matmul;
 pub mod init;
 pub mod model;
 pub mod ops;

@@ -1,0 +1,67 @@
+//! Throughput of the decode matrix kernel (`matmul_wt`) on the shapes of a ~100M model, at 1 to 8
+//! activation rows, for each kernel this CPU runs: GFLOP/s, and GB/s of weights streamed.
+use jarip_model::decode_matmul::{matmul_wt_with, Kernel};
+use std::time::Instant;
+
+fn main() {
+    let mut kernels = vec![Kernel::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernels.push(Kernel::Avx2);
+        }
+        if Kernel::detect() == Kernel::Avx512 {
+            kernels.push(Kernel::Avx512);
+        }
+    }
+    let only: Option<String> = std::env::args().nth(1);
+    // (rows n, columns k, matrices of that shape in one step of the depth-10 model)
+    let shapes = [(640usize, 640usize, 40usize), (2560, 640, 10), (640, 2560, 10), (40960, 640, 1)];
+    for kernel in kernels {
+        if only.as_deref().is_some_and(|o| !format!("{kernel:?}").eq_ignore_ascii_case(o)) {
+            continue;
+        }
+        let mut total = [0f64; 8];
+        for &(n, k, count) in &shapes {
+            // Enough copies of the weights that they stream from memory, as in a real step.
+            let copies = (1_200_000_000 / (n * k * 4)).clamp(1, 64);
+            let ws: Vec<Vec<f32>> = (0..copies)
+                .map(|c| (0..n * k).map(|i| ((i * 7919 + c) % 1000) as f32 * 1e-3 - 0.5).collect())
+                .collect();
+            for m in 1..=8usize {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
+                let mut out = vec![0f32; m * n];
+                let mut best = f64::MAX;
+                for round in 0..3 {
+                    let t = Instant::now();
+                    for w in &ws {
+                        matmul_wt_with(kernel, &x, m, w, n, k, &mut out);
+                    }
+                    if round > 0 {
+                        best = best.min(t.elapsed().as_secs_f64() / copies as f64);
+                    }
+                }
+                total[m - 1] += best * count as f64;
+                if [1, 2, 4, 8].contains(&m) {
+                    println!(
+                        "{kernel:?} n {n:>6} k {k:>5} m {m}: {:>7.3} ms {:>6.1} GFLOP/s {:>5.1} GB/s",
+                        best * 1e3,
+                        2.0 * (m * n * k) as f64 / best / 1e9,
+                        (n * k * 4) as f64 / best / 1e9
+                    );
+                }
+            }
+        }
+        println!("{kernel:?}: matrix time of one step of the 100M model (depth 10) by batch:");
+        for (i, t) in total.iter().enumerate() {
+            let rows = (i + 1) as f64;
+            println!(
+                "  batch {}: {:>6.2} ms  {:>6.1} tok/s  ({:.2}× batch 1)",
+                i + 1,
+                t * 1e3,
+                rows / t,
+                rows * total[0] / t
+            );
+        }
+    }
+}
