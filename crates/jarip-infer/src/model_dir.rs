@@ -67,8 +67,12 @@ impl LoadedModel {
     }
 }
 
-/// Loads `path` (checkpoint or run directory) on `device` with its tokenizer.
+/// Loads `path` (checkpoint or run directory, or a directory `jarip export` wrote in the HF
+/// layout) on `device` with its tokenizer.
 pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    if path.is_dir() && jarip_interop::hf::is_hf_export(path) {
+        return load_hf_export(path, device);
+    }
     let dir = resolve_checkpoint(path)?;
     let manifest = Manifest::read(&dir)?;
     if manifest.kind != "checkpoint" {
@@ -84,6 +88,23 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
     Ok(LoadedModel { model, tokenizer, dir, manifest })
+}
+
+/// An HF-layout export: its manifest must verify (it names the source checkpoint and tokenizer).
+fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    let manifest = Manifest::read(dir).with_context(|| {
+        format!("{} is in the HF layout but was not exported by jarip (no manifest)", dir.display())
+    })?;
+    if manifest.kind != jarip_interop::hf::EXPORT_KIND {
+        bail!("{} is a {:?}, not an export", dir.display(), manifest.kind);
+    }
+    manifest.verify(dir)?;
+    let model = jarip_interop::hf::load_hf(dir, device)?;
+    let tok_file = dir.join(TOKENIZER_FILE);
+    let tokenizer =
+        Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
+    check_pair(&model, &tokenizer, &manifest, &tok_file)?;
+    Ok(LoadedModel { model, tokenizer, dir: dir.to_path_buf(), manifest })
 }
 
 /// Refuses a tokenizer that is not the one the model was trained with.

@@ -8,7 +8,8 @@
 //!   caches (continuous batching), batch-invariant;
 //! - [`weights`]: `model.safetensors` + `config.json` I/O and [`Gpt::weights_sha256`];
 //! - [`ops`]: each building block as composed candle ops and as a fused CPU kernel with an
-//!   explicit backward pass, tested against each other.
+//!   explicit backward pass, tested against each other;
+//! - [`quant`]: ggml's `Q8_0` block quantization, byte-compatible with GGUF files.
 
 pub mod config;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod decode_matmul;
 pub mod init;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod weights;
 
 pub use config::{MlpKind, ModelConfig};

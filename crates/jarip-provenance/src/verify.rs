@@ -281,12 +281,17 @@ fn made_by_sibling_run(rec: &RunRecord, manifest: &str, weights: &str) -> Option
 
 fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
     let mut produced: HashSet<&str> = HashSet::new();
+    // By content too: a run directory may have been moved since a later stage read its files.
+    let mut produced_sha: HashSet<&str> = HashSet::new();
     let mut weights_made: HashSet<&str> = HashSet::new();
     let (mut bad, mut inputs, mut elsewhere) = (Vec::new(), 0usize, Vec::new());
     for (_, e) in &rec.entries {
         for f in &e.inputs {
             inputs += 1;
-            if looks_like_weights(&f.path) && !produced.contains(f.path.as_str()) {
+            if looks_like_weights(&f.path)
+                && !produced.contains(f.path.as_str())
+                && !produced_sha.contains(f.sha256.as_str())
+            {
                 bad.push(format!("{} read weights this ledger did not produce: {}", RunRecord::entry_label(e), f.path));
             }
         }
@@ -315,6 +320,7 @@ fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
             }
         }
         produced.extend(e.outputs.iter().map(|f| f.path.as_str()));
+        produced_sha.extend(e.outputs.iter().map(|f| f.sha256.as_str()));
     }
     if let Some(p) = p {
         let d = &p.start_details;

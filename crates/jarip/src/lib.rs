@@ -5,6 +5,7 @@
 //! - [`provenance_cmd`]: `jarip provenance verify|card` and `jarip lineage`;
 //! - [`chat_cmd`]: `jarip sft`, `jarip generate` and `jarip chat`;
 //! - [`eval_cmd`]: `jarip eval` and `jarip report`;
+//! - [`export_cmd`]: `jarip export` to the HF layout;
 //! - [`serve_cmd`]: `jarip serve` flags onto the server's options;
 //! - [`stages`]: one function per CLI stage, each calling its crate and appending its
 //!   entry to the run's hash-chained ledger;
@@ -13,6 +14,7 @@
 pub mod chat_cmd;
 pub mod demo;
 pub mod eval_cmd;
+pub mod export_cmd;
 pub mod pretrain_cmd;
 pub mod provenance_cmd;
 pub mod serve_cmd;

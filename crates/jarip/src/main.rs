@@ -43,6 +43,8 @@ enum Command {
     Eval(jarip::eval_cmd::EvalArgs),
     /// Write RUN/report.md, the run's report card, with PNG charts beside it.
     Report(jarip::eval_cmd::ReportArgs),
+    /// Export a checkpoint for other tools: the HF layout (transformers, safetensors, tokenizers).
+    Export(jarip::export_cmd::ExportArgs),
     /// Serve a model: OpenAI-compatible API (/v1), web chat (/), Prometheus metrics (/metrics).
     Serve(jarip::serve_cmd::ServeArgs),
     /// Run every stage that exists on the demo corpus, end to end.
@@ -131,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => jarip::chat_cmd::sft(&a).map(|_| ()),
         Command::Generate(a) => jarip::chat_cmd::generate(&a),
         Command::Chat(a) => jarip::chat_cmd::chat(&a),
+        Command::Export(a) => jarip::export_cmd::run(&a),
         Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Verify(a)) => jarip::provenance_cmd::verify(&a),
         Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Card(a)) => jarip::provenance_cmd::card(&a),
         Command::Lineage(a) => jarip::provenance_cmd::lineage(&a),

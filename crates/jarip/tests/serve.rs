@@ -6,8 +6,8 @@
 //! as a checkpoint directory in-process (seconds, no training needed: the server's behaviour
 //! does not depend on the weights being good).
 
-use candle_core::Device;
-use jarip_model::{Gpt, ModelConfig};
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,30 +19,8 @@ use std::time::{Duration, Instant};
 /// flood and timeout tests hold the batch with such sequences).
 const CONTEXT: usize = 2048;
 
-/// A checkpoint directory as the trainer lays it out (weights, config, tokenizer, trainer
-/// state, manifest), in `dir/NAME`.
 fn tiny_model(dir: &Path, name: &str) -> PathBuf {
-    let docs: Vec<String> = (0..30)
-        .map(|i| {
-            format!(
-                "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고 {i}. All the world's a stage, and all the men and women merely players {i}."
-            )
-        })
-        .collect();
-    let cfg = jarip_tokenizer::TrainConfig { vocab_size: 320, ..Default::default() };
-    let tok = jarip_tokenizer::train(docs.into_iter(), &cfg).unwrap();
-    let mut mc = ModelConfig::tiny(tok.vocab_size());
-    mc.max_seq_len = CONTEXT;
-    let model = Gpt::new(&mc, 11, &Device::Cpu).unwrap();
-    let ckpt = dir.join(name);
-    std::fs::create_dir_all(&ckpt).unwrap();
-    model.save(&ckpt).unwrap();
-    std::fs::write(ckpt.join("tokenizer.json"), tok.to_json()).unwrap();
-    std::fs::write(ckpt.join("trainer.json"), r#"{"step": 0}"#).unwrap();
-    let settings =
-        json!({"model": mc, "seed": 11, "tokenizer_sha256": tok.sha256(), "shards_merkle_root": "ab".repeat(32)});
-    jarip_ledger::Manifest::for_dir("checkpoint", &ckpt, vec![], settings).unwrap().write(&ckpt).unwrap();
-    ckpt
+    common::tiny_checkpoint(dir, name, CONTEXT)
 }
 
 struct Server {

@@ -1,7 +1,9 @@
 //! Helpers shared by the binary's end-to-end tests: run `jarip`, check how it ended.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::Path;
+use candle_core::Device;
+use jarip_model::{Gpt, ModelConfig};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn jarip(args: &[&str]) -> Output {
@@ -30,4 +32,32 @@ pub fn fails_with(out: &Output, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "stderr should mention {n:?}: {err}");
     }
+}
+
+/// A checkpoint directory as the trainer lays it out (weights, config, tokenizer, trainer state,
+/// manifest) in `dir/NAME`: a randomly initialised tiny model with a small trained tokenizer,
+/// written in-process in a second (for tests whose behaviour does not depend on good weights).
+pub fn tiny_checkpoint(dir: &Path, name: &str, context: usize) -> PathBuf {
+    let docs: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고 {i}. All the world's a stage, and all the men and women merely players {i}."
+            )
+        })
+        .collect();
+    let cfg = jarip_tokenizer::TrainConfig { vocab_size: 320, ..Default::default() };
+    let tok = jarip_tokenizer::train(docs.into_iter(), &cfg).unwrap();
+    let mut mc = ModelConfig::tiny(tok.vocab_size());
+    mc.max_seq_len = context;
+    let model = Gpt::new(&mc, 11, &Device::Cpu).unwrap();
+    let ckpt = dir.join(name);
+    std::fs::create_dir_all(&ckpt).unwrap();
+    model.save(&ckpt).unwrap();
+    std::fs::write(ckpt.join("tokenizer.json"), tok.to_json()).unwrap();
+    std::fs::write(ckpt.join("trainer.json"), r#"{"step": 0}"#).unwrap();
+    let settings = serde_json::json!({
+        "model": mc, "seed": 11, "tokenizer_sha256": tok.sha256(), "shards_merkle_root": "ab".repeat(32)
+    });
+    jarip_ledger::Manifest::for_dir("checkpoint", &ckpt, vec![], settings).unwrap().write(&ckpt).unwrap();
+    ckpt
 }

@@ -1,0 +1,163 @@
+"""`jarip export` writes a Hugging Face layout that other tools read as jarip does.
+
+- The weights and config.json alone define the model: a NumPy forward written from the config
+  (no jarip code) gives the logits jarip computes for the same tokens.
+- tokenizer_config.json's chat template, rendered with Jinja2 (as transformers does) and encoded
+  by HF `tokenizers`, gives jarip's chat ids.
+- With PyTorch and transformers installed (not in CI: the wheels are gigabytes), the exported
+  `modeling_jarip.py` loads through `AutoModelForCausalLM(trust_remote_code=True)` and agrees too.
+"""
+
+import json
+import subprocess
+
+import jinja2
+import numpy as np
+import pytest
+import tokenizers
+from safetensors.numpy import load_file
+
+from serve_helpers import jarip_cmd, run, tiny_model
+
+PROMPT = "대한민국의 주권은 국민에게 있고 All the world"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    run_dir = tiny_model(root)
+    out = root / "hf"
+    run("export", "--model", run_dir, "--out", out)
+    return run_dir, out
+
+
+def jarip_json(*args):
+    out = subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def numpy_logits(d, ids):
+    """Logits of the last position, from config.json and model.safetensors only."""
+    cfg = json.loads((d / "config.json").read_text())
+    w = {k: v.astype(np.float64) for k, v in load_file(str(d / "model.safetensors")).items()}
+    h, hkv, hd, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["rms_norm_eps"]
+    t = len(ids)
+    inv = cfg["rope_theta"] ** (-np.arange(0, hd, 2) / hd)
+    ang = np.arange(t)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rope(x):  # [T, H, D]
+        a, b = x[..., : hd // 2], x[..., hd // 2 :]
+        c, s = cos[:, None, :], sin[:, None, :]
+        return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        hn = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        q = (hn @ w[p + "self_attn.q_proj.weight"].T).reshape(t, h, hd)
+        k = (hn @ w[p + "self_attn.k_proj.weight"].T).reshape(t, hkv, hd)
+        v = (hn @ w[p + "self_attn.v_proj.weight"].T).reshape(t, hkv, hd)
+        q = rope(rms_norm(q, w[p + "self_attn.q_norm.weight"], eps))
+        k = rope(rms_norm(k, w[p + "self_attn.k_norm.weight"], eps))
+        rep = h // hkv
+        y = np.zeros((t, h, hd))
+        for head in range(h):
+            s = q[:, head] @ k[:, head // rep].T / np.sqrt(hd)
+            s = np.where(np.tril(np.ones((t, t), dtype=bool)), s, -np.inf)
+            s = np.exp(s - s.max(-1, keepdims=True))
+            y[:, head] = (s / s.sum(-1, keepdims=True)) @ v[:, head // rep]
+        x = x + y.reshape(t, h * hd) @ w[p + "self_attn.o_proj.weight"].T
+        hn = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        up = hn @ w[p + "mlp.up_proj.weight"].T
+        if cfg["mlp_type"] == "swiglu":
+            g = hn @ w[p + "mlp.gate_proj.weight"].T
+            act = g / (1 + np.exp(-g)) * up
+        else:
+            act = np.maximum(up, 0) ** 2
+        x = x + act @ w[p + "mlp.down_proj.weight"].T
+    z = rms_norm(x[-1], w["model.norm.weight"], eps) @ w["lm_head.weight"].T
+    cap = cfg["final_logit_softcapping"]
+    return cap * np.tanh(z / cap)
+
+
+def log_softmax(z):
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def prompt_ids(d, text):
+    tok = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    cfg = json.loads((d / "config.json").read_text())
+    return [cfg["bos_token_id"]] + tok.encode(text, add_special_tokens=False).ids
+
+
+def test_numpy_forward_from_the_exported_files_matches_jarip(exported):
+    _, out = exported
+    ids = prompt_ids(out, PROMPT)
+    got = jarip_json("generate", "--model", out, "--prompt", PROMPT, "--max-tokens", "1",
+                     "--temperature", "0", "--logprobs", "5", "--json")
+    assert got["usage"]["prompt_tokens"] == len(ids)
+    ref = log_softmax(numpy_logits(out, ids))
+    top = got["logprobs"][0]["top"]
+    assert [t for t, _ in top] == list(np.argsort(-ref, kind="stable")[:5])
+    for t, lp in top:
+        assert abs(lp - ref[t]) < 1e-4, (t, lp, ref[t])
+
+
+def test_export_loads_in_jarip_as_the_checkpoint_does(exported):
+    run_dir, out = exported
+    args = ["--prompt", PROMPT, "--max-tokens", "12", "--seed", "3", "--json"]
+    assert jarip_json("generate", "--model", out, *args) == jarip_json("generate", "--model", run_dir, *args)
+
+
+def test_chat_template_renders_jarip_chat_ids(exported):
+    _, out = exported
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    tok = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    messages = [
+        {"role": "system", "content": "너는 자립이야."},
+        {"role": "user", "content": "헌법 제1조는?"},
+        {"role": "assistant", "content": "대한민국은 민주공화국이다."},
+        {"role": "user", "content": "And in English?"},
+    ]
+    env = jinja2.Environment()
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+
+    env.globals["raise_exception"] = raise_exception
+    text = env.from_string(cfg["chat_template"]).render(messages=messages, add_generation_prompt=True)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    sp = {t["content"]: int(i) for i, t in cfg["added_tokens_decoder"].items()}
+    want = [sp["<|bos|>"]]
+    for m in messages:
+        want += [sp[f"<|{m['role']}|>"]] + tok.encode(m["content"], add_special_tokens=False).ids + [sp["<|end|>"]]
+    want.append(sp["<|assistant|>"])
+    assert ids == want
+    with pytest.raises(ValueError, match="roles"):
+        env.from_string(cfg["chat_template"]).render(messages=[{"role": "tool", "content": "x"}])
+
+
+def test_transformers_loads_the_export_with_its_modeling_code(exported):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    _, out = exported
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float64)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = prompt_ids(out, PROMPT)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.abs(logits - numpy_logits(out, ids)).max() < 1e-6
+    text = hf_tok.apply_chat_template([{"role": "user", "content": "안녕"}], add_generation_prompt=True, tokenize=False)
+    chat = hf_tok(text, add_special_tokens=False)["input_ids"]
+    assert chat[0] == hf_tok.bos_token_id and chat[-1] == hf_tok.convert_tokens_to_ids("<|assistant|>")
+    # Cached decoding through the exported code equals the full recomputation.
+    with torch.no_grad():
+        first = model(torch.tensor([ids[:-1]]), use_cache=True)
+        step = model(torch.tensor([ids[-1:]]), past_key_values=first.past_key_values).logits[0, -1].numpy()
+    assert np.abs(step - logits).max() < 1e-9
