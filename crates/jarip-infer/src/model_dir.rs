@@ -70,6 +70,9 @@ impl LoadedModel {
 /// Loads `path` (checkpoint or run directory, or a directory `jarip export` wrote in the HF
 /// layout) on `device` with its tokenizer.
 pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return load_gguf(path, device);
+    }
     if path.is_dir() && jarip_interop::hf::is_hf_export(path) {
         return load_hf_export(path, device);
     }
@@ -105,6 +108,33 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
     Ok(LoadedModel { model, tokenizer, dir: dir.to_path_buf(), manifest })
+}
+
+/// A GGUF file `jarip export` wrote: its weights are checked against the hash recorded in it; the
+/// manifest is made from its metadata (the file is its own record).
+fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    let g = jarip_interop::gguf_model::load_gguf(path, device)?;
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
+    let mut files = std::collections::BTreeMap::new();
+    let bytes = std::fs::metadata(path)?.len();
+    files.insert(name, jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes });
+    let mut settings = g.source.get("source_settings").cloned().unwrap_or_default();
+    if let Some(obj) = settings.as_object_mut() {
+        obj.insert("tokenizer_sha256".into(), g.tokenizer.sha256().into());
+        obj.insert("file_type".into(), g.file_type.clone().into());
+        obj.insert("weights_sha256".into(), g.weights_sha256.clone().into());
+    }
+    let manifest = Manifest {
+        kind: "export-gguf".into(),
+        jarip_version: jarip_ledger::JARIP_VERSION.into(),
+        git_commit: None,
+        created: String::new(),
+        files,
+        inputs: vec![],
+        settings,
+    };
+    check_pair(&g.model, &g.tokenizer, &manifest, path)?;
+    Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, dir: path.to_path_buf(), manifest })
 }
 
 /// Refuses a tokenizer that is not the one the model was trained with.

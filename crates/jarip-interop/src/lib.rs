@@ -9,4 +9,5 @@
 //! and `jarip provenance` can tie it back to the training run.
 
 pub mod gguf;
+pub mod gguf_model;
 pub mod hf;

@@ -1,11 +1,12 @@
-//! `jarip export`: a checkpoint into formats other tools load (HF layout; GGUF), with the
-//! source's weight hash in the export's manifest and an `export` entry in the run's ledger.
+//! `jarip export`: a checkpoint into formats other tools load (the HF layout, or one GGUF file),
+//! with the source's weight hash recorded in the export and an `export` entry in the run's ledger.
 
 use anyhow::{Context, Result};
 use clap::Args;
+use jarip_interop::gguf_model::{self, WeightType};
 use jarip_interop::hf::{self, Dtype};
 use jarip_ledger::{Entry, FileRef, Ledger};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -13,12 +14,17 @@ pub struct ExportArgs {
     /// Checkpoint directory, or a run directory (its newest checkpoint).
     #[arg(long)]
     pub model: PathBuf,
-    /// Output directory (created atomically; must not exist).
+    /// Output: a directory for `hf`, a `.gguf` file for `gguf` (written atomically; must not exist).
     #[arg(long)]
     pub out: PathBuf,
-    /// Weight type: f32 keeps the weights bit for bit; bf16 and f16 halve the file.
+    /// `hf` (safetensors + config + tokenizer + PyTorch code) or `gguf` (one file); default: gguf
+    /// when --out ends in .gguf, else hf.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Weight type: f32 keeps the weights bit for bit; bf16 and f16 halve the file; q8_0 (gguf
+    /// only) stores 8-bit blocks, 3.8× smaller than f32.
     #[arg(long, default_value = "f32")]
-    pub dtype: Dtype,
+    pub dtype: String,
     /// Do not append an `export` entry to the run's ledger.
     #[arg(long)]
     pub no_ledger: bool,
@@ -52,27 +58,40 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         "ledger_head": ledger_head,
     });
     let tok_file = loaded.dir.join(jarip_infer::model_dir::TOKENIZER_FILE);
-    let e = hf::export_hf(&loaded.model, &tok_file, &a.out, a.dtype, provenance)?;
+    let gguf = match a.format.as_deref() {
+        Some("gguf") => true,
+        Some("hf") => false,
+        Some(other) => anyhow::bail!("unknown --format {other:?}: use hf or gguf"),
+        None => a.out.extension().is_some_and(|e| e == "gguf"),
+    };
+    let (weights_sha256, files, dtype) = if gguf {
+        let wt: WeightType = a.dtype.parse()?;
+        let name = loaded.dir.file_name().map_or_else(|| "jarip".into(), |n| n.to_string_lossy().to_string());
+        let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, &name, &provenance)?;
+        let f = FileRef::of_file(&a.out)?;
+        (e.weights_sha256, serde_json::to_value([f])?, wt.name())
+    } else {
+        let dt: Dtype = a.dtype.parse()?;
+        let e = hf::export_hf(&loaded.model, &tok_file, &a.out, dt, provenance)?;
+        (e.weights_sha256, serde_json::to_value(&e.manifest.files)?, dt.torch_name())
+    };
     println!(
-        "exported {} ({}, {} parameters) → {}\n  weights sha256 {} ({})",
+        "exported {} ({dtype}, {} parameters) → {}\n  weights sha256 {weights_sha256} ({})",
         loaded.dir.display(),
-        a.dtype.torch_name(),
         loaded.model.num_params(),
         a.out.display(),
-        e.weights_sha256,
-        if e.weights_sha256 == source_sha { "identical to the checkpoint" } else { "rounded from the checkpoint's" }
+        if weights_sha256 == source_sha { "identical to the checkpoint" } else { "rounded from the checkpoint's" }
     );
     if let (Some(l), false) = (ledger, a.no_ledger) {
         let mut entry = Entry::new("export");
         let weights = loaded.dir.join(jarip_model::WEIGHTS_FILE);
         entry.inputs.push(FileRef::of_file(&weights)?);
-        entry.config = json!({ "format": "hf", "dtype": a.dtype.torch_name() });
+        entry.config = json!({ "format": if gguf { "gguf" } else { "hf" }, "dtype": dtype });
         // The export may move or be deleted later: its files are recorded as facts, not outputs.
-        let files: Value = serde_json::to_value(&e.manifest.files)?;
         entry.details = json!({
             "out": a.out.display().to_string(),
             "source_weights_sha256": source_sha,
-            "weights_sha256": e.weights_sha256,
+            "weights_sha256": weights_sha256,
             "files": files,
         });
         Ledger::at(&l).append(entry).with_context(|| format!("cannot append to {}", l.display()))?;

@@ -43,7 +43,7 @@ enum Command {
     Eval(jarip::eval_cmd::EvalArgs),
     /// Write RUN/report.md, the run's report card, with PNG charts beside it.
     Report(jarip::eval_cmd::ReportArgs),
-    /// Export a checkpoint for other tools: the HF layout (transformers, safetensors, tokenizers).
+    /// Export a checkpoint for other tools: the HF layout (transformers, safetensors, tokenizers) or GGUF (f32/f16/bf16/q8_0).
     Export(jarip::export_cmd::ExportArgs),
     /// Serve a model: OpenAI-compatible API (/v1), web chat (/), Prometheus metrics (/metrics).
     Serve(jarip::serve_cmd::ServeArgs),

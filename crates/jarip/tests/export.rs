@@ -1,4 +1,4 @@
-//! `jarip export` through the binary: an export generates exactly what its checkpoint does,
+//! `jarip export` through the binary: an export (HF layout, or GGUF) generates exactly what its checkpoint does,
 //! records itself in the run's ledger without breaking `provenance verify`, and bad requests
 //! (an existing output, an unknown dtype, a tampered export) fail with the reason named.
 
@@ -29,6 +29,26 @@ fn export_round_trip_ledger_and_bad_input() {
         &jarip(&["export", "--model", &s(&ckpt), "--out", &s(&tmp.path().join("x")), "--dtype", "f8"]),
         &["f8", "f32, bf16 or f16"],
     );
+    // GGUF: f32 generates exactly as the checkpoint; a flipped weight byte is refused.
+    let gguf = tmp.path().join("m.gguf");
+    ok(&jarip(&["export", "--model", &s(&ckpt), "--out", &s(&gguf)]));
+    assert_eq!(gen(&s(&gguf)), gen(&s(&ckpt)));
+    let q8 = tmp.path().join("m-q8.gguf");
+    ok(&jarip(&["export", "--model", &s(&ckpt), "--out", &s(&q8), "--dtype", "q8_0"]));
+    assert_eq!(gen(&s(&q8))["usage"], gen(&s(&ckpt))["usage"]);
+    fails_with(
+        &jarip(&["export", "--model", &s(&ckpt), "--out", &s(&tmp.path().join("y")), "--dtype", "q8_0"]),
+        &["q8_0", "f32, bf16 or f16"],
+    );
+    let at = {
+        let f = jarip_interop::gguf::GgufFile::open(&gguf).unwrap();
+        (f.data_offset + f.tensor("output.weight").unwrap().offset) as usize
+    };
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    bytes[at + 6] ^= 0x10;
+    std::fs::write(&gguf, bytes).unwrap();
+    fails_with(&jarip(&["generate", "--model", &s(&gguf), "--prompt", "x"]), &["m.gguf", "altered"]);
+
     let cfg = out.join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("\"rms_norm_eps\"", "\"rms_norm_eps\" ")).unwrap();
