@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use jarip_infer::{Batcher, Request, SamplingParams};
-use jarip_model::{DecodeModel, Gpt, ModelConfig};
+use jarip_model::{DecodeModel, Gpt, ModelConfig, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -69,7 +69,7 @@ fn report(
         let t1 = decode_tps(&model, &tok, 1, context, steps)?;
         let t8 = decode_tps(&model, &tok, 8, context, steps)?;
         println!(
-            "{name:<32} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
+            "{name:<36} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
             wb / 1e6,
             bound,
             t1,
@@ -103,16 +103,19 @@ fn main() -> Result<()> {
     }
     // ~100M parameters: depth 10 (640 wide, 10 layers), vocabulary 40960.
     let cfg = ModelConfig::from_depth(10, 40960);
-    let (model, n) = {
-        let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
-        (Arc::new(DecodeModel::new(&gpt)?), gpt.num_params())
-    };
+    let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
+    let n = gpt.num_params();
     // Text is not the point here: a small tokenizer renders ids beyond its vocabulary as U+FFFD.
     let docs = ["jarip decode benchmark 자립 디코드 벤치마크".to_string()];
     let tok = jarip_tokenizer::train(
         docs.into_iter(),
         &jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() },
     )?;
-    report(&format!("random init ({:.1}M)", n as f64 / 1e6), model, Arc::new(tok), bw, steps, &contexts)?;
+    let tok = Arc::new(tok);
+    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+        let model = Arc::new(DecodeModel::with_format(&gpt, format)?);
+        let name = format!("random init ({:.1}M) {format:?}", n as f64 / 1e6);
+        report(&name, model, tok.clone(), bw, steps, &contexts)?;
+    }
     Ok(())
 }

@@ -12,7 +12,7 @@
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
-use jarip_model::{DecodeModel, Gpt, SeqCache, SeqInput};
+use jarip_model::{DecodeModel, Gpt, SeqCache, SeqInput, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -335,7 +335,12 @@ impl Engine {
                 model.config().vocab_size
             );
         }
-        Ok(Self { model: Arc::new(DecodeModel::new(model)?), tokenizer: Arc::new(tokenizer) })
+        Self::with_format(model, tokenizer, WeightFormat::F32)
+    }
+
+    /// An engine whose weight matrices are held in `format` (Q8_0: fewer bytes per token).
+    pub fn with_format(model: &Gpt, tokenizer: Tokenizer, format: WeightFormat) -> Result<Self> {
+        Ok(Self { model: Arc::new(DecodeModel::with_format(model, format)?), tokenizer: Arc::new(tokenizer) })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use jarip_ledger::manifest::MANIFEST_FILE;
 use jarip_ledger::Manifest;
-use jarip_model::Gpt;
+use jarip_model::{Gpt, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -57,6 +57,8 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// Its manifest (hashes of every file, the training settings).
     pub manifest: Manifest,
+    /// How the file stored the weight matrices (a Q8_0 GGUF is decoded as Q8_0 by default).
+    pub stored_format: WeightFormat,
 }
 
 impl LoadedModel {
@@ -90,7 +92,7 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
     let tokenizer =
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
-    Ok(LoadedModel { model, tokenizer, dir, manifest })
+    Ok(LoadedModel { model, tokenizer, dir, manifest, stored_format: WeightFormat::F32 })
 }
 
 /// An HF-layout export: its manifest must verify (it names the source checkpoint and tokenizer).
@@ -107,7 +109,7 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
     let tokenizer =
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
-    Ok(LoadedModel { model, tokenizer, dir: dir.to_path_buf(), manifest })
+    Ok(LoadedModel { model, tokenizer, dir: dir.to_path_buf(), manifest, stored_format: WeightFormat::F32 })
 }
 
 /// A GGUF file `jarip export` wrote: its weights are checked against the hash recorded in it; the
@@ -134,7 +136,8 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
         settings,
     };
     check_pair(&g.model, &g.tokenizer, &manifest, path)?;
-    Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, dir: path.to_path_buf(), manifest })
+    let stored_format = if g.file_type == "q8_0" { WeightFormat::Q8_0 } else { WeightFormat::F32 };
+    Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, dir: path.to_path_buf(), manifest, stored_format })
 }
 
 /// Refuses a tokenizer that is not the one the model was trained with.

@@ -1,6 +1,7 @@
 //! Throughput of the decode matrix kernel (`matmul_wt`) on the shapes of a ~100M model, at 1 to 8
-//! activation rows, for each kernel this CPU runs: GFLOP/s, and GB/s of weights streamed.
-use jarip_model::decode_matmul::{matmul_wt_with, Kernel};
+//! activation rows, for each kernel this CPU runs and for f32 and Q8_0 weights: GFLOP/s, and GB/s
+//! of weights streamed. `matmul_bench [avx512|avx2|portable] [f32|q8]` picks one.
+use jarip_model::decode_matmul::{matmul_q8_with, matmul_wt_with, Kernel, Q8Matrix};
 use std::time::Instant;
 
 fn main() {
@@ -15,12 +16,18 @@ fn main() {
         }
     }
     let only: Option<String> = std::env::args().nth(1);
+    let formats: Vec<bool> = match std::env::args().nth(2).as_deref() {
+        Some("f32") => vec![false],
+        Some("q8") => vec![true],
+        _ => vec![false, true],
+    };
     // (rows n, columns k, matrices of that shape in one step of the depth-10 model)
     let shapes = [(640usize, 640usize, 40usize), (2560, 640, 10), (640, 2560, 10), (40960, 640, 1)];
-    for kernel in kernels {
-        if only.as_deref().is_some_and(|o| !format!("{kernel:?}").eq_ignore_ascii_case(o)) {
+    for (kernel, q8) in kernels.iter().flat_map(|&k| formats.iter().map(move |&q| (k, q))) {
+        if only.as_deref().is_some_and(|o| o != "all" && !format!("{kernel:?}").eq_ignore_ascii_case(o)) {
             continue;
         }
+        let label = format!("{kernel:?} {}", if q8 { "q8_0" } else { "f32" });
         let mut total = [0f64; 8];
         for &(n, k, count) in &shapes {
             // Enough copies of the weights that they stream from memory, as in a real step.
@@ -28,6 +35,9 @@ fn main() {
             let ws: Vec<Vec<f32>> = (0..copies)
                 .map(|c| (0..n * k).map(|i| ((i * 7919 + c) % 1000) as f32 * 1e-3 - 0.5).collect())
                 .collect();
+            let qs: Vec<Q8Matrix> = if q8 { ws.iter().map(|w| Q8Matrix::quantize(w, n, k)).collect() } else { vec![] };
+            let ws = if q8 { vec![] } else { ws };
+            let bytes = if q8 { qs[0].bytes() } else { n * k * 4 };
             for m in 1..=8usize {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
                 let mut out = vec![0f32; m * n];
@@ -37,6 +47,9 @@ fn main() {
                     for w in &ws {
                         matmul_wt_with(kernel, &x, m, w, n, k, &mut out);
                     }
+                    for w in &qs {
+                        matmul_q8_with(kernel, &x, m, w, &mut out);
+                    }
                     if round > 0 {
                         best = best.min(t.elapsed().as_secs_f64() / copies as f64);
                     }
@@ -44,15 +57,15 @@ fn main() {
                 total[m - 1] += best * count as f64;
                 if [1, 2, 4, 8].contains(&m) {
                     println!(
-                        "{kernel:?} n {n:>6} k {k:>5} m {m}: {:>7.3} ms {:>6.1} GFLOP/s {:>5.1} GB/s",
+                        "{label} n {n:>6} k {k:>5} m {m}: {:>7.3} ms {:>6.1} GFLOP/s {:>5.1} GB/s",
                         best * 1e3,
                         2.0 * (m * n * k) as f64 / best / 1e9,
-                        (n * k * 4) as f64 / best / 1e9
+                        bytes as f64 / best / 1e9
                     );
                 }
             }
         }
-        println!("{kernel:?}: matrix time of one step of the 100M model (depth 10) by batch:");
+        println!("{label}: matrix time of one step of the 100M model (depth 10) by batch:");
         for (i, t) in total.iter().enumerate() {
             let rows = (i + 1) as f64;
             println!(

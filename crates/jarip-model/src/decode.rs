@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 pub use crate::decode_matmul::matmul_wt;
-use crate::decode_matmul::Kernel;
+use crate::decode_matmul::{matmul_q8, Kernel, Q8Matrix};
 
 /// Keys and values of one sequence's past positions, after rotary: one `[pos, D]` array per layer
 /// and KV head (index `layer · Hkv + head`), so attention reads each head's history contiguously.
@@ -59,18 +59,69 @@ impl SeqCache {
     }
 }
 
+/// A weight matrix `[n × k]` as the decode kernel reads it.
+enum Mat {
+    F32 { w: Vec<f32>, n: usize, k: usize },
+    Q8(Q8Matrix),
+}
+
+impl Mat {
+    fn new(w: Vec<f32>, n: usize, k: usize, quant: WeightFormat) -> Self {
+        match quant {
+            WeightFormat::Q8_0 if k.is_multiple_of(crate::quant::QK8_0) => Mat::Q8(Q8Matrix::quantize(&w, n, k)),
+            _ => Mat::F32 { w, n, k },
+        }
+    }
+
+    /// `out[m × n] = x[m × k] · wᵀ`.
+    fn apply(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match self {
+            Mat::F32 { w, n, k } => matmul_wt(x, m, w, *n, *k, out),
+            Mat::Q8(q) => matmul_q8(x, m, q, out),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Mat::F32 { w, .. } => 4 * w.len(),
+            Mat::Q8(q) => q.bytes(),
+        }
+    }
+}
+
+/// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// llama.cpp's Q8_0 blocks: 3.6× fewer bytes per decode step, each weight within half a
+    /// step (1/254 of its block's largest magnitude) of the f32 value.
+    Q8_0,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8_0" => Ok(Self::Q8_0),
+            _ => bail!("unknown weight format {s:?}: use f32 or q8_0"),
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
-    wo: Vec<f32>,
+    wo: Mat,
     mlp_norm: Vec<f32>,
-    w_gate: Option<Vec<f32>>,
-    w_up: Vec<f32>,
-    w_down: Vec<f32>,
+    w_gate: Option<Mat>,
+    w_up: Mat,
+    w_down: Mat,
 }
 
 /// A read-only copy of a [`Gpt`]'s weights laid out for CPU inference.
@@ -79,7 +130,8 @@ pub struct DecodeModel {
     embed: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
-    lm_head: Vec<f32>,
+    lm_head: Mat,
+    format: WeightFormat,
     /// Rotary tables `[max_seq_len, D/2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -94,7 +146,14 @@ pub struct SeqInput<'a> {
 
 impl DecodeModel {
     pub fn new(model: &Gpt) -> Result<Self> {
+        Self::with_format(model, WeightFormat::F32)
+    }
+
+    /// A copy whose weight matrices are held in `format`.
+    pub fn with_format(model: &Gpt, format: WeightFormat) -> Result<Self> {
         let cfg = model.config().clone();
+        let (c, kv, hid) = (cfg.n_embd, cfg.kv_dim(), cfg.mlp_hidden);
+        let mat = |w: Vec<f32>, n: usize, k: usize| Mat::new(w, n, k, format);
         let t = model.tensors();
         let get = |name: &str| -> Result<Vec<f32>> {
             let x = t.get(name).ok_or_else(|| anyhow::anyhow!("model has no tensor {name}"))?;
@@ -105,16 +164,20 @@ impl DecodeModel {
         for i in 0..cfg.n_layer {
             layers.push(Layer {
                 attn_norm: get(&l(i, "input_layernorm.weight"))?,
-                wq: get(&l(i, "self_attn.q_proj.weight"))?,
-                wk: get(&l(i, "self_attn.k_proj.weight"))?,
-                wv: get(&l(i, "self_attn.v_proj.weight"))?,
+                wq: mat(get(&l(i, "self_attn.q_proj.weight"))?, c, c),
+                wk: mat(get(&l(i, "self_attn.k_proj.weight"))?, kv, c),
+                wv: mat(get(&l(i, "self_attn.v_proj.weight"))?, kv, c),
                 q_norm: get(&l(i, "self_attn.q_norm.weight"))?,
                 k_norm: get(&l(i, "self_attn.k_norm.weight"))?,
-                wo: get(&l(i, "self_attn.o_proj.weight"))?,
+                wo: mat(get(&l(i, "self_attn.o_proj.weight"))?, c, c),
                 mlp_norm: get(&l(i, "post_attention_layernorm.weight"))?,
-                w_gate: if cfg.mlp == MlpKind::SwiGlu { Some(get(&l(i, "mlp.gate_proj.weight"))?) } else { None },
-                w_up: get(&l(i, "mlp.up_proj.weight"))?,
-                w_down: get(&l(i, "mlp.down_proj.weight"))?,
+                w_gate: if cfg.mlp == MlpKind::SwiGlu {
+                    Some(mat(get(&l(i, "mlp.gate_proj.weight"))?, hid, c))
+                } else {
+                    None
+                },
+                w_up: mat(get(&l(i, "mlp.up_proj.weight"))?, hid, c),
+                w_down: mat(get(&l(i, "mlp.down_proj.weight"))?, c, hid),
             });
         }
         let (half, d) = (cfg.head_dim() / 2, cfg.head_dim());
@@ -129,7 +192,8 @@ impl DecodeModel {
         Ok(Self {
             embed: get("model.embed_tokens.weight")?,
             final_norm: get("model.norm.weight")?,
-            lm_head: get("lm_head.weight")?,
+            lm_head: mat(get("lm_head.weight")?, cfg.vocab_size, c),
+            format,
             layers,
             cos,
             sin,
@@ -141,24 +205,23 @@ impl DecodeModel {
         &self.cfg
     }
 
+    /// How the weight matrices are held.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
     /// Bytes of weights one decode step reads (the memory-bandwidth cost of a token).
     pub fn weight_bytes(&self) -> usize {
         let l: usize = self
             .layers
             .iter()
             .map(|l| {
-                l.wq.len()
-                    + l.wk.len()
-                    + l.wv.len()
-                    + l.wo.len()
-                    + l.w_up.len()
-                    + l.w_down.len()
-                    + l.w_gate.as_ref().map_or(0, Vec::len)
-                    + l.attn_norm.len() * 2
-                    + l.q_norm.len() * 2
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_up, &l.w_down].iter().map(|m| m.bytes()).sum::<usize>()
+                    + l.w_gate.as_ref().map_or(0, Mat::bytes)
+                    + 4 * (l.attn_norm.len() * 2 + l.q_norm.len() * 2)
             })
             .sum();
-        4 * (l + self.lm_head.len() + self.final_norm.len() + self.cfg.n_embd)
+        l + self.lm_head.bytes() + 4 * (self.final_norm.len() + self.cfg.n_embd)
     }
 
     /// Runs the new tokens of every sequence, appending their keys/values to each cache, and
@@ -203,9 +266,9 @@ impl DecodeModel {
         let mut tmp = vec![0f32; n * c];
         for (li, lw) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &lw.attn_norm, cfg.norm_eps as f32, &mut hn);
-            matmul_wt(&hn, n, &lw.wq, c, c, &mut q);
-            matmul_wt(&hn, n, &lw.wk, kv, c, &mut k);
-            matmul_wt(&hn, n, &lw.wv, kv, c, &mut v);
+            lw.wq.apply(&hn, n, &mut q);
+            lw.wk.apply(&hn, n, &mut k);
+            lw.wv.apply(&hn, n, &mut v);
             let qn = q.clone();
             rms_norm_rows(&qn, &lw.q_norm, cfg.norm_eps as f32, &mut q);
             let kn = k.clone();
@@ -225,20 +288,20 @@ impl DecodeModel {
                 r += s.tokens.len();
             }
             self.attend(seqs, li, &q, &owner, &pos, &mut y);
-            matmul_wt(&y, n, &lw.wo, c, c, &mut tmp);
+            lw.wo.apply(&y, n, &mut tmp);
             add_into(&mut x, &tmp);
 
             rms_norm_rows(&x, &lw.mlp_norm, cfg.norm_eps as f32, &mut hn);
-            matmul_wt(&hn, n, &lw.w_up, cfg.mlp_hidden, c, &mut up);
+            lw.w_up.apply(&hn, n, &mut up);
             match &lw.w_gate {
                 None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
                 Some(g) => {
                     let mut gate = vec![0f32; n * cfg.mlp_hidden];
-                    matmul_wt(&hn, n, g, cfg.mlp_hidden, c, &mut gate);
+                    g.apply(&hn, n, &mut gate);
                     up.par_iter_mut().zip(&gate).for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
                 }
             }
-            matmul_wt(&up, n, &lw.w_down, c, cfg.mlp_hidden, &mut tmp);
+            lw.w_down.apply(&up, n, &mut tmp);
             add_into(&mut x, &tmp);
         }
         for s in seqs.iter_mut() {
@@ -264,7 +327,7 @@ impl DecodeModel {
         rms_norm_rows(&sel_in, &self.final_norm, cfg.norm_eps as f32, &mut sel);
         let vsz = cfg.vocab_size;
         let mut logits = vec![0f32; rows.len() * vsz];
-        matmul_wt(&sel, rows.len(), &self.lm_head, vsz, c, &mut logits);
+        self.lm_head.apply(&sel, rows.len(), &mut logits);
         let cap = cfg.logit_softcap;
         logits.par_iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
         let mut out = Vec::with_capacity(seqs.len());
@@ -460,6 +523,29 @@ mod tests {
             assert!(d < 1e-4, "position {p}: cached decode differs from full recomputation by {d}");
         }
         assert_eq!(cache.len(), ids.len());
+    }
+
+    #[test]
+    fn q8_weights_decode_close_to_f32_and_batch_invariant() {
+        let model = tiny();
+        let q8 = DecodeModel::with_format(&model, WeightFormat::Q8_0).unwrap();
+        let f32m = DecodeModel::new(&model).unwrap();
+        let (a_ids, b_ids) = ([5u32, 17, 42, 9, 77, 3], [8u32, 1, 60]);
+        let alone = |m: &DecodeModel, ids: &[u32]| {
+            let mut cache = SeqCache::new();
+            m.forward(&mut [SeqInput { tokens: ids, cache: &mut cache }], true).unwrap().remove(0)
+        };
+        let (q, f) = (alone(&q8, &a_ids), alone(&f32m, &a_ids));
+        assert!(max_diff(&q, &f) < 0.1, "Q8_0 logits near f32: {}", max_diff(&q, &f));
+        let (mut ca, mut cb) = (SeqCache::new(), SeqCache::new());
+        let both = q8
+            .forward(
+                &mut [SeqInput { tokens: &a_ids, cache: &mut ca }, SeqInput { tokens: &b_ids, cache: &mut cb }],
+                true,
+            )
+            .unwrap();
+        assert_eq!(both[0], q, "a sequence's Q8_0 logits do not depend on its batch");
+        assert!(q8.weight_bytes() * 3 < f32m.weight_bytes());
     }
 
     #[test]

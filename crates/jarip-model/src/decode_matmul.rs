@@ -7,7 +7,14 @@
 //! order — lane `l` of an 8-lane accumulator sums `x[i]·w[i]` for `i ≡ l (mod 8)` in increasing
 //! `i`, then the lanes in a fixed tree, then the tail — whatever `R`, `G`, the batch size or the
 //! instruction set, so a sequence's logits are bit-identical whichever sequences share its batch.
+//!
+//! Weights come as f32 rows or as [`Q8Matrix`] (llama.cpp's Q8_0: 32 values of 8 bits sharing one
+//! scale, 3.6× fewer bytes to stream). With Q8_0 weights the activations are quantized the same
+//! way per row ([`Q8Activations`]) and each block's dot product is an exact integer sum, scaled
+//! once per block — llama.cpp's `q8_0 × q8_0` scheme; lane `l` takes bytes `4l..4l + 4` of each
+//! block, in the same fixed order for every batch and instruction set.
 
+use crate::quant::{BlockQ8_0, QK8_0};
 use rayon::prelude::*;
 
 /// Accumulator lanes of one dot product (one 256-bit register).
@@ -24,12 +31,31 @@ pub fn matmul_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [
 /// [`matmul_wt`] with a chosen kernel (for benchmarks and tests).
 pub fn matmul_wt_with(kernel: Kernel, x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
     assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_wt: buffer sizes");
+    by_blocks(m, n, out, |lo, hi, part| kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, part));
+}
+
+/// `out[m × n] = x[m × k] · wᵀ` for a Q8_0 weight matrix.
+pub fn matmul_q8(x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
+    matmul_q8_with(Kernel::detect(), x, m, w, out)
+}
+
+/// [`matmul_q8`] with a chosen kernel.
+pub fn matmul_q8_with(kernel: Kernel, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k && out.len() >= m * n, "matmul_q8: buffer sizes");
+    let xq = Q8Activations::quantize(&x[..m * k], m, k);
+    by_blocks(m, n, out, |lo, hi, part| kernel.run_q8(&xq, &w.rows(lo, hi), part));
+}
+
+/// Runs `block(lo, hi, part)` for blocks of weight rows in parallel (`part`: `[m × (hi − lo)]`)
+/// and gathers the parts into `out[m × n]`.
+fn by_blocks(m: usize, n: usize, out: &mut [f32], block: impl Fn(usize, usize, &mut [f32]) + Sync) {
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
             let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
             let mut part = vec![0f32; m * (hi - lo)];
-            kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, &mut part);
+            block(lo, hi, &mut part);
             part
         })
         .collect();
@@ -37,6 +63,89 @@ pub fn matmul_wt_with(kernel: Kernel, x: &[f32], m: usize, w: &[f32], n: usize, 
         let (lo, width) = (b * BLOCK, part.len() / m.max(1));
         for i in 0..m {
             out[i * n + lo..i * n + lo + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+        }
+    }
+}
+
+/// A weight matrix `[n × k]` in Q8_0 blocks along each row (`k` a multiple of 32), held as
+/// widened scales and 8-bit values for the kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8Matrix {
+    pub n: usize,
+    pub k: usize,
+    /// One per block of 32 values: the block's f16 scale, widened to f32 (exactly).
+    scales: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+/// Rows `lo..hi` of a [`Q8Matrix`].
+pub struct Q8Rows<'a> {
+    pub k: usize,
+    pub rows: usize,
+    scales: &'a [f32],
+    qs: &'a [i8],
+}
+
+/// Activation rows quantized for a [`Q8Matrix`]: per block of 32 values, `d = max|x| / 127`
+/// (kept in f32) and `q = round(x / d)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8Activations {
+    pub m: usize,
+    pub k: usize,
+    scales: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+impl Q8Activations {
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(QK8_0) && x.len() == m * k, "Q8_0 rows need a multiple of 32 columns");
+        let mut scales = Vec::with_capacity(x.len() / QK8_0);
+        let mut qs = Vec::with_capacity(x.len());
+        for block in x.chunks_exact(QK8_0) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales.push(d);
+            qs.extend(block.iter().map(|v| (v * id).round() as i8));
+        }
+        Self { m, k, scales, qs }
+    }
+}
+
+impl Q8Matrix {
+    /// Quantizes `w: [n × k]` as ggml's `quantize_row_q8_0` does.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(QK8_0) && w.len() == n * k, "Q8_0 rows need a multiple of 32 columns");
+        Self::from_blocks(&crate::quant::quantize_q8_0(w), n, k)
+    }
+
+    /// From Q8_0 blocks in row order (as a GGUF tensor stores them). Values are in −127..=127,
+    /// as ggml's quantizer writes them (the kernel's sign trick has no room for −128).
+    pub fn from_blocks(blocks: &[BlockQ8_0], n: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(QK8_0) && blocks.len() * QK8_0 == n * k, "Q8_0 blocks for [{n} × {k}]");
+        assert!(blocks.iter().all(|b| !b.qs.contains(&i8::MIN)), "Q8_0 value −128 outside ggml's range");
+        let scales = blocks.iter().map(|b| b.d.to_f32()).collect();
+        let qs = blocks.iter().flat_map(|b| b.qs).collect();
+        Self { n, k, scales, qs }
+    }
+
+    /// The f32 matrix these blocks stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs.iter().enumerate().map(|(i, &q)| self.scales[i / QK8_0] * q as f32).collect()
+    }
+
+    /// Bytes one pass over the matrix reads.
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 4 * self.scales.len()
+    }
+
+    pub fn rows(&self, lo: usize, hi: usize) -> Q8Rows<'_> {
+        let bpr = self.k / QK8_0;
+        Q8Rows {
+            k: self.k,
+            rows: hi - lo,
+            scales: &self.scales[lo * bpr..hi * bpr],
+            qs: &self.qs[lo * self.k..hi * self.k],
         }
     }
 }
@@ -87,6 +196,49 @@ impl Kernel {
                 // SAFETY: as above.
                 unsafe { avx512::kernel(x, m, w, nb, k, part) }
             }
+        }
+    }
+
+    /// `part[m × rows] = x · wᵀ` for Q8_0 rows and quantized activations.
+    pub fn run_q8(self, x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
+        let (m, nb, k) = (x.m, w.rows, w.k);
+        assert!(x.k == k && part.len() >= m * nb, "kernel: buffer sizes");
+        match self {
+            Kernel::Portable => portable_q8(x, w, part),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+                // SAFETY: the instructions were just detected; sizes were checked above.
+                unsafe { q8_avx2::kernel(x, w, part) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                assert!(std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("fma"));
+                // SAFETY: as above.
+                unsafe { q8_avx512::kernel(x, w, part) }
+            }
+        }
+    }
+}
+
+/// The Q8_0 order in plain Rust: lane `l` accumulates, block by block, the exact integer sum of
+/// bytes `4l..4l + 4` times the block's scale product. The fused multiply-add is used whatever
+/// the target (it runs once per 4 values), so every kernel gives these bits on every machine.
+fn portable_q8(x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
+    let fma = |a: f32, b: f32, c: f32| a.mul_add(b, c);
+    let (k, nblk) = (w.k, w.k / QK8_0);
+    for i in 0..x.m {
+        for j in 0..w.rows {
+            let mut acc = [0f32; LANES];
+            for b in 0..nblk {
+                let s = w.scales[j * nblk + b] * x.scales[i * nblk + b];
+                let (xq, wq) = (&x.qs[i * k + b * QK8_0..], &w.qs[j * k + b * QK8_0..]);
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let isum: i32 = (4 * l..4 * l + 4).map(|t| xq[t] as i32 * wq[t] as i32).sum();
+                    *a = fma(isum as f32, s, *a);
+                }
+            }
+            part[i * w.rows + j] = reduce(&acc);
         }
     }
 }
@@ -142,20 +294,19 @@ macro_rules! simd_kernel {
             ) {
                 let body = k - k % LANES;
                 let xp = x.as_ptr().add(i0 * k);
-                let wp = w.as_ptr().add(j0 * k);
                 // The next tile's weight rows are fetched while this one computes: with many
                 // activation rows the tile is compute-bound and the hardware prefetcher alone
                 // leaves the memory stream idle (measured: half the bandwidth at 8 rows).
-                let next = if j0 + 2 * G <= nb { wp.add(G * k) } else { wp };
+                let next = if j0 + 2 * G <= nb { j0 + G } else { j0 };
+                let rows: [*const f32; G] = std::array::from_fn(|g| w.as_ptr().add((j0 + g) * k));
+                let ahead: [*const f32; G] = std::array::from_fn(|g| w.as_ptr().add((next + g) * k));
                 let mut acc = [[_mm256_setzero_ps(); G]; R];
                 let mut c = 0;
                 while c < body {
                     let mut wv = [_mm256_setzero_ps(); G];
                     for g in 0..G {
-                        wv[g] = _mm256_loadu_ps(wp.add(g * k + c));
-                        if R > 0 {
-                            _mm_prefetch::<_MM_HINT_T0>(next.add(g * k + c) as *const i8);
-                        }
+                        wv[g] = _mm256_loadu_ps(rows[g].add(c));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead[g].add(c) as *const i8);
                     }
                     for r in 0..R {
                         let xv = _mm256_loadu_ps(xp.add(r * k + c));
@@ -171,7 +322,7 @@ macro_rules! simd_kernel {
                         _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][g]);
                         let mut s = reduce(&lanes);
                         for t in body..k {
-                            s = (*xp.add(r * k + t)).mul_add(*wp.add(g * k + t), s);
+                            s = (*xp.add(r * k + t)).mul_add(*rows[g].add(t), s);
                         }
                         part[(i0 + r) * nb + j0 + g] = s;
                     }
@@ -211,6 +362,94 @@ macro_rules! simd_kernel {
     };
 }
 
+/// The Q8_0 × Q8_0 kernel per instruction set: per block, `|x|` (unsigned) times `w` carrying
+/// `x`'s sign, summed in pairs to 16 bits (at most 2·127², no saturation) and in fours to 32 bits,
+/// converted exactly to f32 and scaled into the lane accumulators. `$tiles` as for `simd_kernel`:
+/// `R·G` accumulators + `G` weight registers + 6 temporaries must fit the register file.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q8_kernel {
+    ($name:ident, $features:literal, $max_rows:expr, [$($r:literal => $g:literal),*]) => {
+        mod $name {
+            use super::{reduce, Q8Activations, Q8Rows, LANES, QK8_0};
+            use std::arch::x86_64::*;
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn tile<const R: usize, const G: usize>(
+                x: &Q8Activations, i0: usize, w: &Q8Rows<'_>, j0: usize, part: &mut [f32],
+            ) {
+                let (k, nb) = (w.k, w.rows);
+                let nblk = k / QK8_0;
+                let ones = _mm256_set1_epi16(1);
+                let (wq, wd) = (w.qs.as_ptr().add(j0 * k), w.scales.as_ptr().add(j0 * nblk));
+                let (xq, xd) = (x.qs.as_ptr().add(i0 * k), x.scales.as_ptr().add(i0 * nblk));
+                // Fetch the next tile's rows while this one computes.
+                let ahead = if j0 + 2 * G <= nb { G } else { 0 };
+                let mut acc = [[_mm256_setzero_ps(); G]; R];
+                for b in 0..nblk {
+                    let mut wv = [_mm256_setzero_si256(); G];
+                    let mut ws = [_mm256_setzero_ps(); G];
+                    for g in 0..G {
+                        wv[g] = _mm256_loadu_si256(wq.add(g * k + b * QK8_0) as *const __m256i);
+                        ws[g] = _mm256_broadcast_ss(&*wd.add(g * nblk + b));
+                        _mm_prefetch::<_MM_HINT_T0>(wq.add((g + ahead) * k + b * QK8_0));
+                    }
+                    for r in 0..R {
+                        let xv = _mm256_loadu_si256(xq.add(r * k + b * QK8_0) as *const __m256i);
+                        let xa = _mm256_abs_epi8(xv);
+                        let dx = _mm256_broadcast_ss(&*xd.add(r * nblk + b));
+                        for g in 0..G {
+                            let pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[g], xv));
+                            let isum = _mm256_madd_epi16(pairs, ones);
+                            let s = _mm256_mul_ps(ws[g], dx);
+                            acc[r][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), s, acc[r][g]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for g in 0..G {
+                        let mut lanes = [0f32; LANES];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][g]);
+                        part[(i0 + r) * nb + j0 + g] = reduce(&lanes);
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn rows<const R: usize, const G: usize>(x: &Q8Activations, i0: usize, w: &Q8Rows<'_>, part: &mut [f32]) {
+                let mut j = 0;
+                while j + G <= w.rows {
+                    tile::<R, G>(x, i0, w, j, part);
+                    j += G;
+                }
+                while j < w.rows {
+                    tile::<R, 1>(x, i0, w, j, part);
+                    j += 1;
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn kernel(x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
+                let mut i0 = 0;
+                while i0 < x.m {
+                    let r = (x.m - i0).min($max_rows);
+                    match r {
+                        $($r => rows::<$r, $g>(x, i0, w, part),)*
+                        _ => unreachable!("tile height {r}"),
+                    }
+                    i0 += r;
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avx2, "avx2,fma", 3, [1 => 4, 2 => 3, 3 => 2]);
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avx512, "avx2,fma,avx512f,avx512vl", 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+
 #[cfg(target_arch = "x86_64")]
 simd_kernel!(avx2, "avx2,fma", 4, [1 => 8, 2 => 4, 3 => 3, 4 => 2]);
 #[cfg(target_arch = "x86_64")]
@@ -222,6 +461,54 @@ mod tests {
 
     fn data(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 7919 + seed * 104729) % 211) as f32 / 105.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn q8_kernels_agree_bit_for_bit_and_stay_close_to_f32() {
+        let (n, k) = (45, 96);
+        let wf = data(n * k, 3);
+        let w = Q8Matrix::quantize(&wf, n, k);
+        let mut single: Vec<Vec<f32>> = vec![];
+        for m in 1..=11 {
+            let x = data(m * k, m + 7);
+            let xq = Q8Activations::quantize(&x, m, k);
+            let mut want = vec![0f32; m * n];
+            portable_q8(&xq, &w.rows(0, n), &mut want);
+            let mut got = vec![0f32; m * n];
+            matmul_q8(&x, m, &w, &mut got);
+            assert_eq!(got, want, "{m} rows against the scalar definition");
+            for kern in kernels() {
+                let mut part = vec![0f32; m * n];
+                kern.run_q8(&xq, &w.rows(0, n), &mut part);
+                assert_eq!(part, want, "{kern:?} with {m} rows");
+            }
+            // Batch-invariant: the last row alone gives the same bits.
+            let mut one = vec![0f32; n];
+            matmul_q8(&x[(m - 1) * k..], 1, &w, &mut one);
+            assert_eq!(&got[(m - 1) * n..], &one[..]);
+            single.push(one);
+            // Close to the f32 product: within 1 % of the sum of |x·w| terms.
+            for j in 0..n {
+                let (i, xr, wr) = (m - 1, &x[(m - 1) * k..], &wf[j * k..(j + 1) * k]);
+                let exact: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = xr.iter().zip(wr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                assert!((got[i * n + j] as f64 - exact).abs() < 0.01 * scale, "({i},{j})");
+            }
+        }
+        let blocks = crate::quant::quantize_q8_0(&w.dequantize());
+        assert_eq!(Q8Matrix::from_blocks(&blocks, n, k), w, "GGUF blocks give the same matrix");
+        assert!(w.bytes() < n * k * 4 / 3);
+    }
+
+    fn kernels() -> Vec<Kernel> {
+        let mut v = vec![Kernel::detect()];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            v.push(Kernel::Avx2);
+        }
+        #[cfg(target_feature = "fma")]
+        v.push(Kernel::Portable);
+        v
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod quant;
 pub mod weights;
 
 pub use config::{MlpKind, ModelConfig};
-pub use decode::{DecodeModel, SeqCache, SeqInput};
+pub use decode::{DecodeModel, SeqCache, SeqInput, WeightFormat};
 pub use model::{param_shapes, Gpt, KvCache, ParamRole};
 pub use ops::Kernels;
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub max_queue: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// How to hold the weight matrices (default: as the model file stores them).
+    pub weights: Option<jarip_infer::WeightFormat>,
 }
 
 impl Default for ServeOptions {
@@ -56,6 +58,7 @@ impl Default for ServeOptions {
             max_queue: 256,
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(600),
+            weights: None,
         }
     }
 }
@@ -71,7 +74,8 @@ pub fn build_state(opts: &ServeOptions) -> Result<Shared> {
     let loaded = jarip_infer::load_model(&opts.model, &candle_core::Device::Cpu)?;
     let name = opts.served_model_name.clone().unwrap_or_else(|| default_model_name(&opts.model));
     let info = provenance::summary(&name, &loaded);
-    let engine = jarip_infer::Engine::new(&loaded.model, loaded.tokenizer)?;
+    let format = opts.weights.unwrap_or(loaded.stored_format);
+    let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format)?;
     let metrics = Arc::new(metrics::Metrics::new(&name));
     let max_batch = opts.max_batch.max(1);
     let scheduler = scheduler::Scheduler::start(engine.clone(), max_batch, metrics.clone())

@@ -5,6 +5,7 @@ use crate::pretrain_cmd::KernelsArg;
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_infer::{Engine, Request, SamplingParams};
+use jarip_model::WeightFormat;
 use jarip_tokenizer::{Message, Role};
 use jarip_train::{SftOptions, SftSummary};
 use std::io::{BufRead, Write};
@@ -176,15 +177,19 @@ pub struct GenerateArgs {
     /// Render the prompt as one user turn of the chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
 }
 
-fn load_engine(model: &std::path::Path) -> Result<(Engine, PathBuf)> {
+fn load_engine(model: &std::path::Path, weights: Option<WeightFormat>) -> Result<(Engine, PathBuf)> {
     let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
-    Ok((Engine::new(&loaded.model, loaded.tokenizer)?, loaded.dir))
+    let format = weights.unwrap_or(loaded.stored_format);
+    Ok((Engine::with_format(&loaded.model, loaded.tokenizer, format)?, loaded.dir))
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    let (engine, _dir) = load_engine(&a.model)?;
+    let (engine, _dir) = load_engine(&a.model, a.weights)?;
     let tok = engine.tokenizer();
     let prompt = if a.chat {
         tok.render_chat(&[Message::new(Role::User, a.prompt.clone())], true)?.ids
@@ -237,6 +242,9 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
 }
 
 /// What a line typed at the prompt asks for.
@@ -264,7 +272,7 @@ fn parse_line(s: &str) -> Line {
 
 /// An interactive chat on a terminal, or one user turn per line of piped input.
 pub fn chat(a: &ChatArgs) -> Result<()> {
-    let (engine, dir) = load_engine(&a.model)?;
+    let (engine, dir) = load_engine(&a.model, a.weights)?;
     let stdin = std::io::stdin();
     let interactive = std::io::IsTerminal::is_terminal(&stdin);
     let mut system = a.system.clone();

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Seconds a request may take from arrival to its last token.
     #[arg(long, default_value_t = 600.0)]
     pub request_timeout: f64,
+    /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
+    #[arg(long)]
+    pub weights: Option<jarip_infer::WeightFormat>,
 }
 
 impl ServeArgs {
@@ -53,6 +56,7 @@ impl ServeArgs {
             max_queue: self.max_queue,
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs_f64(self.request_timeout),
+            weights: self.weights,
         })
     }
 }
