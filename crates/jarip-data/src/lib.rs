@@ -34,4 +34,4 @@ pub use ingest::{Document, DocumentSource, IngestOptions, IngestStats, InputFile
 pub use prepare::{prepare, PrepareOptions, PrepareSummary};
 pub use reader::{Batch, BatchSampler, SamplerState, ShardInfo, ShardSet, SplitInfo};
 pub use script::ScriptCounts;
-pub use shard::{write_shards, Dtype, ShardOptions, ShardSummary, Split, SplitSummary};
+pub use shard::{mostly_hangul, write_shards, Dtype, ShardOptions, ShardSummary, Split, SplitSummary};

@@ -209,11 +209,32 @@ pub struct ShardOptions {
     pub seed: u64,
     /// Documents are read and encoded in batches of about this many bytes.
     pub batch_bytes: usize,
+    /// Training documents written mostly in Hangul go into the train split this many times, so
+    /// a corpus where Korean is scarce (the demo's is 1 %) still teaches it; validation is not
+    /// repeated. 1: no repetition.
+    #[serde(default = "one")]
+    pub hangul_repeat: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Whether at least 30 % of a document's letters are Hangul syllables or jamo.
+pub fn mostly_hangul(text: &str) -> bool {
+    let (mut letters, mut hangul) = (0usize, 0usize);
+    for c in text.chars().filter(|c| c.is_alphabetic()) {
+        letters += 1;
+        if matches!(c, '\u{AC00}'..='\u{D7A3}' | '\u{1100}'..='\u{11FF}' | '\u{3130}'..='\u{318F}') {
+            hangul += 1;
+        }
+    }
+    letters > 0 && hangul * 10 >= letters * 3
 }
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        Self { tokens_per_shard: 100_000_000, val_fraction: 0.005, seed: 0, batch_bytes: 8 << 20 }
+        Self { tokens_per_shard: 100_000_000, val_fraction: 0.005, seed: 0, batch_bytes: 8 << 20, hangul_repeat: 1 }
     }
 }
 
@@ -339,6 +360,8 @@ struct HeldBack {
     hash: u64,
     tokens: Vec<u32>,
     text_bytes: u64,
+    /// Times the document goes to train.
+    copies: u32,
 }
 
 /// Tokenizes every document of `source` into `out_dir` (format in the module doc).
@@ -391,29 +414,41 @@ pub fn write_shards<E: TokenEncoder + ?Sized>(
         );
         for ((text, hash), tokens) in texts.iter().zip(hashes).zip(encoded) {
             let text_bytes = text.len() as u64;
+            let copies = if opts.hangul_repeat > 1 && mostly_hangul(text) { opts.hangul_repeat } else { 1 };
+            let to_train = |w: &mut SplitWriter, tokens: &[u32], text_bytes: u64, copies: u32| -> Result<()> {
+                for _ in 0..copies {
+                    w.write_doc(bos, tokens, text_bytes)?;
+                }
+                Ok(())
+            };
             if (hash as u128) < val_cut {
                 val.write_doc(bos, &tokens, text_bytes)?;
                 if let Some(h) = held.take() {
-                    train.write_doc(bos, &h.tokens, h.text_bytes)?;
+                    to_train(&mut train, &h.tokens, h.text_bytes, h.copies)?;
                 }
             } else if opts.val_fraction > 0.0 && val.summary.documents == 0 {
                 match &held {
-                    Some(h) if h.hash <= hash => train.write_doc(bos, &tokens, text_bytes)?,
+                    Some(h) if h.hash <= hash => to_train(&mut train, &tokens, text_bytes, copies)?,
                     _ => {
-                        if let Some(h) = held.replace(HeldBack { hash, tokens, text_bytes }) {
-                            train.write_doc(bos, &h.tokens, h.text_bytes)?;
+                        if let Some(h) = held.replace(HeldBack { hash, tokens, text_bytes, copies }) {
+                            to_train(&mut train, &h.tokens, h.text_bytes, h.copies)?;
                         }
                     }
                 }
             } else {
-                train.write_doc(bos, &tokens, text_bytes)?;
+                to_train(&mut train, &tokens, text_bytes, copies)?;
             }
         }
         Ok(())
     })?;
     if let Some(h) = held.take() {
-        let to = if val.summary.documents == 0 && train.summary.documents > 0 { &mut val } else { &mut train };
-        to.write_doc(bos, &h.tokens, h.text_bytes)?;
+        if val.summary.documents == 0 && train.summary.documents > 0 {
+            val.write_doc(bos, &h.tokens, h.text_bytes)?;
+        } else {
+            for _ in 0..h.copies {
+                train.write_doc(bos, &h.tokens, h.text_bytes)?;
+            }
+        }
     }
     train.close()?;
     val.close()?;

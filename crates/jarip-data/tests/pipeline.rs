@@ -601,3 +601,26 @@ fn unigram_baseline_matches_a_direct_count() {
     // Byte text of repeated syllables is far from uniform: well under 8 bits per byte.
     assert!(got > 1.0 && got < 6.0, "{got}");
 }
+
+#[test]
+fn hangul_documents_are_repeated_in_train_only() {
+    let d = tempfile::tempdir().unwrap();
+    let mut docs: Vec<String> = (0..60).map(|i| format!("an english document number {i} about the stage")).collect();
+    docs.extend((0..20).map(|i| format!("대한민국은 민주공화국이다 제{i}조 국민의 권리와 의무")));
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let p = d.path().join("docs.jsonl");
+    write(&p, &jsonl(&refs));
+    let src = source(&[p]);
+    let enc = ByteEncoder::small();
+    let base = ShardOptions { val_fraction: 0.2, seed: 5, ..Default::default() };
+    let once = write_shards(&enc, &src, &d.path().join("s1"), &base).unwrap();
+    let rep = ShardOptions { hangul_repeat: 4, ..base };
+    let four = write_shards(&enc, &src, &d.path().join("s4"), &rep).unwrap();
+    // The same split; each Korean training document written four times, validation untouched.
+    assert_eq!(four.val, once.val);
+    let extra = four.train.documents - once.train.documents;
+    let korean_train = extra / 3;
+    assert!(extra % 3 == 0 && (10..=20).contains(&korean_train), "{extra} extra documents");
+    assert!(four.train.tokens > once.train.tokens + 3 * korean_train * 10);
+    assert!(mostly_hangul("대한민국 헌법 article 1") && !mostly_hangul("the constitution 헌법"));
+}

@@ -276,6 +276,9 @@ pub struct ShardArgs {
     /// Tokens per shard file.
     #[arg(long, default_value_t = 100_000_000)]
     pub tokens_per_shard: u64,
+    /// Write training documents that are mostly Hangul this many times (upweights scarce Korean).
+    #[arg(long, default_value_t = 1)]
+    pub hangul_repeat: u32,
     /// Ledger to append to (default: OUT/../ledger.jsonl).
     #[arg(long)]
     pub ledger: Option<PathBuf>,
@@ -290,6 +293,7 @@ impl ShardArgs {
             val_fraction: 0.01,
             seed: 0,
             tokens_per_shard: 100_000_000,
+            hangul_repeat: 1,
             ledger,
         }
     }
@@ -302,6 +306,7 @@ pub fn shard(a: &ShardArgs) -> Result<jarip_data::ShardSummary> {
         val_fraction: a.val_fraction,
         seed: a.seed,
         tokens_per_shard: a.tokens_per_shard,
+        hangul_repeat: a.hangul_repeat.max(1),
         ..Default::default()
     };
     let s = jarip_data::write_shards(&tok, &source, &a.out, &opts)?;
