@@ -620,7 +620,7 @@ fn hangul_documents_are_repeated_in_train_only() {
     assert_eq!(four.val, once.val);
     let extra = four.train.documents - once.train.documents;
     let korean_train = extra / 3;
-    assert!(extra % 3 == 0 && (10..=20).contains(&korean_train), "{extra} extra documents");
+    assert!(extra.is_multiple_of(3) && (10..=20).contains(&korean_train), "{extra} extra documents");
     assert!(four.train.tokens > once.train.tokens + 3 * korean_train * 10);
     assert!(mostly_hangul("대한민국 헌법 article 1") && !mostly_hangul("the constitution 헌법"));
 }

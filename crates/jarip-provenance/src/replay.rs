@@ -145,3 +145,108 @@ pub fn replay(rec: &RunRecord, p: &Pretraining, k: usize) -> Check {
         Err(e) => Check::fail(name, format!("{e:#}")),
     }
 }
+
+/// Fine-tuning interval `k` (0 = from the base checkpoint to the first SFT checkpoint, K from
+/// SFT checkpoint K to K+1), re-run by [`jarip_train::sft`] with the settings `sft-start`
+/// recorded; the weights must hash to the `sft-checkpoint` entry's.
+fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
+    let start = rec
+        .entries
+        .iter()
+        .find(|(_, e)| e.stage == "sft-start")
+        .map(|(_, e)| e)
+        .context("the ledger records no fine-tuning (sft-start)")?;
+    let ckpts: Vec<CheckpointRec> = rec.sft_checkpoints().into_iter().collect::<Result<_>>()?;
+    let n = ckpts.len();
+    if k >= n {
+        bail!(
+            "the ledger records {n} fine-tuning checkpoints, so intervals 0..={} can be replayed (0 = from the base)",
+            n.saturating_sub(1)
+        );
+    }
+    let c = &start.config;
+    let get = |key: &str| c.get(key).with_context(|| format!("sft-start records no {key}"));
+    let de = |key: &str| -> Result<serde_json::Value> { Ok(get(key)?.clone()) };
+    let num = |key: &str| get(key)?.as_u64().with_context(|| format!("sft-start: {key} is not a number"));
+    if c.get("device").and_then(|d| d.as_str()).is_some_and(|d| d != "cpu") {
+        bail!("the fine-tuning ran on {}; bit-for-bit replay needs a CPU run", c["device"]);
+    }
+    let located = |key: &str| -> Result<PathBuf> {
+        Ok(rec.paths.locate(get(key)?.as_str().with_context(|| format!("sft-start: {key} is not a path"))?))
+    };
+    let (base, data) = (located("base_checkpoint")?, located("data")?);
+    let target = &ckpts[k];
+    let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let out = scratch.path().join("replay");
+    let mut opts = jarip_train::SftOptions {
+        base: base.clone(),
+        data: data.clone(),
+        out: out.clone(),
+        ledger: Some(scratch.path().join("ledger.jsonl")),
+        max_steps: Some(num("total_steps")?),
+        epochs: None,
+        stop_at_step: Some(target.step),
+        resume: false,
+        seed: num("seed")?,
+        seq_len: num("seq_len")? as usize,
+        batch_size: num("batch_size")? as usize,
+        val_fraction: get("val_fraction")?.as_f64().context("sft-start: val_fraction")?,
+        checkpoint_every: 0,
+        keep_checkpoints: 0,
+        eval_every: 0,
+        optimizer: serde_json::from_value(de("optimizer")?)?,
+        schedule: serde_json::from_value(de("schedule")?)?,
+        kernels: serde_json::from_value(de("kernels")?)?,
+        device: "cpu".into(),
+        progress: false,
+        step_delay_ms: 0,
+    };
+    let from_step = if k == 0 {
+        0
+    } else {
+        let source = &ckpts[k - 1];
+        let dir = rec.paths.locate(source.recorded_dir.as_deref().context("checkpoint entry records no files")?);
+        if !dir.is_dir() {
+            bail!("fine-tuning checkpoint {} ({}) is not on disk", source.name(), dir.display());
+        }
+        let copy = out.join(dir.file_name().context("checkpoint directory has no name")?);
+        copy_dir(&dir, &copy)?;
+        // The copy names its inputs where they are now, so resuming it is not refused for a
+        // moved run; the settings that shape training stay as recorded.
+        let mut m = jarip_ledger::Manifest::read(&copy)?;
+        m.settings["base_checkpoint"] = base.display().to_string().into();
+        m.settings["data"] = data.display().to_string().into();
+        m.write(&copy)?;
+        opts.resume = true;
+        source.step
+    };
+    let t0 = Instant::now();
+    let summary = jarip_train::sft(&opts).context("re-running the recorded fine-tuning")?;
+    let secs = t0.elapsed().as_secs_f64();
+    if summary.steps != target.step || summary.weights_sha256 != target.weights_sha256 {
+        bail!(
+            "steps {from_step} → {}: the replay ended at step {} with weights {}…, the ledger records {}… for {}",
+            target.step,
+            summary.steps,
+            &summary.weights_sha256[..12],
+            &target.weights_sha256[..target.weights_sha256.len().min(12)],
+            target.name()
+        );
+    }
+    Ok(format!(
+        "fine-tuning steps {from_step} → {} re-run in {secs:.1} s from {}: weights {}… equal the ledger's for {}",
+        target.step,
+        if k == 0 { "the base checkpoint".to_string() } else { ckpts[k - 1].name() },
+        &summary.weights_sha256[..12],
+        target.name()
+    ))
+}
+
+/// Check for fine-tuning interval `k` (see [`replay_sft_interval`]).
+pub fn replay_sft(rec: &RunRecord, k: usize) -> Check {
+    let name = format!("replay sft {k}");
+    match replay_sft_interval(rec, k) {
+        Ok(detail) => Check::pass(name, detail),
+        Err(e) => Check::fail(name, format!("{e:#}")),
+    }
+}

@@ -60,7 +60,9 @@ pub struct VerifyOptions {
     /// Checkpoint intervals to replay: K replays from checkpoint K (0 = the seeded
     /// initialisation) to checkpoint K+1, numbered in ledger order from 1.
     pub replay: Vec<usize>,
-    /// Replay every interval.
+    /// Fine-tuning intervals to replay: K from SFT checkpoint K (0 = the base) to K+1.
+    pub replay_sft: Vec<usize>,
+    /// Replay every interval, pretraining and fine-tuning.
     pub replay_all: bool,
     /// Accept checkpoint directories removed as a whole (by `--keep-checkpoints`), except the
     /// last; their record stays in the chain but their files cannot be re-hashed.
@@ -677,7 +679,9 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report> {
                 checks.push(Check::fail("replay", "nothing to replay: the ledger records no pretraining"));
             }
         }
-        for c in rec.sft_checkpoints() {
+        let sft = rec.sft_checkpoints();
+        let sft_count = sft.len();
+        for c in sft {
             match c {
                 Ok(c) => {
                     let expect = Expect { model: pretraining.as_ref().map(|p| &p.config.model), seed: None };
@@ -685,6 +689,12 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report> {
                 }
                 Err(e) => checks.push(Check::fail("sft checkpoint", format!("{e:#}"))),
             }
+        }
+        let mut ks: Vec<usize> = if opts.replay_all { (0..sft_count).collect() } else { opts.replay_sft.clone() };
+        ks.sort_unstable();
+        ks.dedup();
+        for k in ks {
+            checks.push(crate::replay::replay_sft(&rec, k));
         }
     });
     let later: Vec<String> = rec
@@ -696,7 +706,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report> {
         .collect();
     if !later.is_empty() {
         notes.push(format!(
-            "stages after pretraining ({}) are checked by chain and file hashes; replay covers pretraining only",
+            "stages after pretraining ({}) are checked by chain and file hashes; fine-tuning intervals are replayed with --replay-sft K or --replay-all",
             later.join(", ")
         ));
     }

@@ -34,7 +34,8 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, usize) {
     tok.save(&tok_dir, vec![]).unwrap();
     let src = DocumentSource::new(&[&jsonl], IngestOptions::default()).unwrap();
     let shards = dir.join("shards");
-    let so = ShardOptions { tokens_per_shard: 4_000, val_fraction: 0.1, seed: 1, batch_bytes: 1 << 16, hangul_repeat: 1 };
+    let so =
+        ShardOptions { tokens_per_shard: 4_000, val_fraction: 0.1, seed: 1, batch_bytes: 1 << 16, hangul_repeat: 1 };
     write_shards(&tok, &src, &shards, &so).unwrap();
     (shards, tok_dir, tok.vocab_size())
 }

@@ -27,7 +27,11 @@ pub struct VerifyArgs {
     /// ledger order, 0 meaning the seeded initialisation. Repeatable.
     #[arg(long = "replay", value_name = "K")]
     pub replay: Vec<usize>,
-    /// Replay every recorded checkpoint interval.
+    /// Replay fine-tuning interval K: from SFT checkpoint K to K+1, 0 meaning the base
+    /// checkpoint. Repeatable.
+    #[arg(long = "replay-sft", value_name = "K")]
+    pub replay_sft: Vec<usize>,
+    /// Replay every recorded checkpoint interval, pretraining and fine-tuning.
     #[arg(long)]
     pub replay_all: bool,
     /// Accept checkpoint directories removed whole by --keep-checkpoints (all but the last).
@@ -89,7 +93,12 @@ fn print_report(r: &Report) {
 }
 
 pub fn verify(a: &VerifyArgs) -> Result<()> {
-    let opts = VerifyOptions { replay: a.replay.clone(), replay_all: a.replay_all, allow_pruned: a.allow_pruned };
+    let opts = VerifyOptions {
+        replay: a.replay.clone(),
+        replay_sft: a.replay_sft.clone(),
+        replay_all: a.replay_all,
+        allow_pruned: a.allow_pruned,
+    };
     let r = jarip_provenance::verify::verify(&a.run, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -173,13 +173,24 @@ fn an_honest_run_verifies_replays_and_gets_a_card() {
             "2",
             "--keep-checkpoints",
             "0",
+            "--checkpoint-every",
+            "1",
             "--eval-every",
             "0",
         ]));
     };
     sft(&run, &run.join("sft"), &run.join("ledger.jsonl"));
-    let out = ok(&verify(&run, &["--replay", "2"]));
+    // Fine-tuning replays too: from the base to its first checkpoint, and from there to the next.
+    let out = ok(&verify(&run, &["--replay", "2", "--replay-sft", "0", "--replay-sft", "1"]));
     assert!(out.contains("PASS  sft checkpoint ckpt-000002") && !out.contains("FAIL"), "{out}");
+    assert!(out.contains("PASS  replay sft 0") && out.contains("PASS  replay sft 1"), "{out}");
+    fails_naming(&verify(&run, &["--replay-sft", "2"]), &["replay sft 2", "2 fine-tuning checkpoints"]);
+    // Forged fine-tuned weights with every hash rewritten: only the replay sees it.
+    let forged = d.path().join("forged-sft");
+    copy_tree(&run, &forged);
+    forge(&forged, "sft/ckpt-000002");
+    assert!(!ok(&verify(&forged, &[])).contains("FAIL"));
+    fails_naming(&verify(&forged, &["--replay-sft", "1"]), &["FAIL  replay sft 1", "ckpt-000002"]);
     let foreign = d.path().join("foreign");
     copy_tree(&run.join("ckpt-000006"), &foreign.join("ckpt-000006"));
     sft(&foreign.join("ckpt-000006"), &d.path().join("sft2"), &d.path().join("sft2/ledger.jsonl"));
