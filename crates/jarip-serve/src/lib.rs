@@ -116,35 +116,48 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM; a second signal exits at once.
-async fn shutdown_signal() {
-    wait_signal().await;
-    eprintln!("jarip serve: shutting down; finishing the requests in flight (signal again to quit now)");
-    tokio::spawn(async {
-        wait_signal().await;
-        std::process::exit(130);
-    });
+/// SIGINT and SIGTERM, listened for from the moment this is made: the URL is printed after, so a
+/// signal sent as soon as the server is up drains it instead of killing it.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
 }
 
-async fn wait_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+impl Signals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {},
+            _ = self.term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; a second signal exits at once.
+async fn shutdown_signal(mut signals: Signals) {
+    signals.recv().await;
+    eprintln!("jarip serve: shutting down; finishing the requests in flight (signal again to quit now)");
+    tokio::spawn(async move {
+        signals.recv().await;
+        std::process::exit(130);
+    });
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -164,6 +177,7 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         if !is_loopback(&opts.host) && state.api_key.is_none() {
             eprintln!("jarip serve: warning: listening on {} without --api-key: anyone who can reach it can use it", addr);
         }
+        let signals = Signals::new()?;
         let ctx = state.engine.model().config().max_seq_len;
         // Printed after bind: the socket already queues connections, so the URL is usable now.
         println!(
@@ -173,6 +187,6 @@ pub fn run(opts: &ServeOptions) -> Result<()> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        serve(listener, state, shutdown_signal()).await
+        serve(listener, state, shutdown_signal(signals)).await
     })
 }
