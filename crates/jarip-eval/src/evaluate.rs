@@ -30,6 +30,10 @@ pub struct EvalOptions {
     /// Print progress lines to stderr.
     #[serde(skip)]
     pub progress: bool,
+    /// The weight format scored: f32, or q8_0 (then every score goes through the quantized
+    /// decode path, measuring what serving that format gives).
+    #[serde(default)]
+    pub weights: jarip_model::WeightFormat,
 }
 
 impl Default for EvalOptions {
@@ -43,6 +47,7 @@ impl Default for EvalOptions {
             max_gen_tokens: 64,
             temperature: 0.0,
             progress: false,
+            weights: jarip_model::WeightFormat::F32,
         }
     }
 }

@@ -10,7 +10,7 @@
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 use jarip_infer::{Engine, Request};
-use jarip_model::{Gpt, SeqCache, SeqInput};
+use jarip_model::{Gpt, SeqCache, SeqInput, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use std::sync::OnceLock;
 
@@ -76,6 +76,9 @@ pub struct GptLm<'a> {
     /// Most padded tokens per forward pass: the logits of a batch are `tokens × vocab` floats,
     /// so this bounds memory whatever the sequence length.
     token_budget: usize,
+    /// Weight format of the decode-layout copy; anything but f32 also scores log-likelihoods
+    /// through it.
+    weights: WeightFormat,
     /// The decode-layout copy of the weights (multiple choice, generation), built on first use:
     /// a bits-per-byte run never pays for it.
     engine: OnceLock<Engine>,
@@ -83,7 +86,51 @@ pub struct GptLm<'a> {
 
 impl<'a> GptLm<'a> {
     pub fn new(model: &'a Gpt, tokenizer: &'a Tokenizer, batch_size: usize) -> Self {
-        Self { model, tokenizer, batch_size: batch_size.max(1), token_budget: 8192, engine: OnceLock::new() }
+        Self {
+            model,
+            tokenizer,
+            batch_size: batch_size.max(1),
+            token_budget: 8192,
+            weights: WeightFormat::F32,
+            engine: OnceLock::new(),
+        }
+    }
+
+    /// Scores with the weight matrices held in `format`.
+    pub fn with_weights(mut self, format: WeightFormat) -> Self {
+        self.weights = format;
+        self
+    }
+
+    /// Each request's continuation scored through the decode-layout model, sequences in ragged
+    /// batches (used for quantized weights, which only that path holds).
+    fn decode_scores(&self, requests: &[LlRequest]) -> Result<Vec<LlScore>> {
+        let (seqs, lens) = self.sequences(requests)?;
+        let model = self.engine()?.model();
+        let vocab = model.config().vocab_size;
+        let mut out = vec![LlScore { logprob: 0.0, is_greedy: false }; requests.len()];
+        for batch in self.batches(&lens) {
+            let mut caches = vec![SeqCache::new(); batch.len()];
+            let logits = {
+                let mut inputs: Vec<SeqInput<'_>> = batch
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(&i, cache)| SeqInput { tokens: &seqs[i][..lens[i]], cache })
+                    .collect();
+                model.forward(&mut inputs, true)?
+            };
+            for (&i, rows) in batch.iter().zip(&logits) {
+                let start = lens[i] - requests[i].continuation.len();
+                let mut score = LlScore { logprob: 0.0, is_greedy: true };
+                for p in start..lens[i] {
+                    let (lp, greedy) = logprob_of(&rows[p * vocab..(p + 1) * vocab], seqs[i][p + 1]);
+                    score.logprob += lp;
+                    score.is_greedy &= greedy;
+                }
+                out[i] = score;
+            }
+        }
+        Ok(out)
     }
 
     fn engine(&self) -> Result<&Engine> {
@@ -91,7 +138,7 @@ impl<'a> GptLm<'a> {
             return Ok(e);
         }
         let tok = Tokenizer::from_json(self.tokenizer.to_json().to_string())?;
-        let e = Engine::new(self.model, tok)?;
+        let e = Engine::with_format(self.model, tok, self.weights)?;
         Ok(self.engine.get_or_init(|| e))
     }
 
@@ -170,6 +217,9 @@ impl LanguageModel for GptLm<'_> {
     }
 
     fn loglikelihood(&self, requests: &[LlRequest]) -> Result<Vec<LlScore>> {
+        if self.weights != WeightFormat::F32 {
+            return self.decode_scores(requests);
+        }
         let (seqs, lens) = self.sequences(requests)?;
         let mut out = vec![LlScore { logprob: 0.0, is_greedy: false }; requests.len()];
         for batch in self.batches(&lens) {
@@ -192,6 +242,9 @@ impl LanguageModel for GptLm<'_> {
     }
 
     fn logprobs(&self, requests: &[LlRequest]) -> Result<Vec<f64>> {
+        if self.weights != WeightFormat::F32 {
+            return Ok(self.decode_scores(requests)?.into_iter().map(|s| s.logprob).collect());
+        }
         let (seqs, lens) = self.sequences(requests)?;
         let mut out = vec![0f64; requests.len()];
         for batch in self.batches(&lens) {
@@ -342,6 +395,19 @@ mod tests {
             for (a, s) in fused.iter().zip(&one) {
                 assert!((a - s.logprob).abs() < 1e-3 * s.logprob.abs().max(1.0), "{a} vs {s:?}");
             }
+        }
+        // So does the decode-layout path that quantized weights take, at f32.
+        let decoded = GptLm::new(&m, &tok, 3).decode_scores(&reqs).unwrap();
+        for (a, s) in decoded.iter().zip(&one) {
+            assert!((a.logprob - s.logprob).abs() < 1e-3, "{a:?} vs {s:?}");
+            assert_eq!(a.is_greedy, s.is_greedy);
+        }
+        // Q8_0 weights: the same bits at any batch size, near the f32 scores.
+        let q8 = |b| GptLm::new(&m, &tok, b).with_weights(WeightFormat::Q8_0).loglikelihood(&reqs).unwrap();
+        let (q1, q4) = (q8(1), q8(4));
+        assert_eq!(q1, q4);
+        for (q, f) in q1.iter().zip(&one) {
+            assert!((q.logprob - f.logprob).abs() < 0.05 * f.logprob.abs().max(1.0), "{q:?} vs {f:?}");
         }
     }
 

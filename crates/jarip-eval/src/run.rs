@@ -119,7 +119,7 @@ impl EvalReport {
 pub fn evaluate_model(loaded: &LoadedModel, tasks: &[Task], opts: &EvalOptions) -> Result<EvalReport> {
     let t0 = Instant::now();
     let time = jarip_ledger::now_rfc3339();
-    let lm = GptLm::new(&loaded.model, &loaded.tokenizer, opts.batch_size);
+    let lm = GptLm::new(&loaded.model, &loaded.tokenizer, opts.batch_size).with_weights(opts.weights);
     let results = evaluate(&lm, &loaded.tokenizer, tasks, opts)?;
     Ok(EvalReport {
         model: ModelInfo::of(loaded),

@@ -90,7 +90,8 @@ impl Mat {
 }
 
 /// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
     #[default]
     F32,

@@ -47,6 +47,9 @@ pub struct EvalArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Score the model with its weight matrices as f32 or q8_0 (what `serve --weights` serves).
+    #[arg(long, default_value = "f32")]
+    pub weights: jarip_model::WeightFormat,
 }
 
 impl EvalArgs {
@@ -65,6 +68,7 @@ impl EvalArgs {
                 max_gen_tokens: self.max_gen_tokens.max(1),
                 temperature: self.temperature,
                 progress: !self.quiet,
+                weights: self.weights,
             },
             json: self.json.clone(),
             ledger: match (&self.ledger, self.no_ledger) {
