@@ -81,6 +81,31 @@ fn report(
     Ok(())
 }
 
+/// For the side-by-side with llama.cpp (`bench/decode/vs_llamacpp.sh`): a ~100M SwiGLU model at
+/// random initialisation (depth 12: 768 wide, 12 layers) with the given tokenizer's vocabulary,
+/// written as GGUF files of llama.cpp's `qwen3` architecture, f32 and Q8_0.
+fn write_qwen3(dir: &std::path::Path, tok_dir: &std::path::Path) -> Result<()> {
+    use jarip_interop::gguf_model::{export_gguf, GgufArch, WeightType};
+    let tok_file = tok_dir.join("tokenizer.json");
+    let tok = Tokenizer::load(&tok_file)?;
+    let mut cfg = ModelConfig::from_depth(12, tok.vocab_size());
+    cfg.mlp = jarip_model::MlpKind::SwiGlu;
+    cfg.mlp_hidden = 2048; // 8/3 of the width: the parameters of a ReLU² MLP of 4×
+    let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
+    std::fs::create_dir_all(dir)?;
+    for wt in [WeightType::F32, WeightType::Q8_0] {
+        let out = dir.join(format!("jarip-qwen3-{}.gguf", wt.name()));
+        let e = export_gguf(&gpt, &tok_file, &out, wt, GgufArch::Qwen3, "jarip-bench", &serde_json::Value::Null)?;
+        println!(
+            "{} ({:.1}M parameters, {:.1} MB)",
+            out.display(),
+            gpt.num_params() as f64 / 1e6,
+            e.bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -92,14 +117,21 @@ fn main() -> Result<()> {
         .split(',')
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
+    if let (Some(dir), Some(tok)) = (flag("--write-qwen3"), flag("--tokenizer")) {
+        return write_qwen3(std::path::Path::new(&dir), std::path::Path::new(&tok));
+    }
     println!("threads: {}", rayon::current_num_threads());
     let bw = copy_bandwidth(1024);
     println!("memory bandwidth (1 GiB parallel copy, read + write): {:.2} GB/s", bw / 1e9);
     if let Some(dir) = flag("--model") {
         let loaded = jarip_infer::load_model(std::path::Path::new(&dir), &candle_core::Device::Cpu)?;
         let n = loaded.model.num_params();
-        let model = Arc::new(DecodeModel::new(&loaded.model)?);
+        // As stored: a Q8_0 GGUF decodes with Q8_0 weights.
+        let model = Arc::new(DecodeModel::with_format(&loaded.model, loaded.stored_format)?);
         report(&format!("{dir} ({:.1}M)", n as f64 / 1e6), model, Arc::new(loaded.tokenizer), bw, steps, &contexts)?;
+    }
+    if args.iter().any(|a| a == "--skip-random") {
+        return Ok(());
     }
     // ~100M parameters: depth 10 (640 wide, 10 layers), vocabulary 40960.
     let cfg = ModelConfig::from_depth(10, 40960);

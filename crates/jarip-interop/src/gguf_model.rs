@@ -7,8 +7,11 @@
 //! Loading checks the stored weights against the hash recorded at export, so a tensor edited in
 //! the file is refused.
 //!
-//! llama.cpp itself does not run architecture `jarip` (ReLU² MLP with QK-norm and a logit
-//! soft-cap has no graph there); the file is read by `gguf`-based tools and by jarip.
+//! llama.cpp has no graph for architecture `jarip` (ReLU² MLP with QK-norm and a logit soft-cap).
+//! A model with a SwiGLU MLP is, apart from the soft-cap, llama.cpp's `qwen3` (pre-norm RMSNorm,
+//! per-head RMSNorm on queries and keys, rotary on the two halves, GQA, untied head, no biases):
+//! [`GgufArch::Qwen3`] writes it under that architecture, which llama.cpp runs (without the cap),
+//! and jarip still loads exactly (the jarip config travels along).
 
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use crate::hf::CHAT_TEMPLATE;
@@ -20,6 +23,34 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub const ARCH: &str = "jarip";
+
+/// The `general.architecture` a file declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufArch {
+    Jarip,
+    /// For SwiGLU models: llama.cpp's `qwen3` graph computes them, except the logit soft-cap.
+    Qwen3,
+}
+
+impl GgufArch {
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufArch::Jarip => ARCH,
+            GgufArch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+impl std::str::FromStr for GgufArch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "jarip" => Ok(GgufArch::Jarip),
+            "qwen3" => Ok(GgufArch::Qwen3),
+            _ => bail!("unknown GGUF architecture {s:?}: use jarip or qwen3"),
+        }
+    }
+}
 
 /// How the weight matrices are stored (norm weights are always f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +146,7 @@ pub fn export_gguf(
     tokenizer_json: &Path,
     out: &Path,
     wt: WeightType,
+    arch: GgufArch,
     name: &str,
     provenance: &serde_json::Value,
 ) -> Result<GgufExported> {
@@ -124,6 +156,9 @@ pub fn export_gguf(
     let cfg = model.config();
     if tok.vocab_size() != cfg.vocab_size {
         bail!("tokenizer {} has {} tokens, the model {}", tokenizer_json.display(), tok.vocab_size(), cfg.vocab_size);
+    }
+    if arch == GgufArch::Qwen3 && cfg.mlp != MlpKind::SwiGlu {
+        bail!("the qwen3 layout needs a SwiGLU MLP; this model's is ReLU², which llama.cpp's qwen3 graph does not compute");
     }
     // Tensors in a fixed order, each stored as asked (1-D norms in f32), and what a reader
     // will get back from them.
@@ -143,12 +178,13 @@ pub fn export_gguf(
     let weights_sha256 = jarip_model::hash_tensors(stored.iter().map(|(n, t)| (n.as_str(), t)))?;
 
     let kv = |w: &mut GgufWriter, k: &str, v: Value| w.add_metadata(k, v);
-    kv(&mut w, "general.architecture", ARCH.into())?;
+    kv(&mut w, "general.architecture", arch.name().into())?;
     kv(&mut w, "general.type", "model".into())?;
     kv(&mut w, "general.name", name.into())?;
     kv(&mut w, "general.file_type", wt.file_type().into())?;
     kv(&mut w, "general.quantization_version", 2u32.into())?;
-    let a = |k: &str| format!("{ARCH}.{k}");
+    let a = |k: &str| format!("{}.{k}", arch.name());
+    let own = |k: &str| format!("{ARCH}.{k}");
     kv(&mut w, &a("vocab_size"), (cfg.vocab_size as u32).into())?;
     kv(&mut w, &a("context_length"), (cfg.max_seq_len as u32).into())?;
     kv(&mut w, &a("embedding_length"), (cfg.n_embd as u32).into())?;
@@ -160,20 +196,23 @@ pub fn export_gguf(
     kv(&mut w, &a("attention.value_length"), (cfg.head_dim() as u32).into())?;
     kv(&mut w, &a("attention.layer_norm_rms_epsilon"), (cfg.norm_eps as f32).into())?;
     kv(&mut w, &a("rope.freq_base"), (cfg.rope_base as f32).into())?;
-    kv(&mut w, &a("final_logit_softcapping"), cfg.logit_softcap.into())?;
     let mlp = match cfg.mlp {
         MlpKind::Relu2 => "relu2",
         MlpKind::SwiGlu => "swiglu",
     };
-    kv(&mut w, &a("mlp_type"), mlp.into())?;
+    kv(&mut w, &own("final_logit_softcapping"), cfg.logit_softcap.into())?;
+    kv(&mut w, &own("mlp_type"), mlp.into())?;
     // The exact config: f64 fields (rope base, eps) survive without f32 rounding.
-    kv(&mut w, &a("config"), cfg.to_json().into())?;
+    kv(&mut w, &own("config"), cfg.to_json().into())?;
 
     let tokens: Vec<Value> = (0..tok.vocab_size() as u32).map(|id| Value::Str(token_text(&tok, id))).collect();
     let types: Vec<Value> =
         (0..tok.vocab_size() as u32).map(|id| Value::I32(if tok.is_special(id) { 3 } else { 1 })).collect();
     kv(&mut w, "tokenizer.ggml.model", "gpt2".into())?;
-    kv(&mut w, "tokenizer.ggml.pre", ARCH.into())?;
+    // llama.cpp knows pre-tokenizers by name; qwen2's split is the closest to jarip's (letters
+    // kept whole, digits in groups).
+    let pre = if arch == GgufArch::Qwen3 { "qwen2" } else { ARCH };
+    kv(&mut w, "tokenizer.ggml.pre", pre.into())?;
     kv(&mut w, "tokenizer.ggml.tokens", Value::Array(tokens))?;
     kv(&mut w, "tokenizer.ggml.token_type", Value::Array(types))?;
     kv(&mut w, "tokenizer.ggml.merges", Value::Array(merges(&tok_text)?))?;
@@ -184,10 +223,10 @@ pub fn export_gguf(
     kv(&mut w, "tokenizer.chat_template", CHAT_TEMPLATE.into())?;
     kv(&mut w, "tokenizer.huggingface.json", tok_text.into())?;
 
-    kv(&mut w, &a("provenance.statement"), "trained from scratch with jarip".into())?;
-    kv(&mut w, &a("provenance.weights_sha256"), weights_sha256.clone().into())?;
-    kv(&mut w, &a("provenance.tokenizer_sha256"), tok.sha256().into())?;
-    kv(&mut w, &a("provenance.source"), serde_json::to_string(provenance)?.into())?;
+    kv(&mut w, &own("provenance.statement"), "trained from scratch with jarip".into())?;
+    kv(&mut w, &own("provenance.weights_sha256"), weights_sha256.clone().into())?;
+    kv(&mut w, &own("provenance.tokenizer_sha256"), tok.sha256().into())?;
+    kv(&mut w, &own("provenance.source"), serde_json::to_string(provenance)?.into())?;
     w.write(out)?;
     #[cfg(unix)]
     {
@@ -256,8 +295,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
         f.get(k).and_then(Value::as_str).with_context(|| format!("{what}: metadata {k} missing or not a string"))
     };
     let arch = text("general.architecture")?;
-    if arch != ARCH {
-        bail!("{what}: architecture {arch:?} is not {ARCH:?} (jarip reads the GGUF files it exports)");
+    if f.get(&format!("{ARCH}.config")).is_none() {
+        bail!("{what}: architecture {arch:?} without {ARCH}.config: jarip reads the GGUF files it exports");
     }
     let cfg: ModelConfig = serde_json::from_str(text(&format!("{ARCH}.config"))?)
         .with_context(|| format!("{what}: {ARCH}.config is not a jarip model config"))?;
@@ -317,7 +356,7 @@ mod tests {
         let (model, tok) = setup(tmp.path());
         for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16, WeightType::Q8_0] {
             let out = tmp.path().join(format!("m-{}.gguf", wt.name()));
-            let e = export_gguf(&model, &tok, &out, wt, "tiny", &serde_json::json!({"k": 1})).unwrap();
+            let e = export_gguf(&model, &tok, &out, wt, GgufArch::Jarip, "tiny", &serde_json::json!({"k": 1})).unwrap();
             let back = load_gguf(&out, &Device::Cpu).unwrap();
             assert_eq!(back.model.config(), model.config());
             assert_eq!(back.model.weights_sha256().unwrap(), e.weights_sha256);
@@ -355,7 +394,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (model, tok) = setup(tmp.path());
         let out = tmp.path().join("m.gguf");
-        export_gguf(&model, &tok, &out, WeightType::F32, "tiny", &serde_json::Value::Null).unwrap();
+        export_gguf(&model, &tok, &out, WeightType::F32, GgufArch::Jarip, "tiny", &serde_json::Value::Null).unwrap();
+        let err = export_gguf(
+            &model,
+            &tok,
+            &tmp.path().join("q.gguf"),
+            WeightType::F32,
+            GgufArch::Qwen3,
+            "t",
+            &serde_json::Value::Null,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SwiGLU"), "{err}");
         let f = GgufFile::open(&out).unwrap();
         let info = f.tensor("blk.0.attn_q.weight").unwrap();
         let at = (f.data_offset + info.offset) as usize;
@@ -371,6 +422,6 @@ mod tests {
         let other = tmp.path().join("llama.gguf");
         w.write(&other).unwrap();
         let err = load_gguf(&other, &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("\"llama\""), "{err}");
+        assert!(err.contains("\"llama\"") && err.contains("jarip.config"), "{err}");
     }
 }

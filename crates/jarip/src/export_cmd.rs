@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use jarip_interop::gguf_model::{self, WeightType};
+use jarip_interop::gguf_model::{self, GgufArch, WeightType};
 use jarip_interop::hf::{self, Dtype};
 use jarip_ledger::{Entry, FileRef, Ledger};
 use serde_json::json;
@@ -25,6 +25,10 @@ pub struct ExportArgs {
     /// only) stores 8-bit blocks, 3.8× smaller than f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// GGUF architecture: jarip, or qwen3 for a SwiGLU model so llama.cpp runs it (without the
+    /// logit soft-cap, which its qwen3 graph lacks; jarip still loads the file exactly).
+    #[arg(long, default_value = "jarip")]
+    pub gguf_arch: GgufArch,
     /// Do not append an `export` entry to the run's ledger.
     #[arg(long)]
     pub no_ledger: bool,
@@ -67,7 +71,7 @@ pub fn run(a: &ExportArgs) -> Result<()> {
     let (weights_sha256, files, dtype) = if gguf {
         let wt: WeightType = a.dtype.parse()?;
         let name = loaded.dir.file_name().map_or_else(|| "jarip".into(), |n| n.to_string_lossy().to_string());
-        let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, &name, &provenance)?;
+        let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, a.gguf_arch, &name, &provenance)?;
         let f = FileRef::of_file(&a.out)?;
         (e.weights_sha256, serde_json::to_value([f])?, wt.name())
     } else {

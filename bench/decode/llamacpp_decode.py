@@ -1,0 +1,38 @@
+"""Decode tokens/s of llama.cpp (through llama-cpp-python) on a GGUF file, batch 1, the way
+bench/decode measures jarip: a prompt of CONTEXT tokens is evaluated first (not timed), then
+STEPS single-token steps are timed.
+
+    python bench/decode/llamacpp_decode.py FILE.gguf [--context 16] [--steps 64] [--threads 2]
+"""
+
+import argparse
+import time
+
+from llama_cpp import Llama
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gguf")
+    ap.add_argument("--context", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    llm = Llama(model_path=a.gguf, n_ctx=a.context + a.steps + 8, n_threads=a.threads, n_batch=256, verbose=False)
+    prompt = [(j * 7) % 200 + 1 for j in range(a.context)]
+    best = 0.0
+    for _ in range(a.repeats):
+        llm.reset()
+        llm.eval(prompt)
+        t = time.perf_counter()
+        tok = 5
+        for i in range(a.steps):
+            llm.eval([tok])
+            tok = (tok * 31 + i) % 200 + 1
+        best = max(best, a.steps / (time.perf_counter() - t))
+    print(f"llama.cpp {a.gguf}: context {a.context}, batch 1: {best:.1f} tok/s (best of {a.repeats})")
+
+
+if __name__ == "__main__":
+    main()
