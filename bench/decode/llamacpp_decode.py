@@ -1,6 +1,6 @@
 """Decode tokens/s of llama.cpp (through llama-cpp-python) on a GGUF file, batch 1, the way
 bench/decode measures jarip: a prompt of CONTEXT tokens is evaluated first (not timed), then
-STEPS single-token steps are timed.
+STEPS single-token steps are timed (the best of REPEATS runs).
 
     python bench/decode/llamacpp_decode.py FILE.gguf [--context 16] [--steps 64] [--threads 2]
 """
@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jarip", type=float, help="jarip's tokens/s on the same file, to print the ratio")
     a = ap.parse_args()
     llm = Llama(model_path=a.gguf, n_ctx=a.context + a.steps + 8, n_threads=a.threads, n_batch=256, verbose=False)
     prompt = [(j * 7) % 200 + 1 for j in range(a.context)]
@@ -32,6 +33,8 @@ def main():
             tok = (tok * 31 + i) % 200 + 1
         best = max(best, a.steps / (time.perf_counter() - t))
     print(f"llama.cpp {a.gguf}: context {a.context}, batch 1: {best:.1f} tok/s (best of {a.repeats})")
+    if a.jarip:
+        print(f"jarip / llama.cpp = {a.jarip / best:.2f}x")
 
 
 if __name__ == "__main__":
