@@ -69,7 +69,7 @@ def test_tensors_dequantize_to_the_weights(exports):
     for ours, theirs in name.items():
         np.testing.assert_array_equal(f32[theirs], ref[ours])
         w = ref[ours]
-        if w.ndim == 2:
+        if w.ndim == 2 and theirs != "token_embd.weight":
             assert next(t for t in q8.tensors if t.name == theirs).tensor_type == gguf.GGMLQuantizationType.Q8_0
             # Half a step of rounding, plus up to 127 × the f16 rounding of the block's scale.
             step = np.abs(w.reshape(-1, 32)).max(axis=1, keepdims=True) / 127

@@ -53,7 +53,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
 pub struct LoadedModel {
     pub model: Gpt,
     pub tokenizer: Tokenizer,
-    /// The checkpoint directory.
+    /// The checkpoint directory (or the export directory, or the GGUF file).
     pub dir: PathBuf,
     /// Its manifest (hashes of every file, the training settings).
     pub manifest: Manifest,
@@ -122,7 +122,6 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
     files.insert(name, jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes });
     let mut settings = g.source.get("source_settings").cloned().unwrap_or_default();
     if let Some(obj) = settings.as_object_mut() {
-        obj.insert("tokenizer_sha256".into(), g.tokenizer.sha256().into());
         obj.insert("file_type".into(), g.file_type.clone().into());
         obj.insert("weights_sha256".into(), g.weights_sha256.clone().into());
     }

@@ -139,7 +139,7 @@ impl Sampler {
         let token = if self.params.temperature == 0.0 { argmax(&l) } else { self.draw(&probs, total) };
         self.observe(token);
         let top = if self.params.top_logprobs > 0 {
-            top_n(&l, self.params.top_logprobs).into_iter().map(|(i, v)| (i, v - lse)).collect()
+            largest(&l, self.params.top_logprobs, true).into_iter().map(|(i, v)| (i, v - lse)).collect()
         } else {
             vec![]
         };
@@ -251,10 +251,6 @@ pub fn argmax(x: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-fn top_n(x: &[f32], n: usize) -> Vec<(u32, f32)> {
-    largest(x, n, true)
 }
 
 #[cfg(test)]

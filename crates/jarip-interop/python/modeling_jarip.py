@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 try:
@@ -110,7 +110,7 @@ class JaripModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class JaripForCausalLM(PreTrainedModel):
+class JaripForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = JaripConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
@@ -136,7 +136,9 @@ class JaripForCausalLM(PreTrainedModel):
         angles = torch.arange(start, start + t, dtype=torch.float64, device=device)[:, None] * inv[None, :]
         return angles.cos().float(), angles.sin().float()
 
-    def forward(self, input_ids, past_key_values=None, labels=None, use_cache=False, **kwargs):
+    def forward(self, input_ids, past_key_values=None, labels=None, use_cache=False, attention_mask=None, **kwargs):
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("padded batches are not supported: run sequences one by one (or unpadded)")
         b, t = input_ids.shape
         start = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if start + t > self.config.max_position_embeddings:

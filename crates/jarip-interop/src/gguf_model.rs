@@ -4,8 +4,9 @@
 //! provenance (source weight hash, hash of the stored weights) under `jarip.provenance.*`.
 //!
 //! Weight matrices may be stored as `Q8_0` (8-bit blocks, 3.8× smaller than f32): norms stay f32.
-//! Loading checks the stored weights against the hash recorded at export, so a tensor edited in
-//! the file is refused.
+//! Loading checks the stored weights and tokenizer against the hashes recorded at export, so an
+//! accidental or careless edit is refused (a forger who rewrites the recorded hashes too is
+//! caught by `jarip lineage` and the run's ledger, not by the file alone).
 //!
 //! llama.cpp has no graph for architecture `jarip` (ReLU² MLP with QK-norm and a logit soft-cap).
 //! A model with a SwiGLU MLP is, apart from the soft-cap, llama.cpp's `qwen3` (pre-norm RMSNorm,
@@ -169,7 +170,14 @@ pub fn export_gguf(
     for (n, t) in &names {
         let shape = t.dims().to_vec();
         let values = t.flatten_all()?.to_vec1::<f32>()?;
-        let ty = if shape.len() == 2 && shape[1] % 32 == 0 { wt.ggml() } else { GgmlType::F32 };
+        // Q8_0 covers the matrices a decode step multiplies by, not the embedding table (a lookup,
+        // kept exact as `--weights q8_0` keeps it); 1-D norms stay f32 in every format.
+        let quantizable = shape.len() == 2 && shape[1] % 32 == 0;
+        let ty = match wt {
+            WeightType::Q8_0 if quantizable && n != "model.embed_tokens.weight" => wt.ggml(),
+            WeightType::F16 | WeightType::Bf16 if shape.len() == 2 => wt.ggml(),
+            _ => GgmlType::F32,
+        };
         let bytes = crate::gguf::encode_f32(&values, ty)?;
         let back = crate::gguf::decode_f32(&bytes, ty)?;
         stored.push((n.clone(), Tensor::from_vec(back, shape.as_slice(), &Device::Cpu)?));
@@ -303,6 +311,13 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     cfg.validate().with_context(|| format!("in {what}"))?;
     let tokenizer = Tokenizer::from_json(text("tokenizer.huggingface.json")?.to_string())
         .with_context(|| format!("{what}: tokenizer.huggingface.json"))?;
+    let recorded_tok = text(&format!("{ARCH}.provenance.tokenizer_sha256"))?;
+    if tokenizer.sha256() != recorded_tok {
+        bail!(
+            "{what}: the embedded tokenizer hashes to {}, not the {recorded_tok} recorded at export: the file was altered",
+            tokenizer.sha256()
+        );
+    }
     let recorded = text(&format!("{ARCH}.provenance.weights_sha256"))?.to_string();
     let mut tensors = HashMap::new();
     for (name, _) in jarip_model::param_shapes(&cfg) {
@@ -370,6 +385,8 @@ mod tests {
             let ty = |n: &str| f.tensor(n).unwrap().ty;
             assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32, "norms stay f32");
             assert_eq!(ty("blk.1.ffn_down.weight"), wt.ggml());
+            let embed = if wt == WeightType::Q8_0 { GgmlType::F32 } else { wt.ggml() };
+            assert_eq!(ty("token_embd.weight"), embed, "Q8_0 leaves the embedding lookup exact");
             let tokens = f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
             assert_eq!(tokens.len(), 300);
         }

@@ -89,14 +89,16 @@ impl Mat {
     }
 }
 
-/// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32).
+/// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32, and so
+/// does a matrix whose rows are not a multiple of 32 values, which Q8_0 blocks cannot tile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
     #[default]
     F32,
     /// llama.cpp's Q8_0 blocks: 3.6× fewer bytes per decode step, each weight within half a
-    /// step (1/254 of its block's largest magnitude) of the f32 value.
+    /// step (1/254 of its block's largest magnitude, plus the f16 rounding of the block's scale)
+    /// of the f32 value.
     Q8_0,
 }
 

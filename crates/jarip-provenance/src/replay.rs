@@ -150,12 +150,6 @@ pub fn replay(rec: &RunRecord, p: &Pretraining, k: usize) -> Check {
 /// SFT checkpoint K to K+1), re-run by [`jarip_train::sft`] with the settings `sft-start`
 /// recorded; the weights must hash to the `sft-checkpoint` entry's.
 fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
-    let start = rec
-        .entries
-        .iter()
-        .find(|(_, e)| e.stage == "sft-start")
-        .map(|(_, e)| e)
-        .context("the ledger records no fine-tuning (sft-start)")?;
     let ckpts: Vec<CheckpointRec> = rec.sft_checkpoints().into_iter().collect::<Result<_>>()?;
     let n = ckpts.len();
     if k >= n {
@@ -164,6 +158,18 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
             n.saturating_sub(1)
         );
     }
+    let target = &ckpts[k];
+    // The fine-tuning run the checkpoint belongs to: the last `sft-start` before it (a ledger may
+    // hold several runs).
+    let (start_at, start) = rec.entries[..target.entry]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, (_, e))| e.stage == "sft-start")
+        .map(|(i, (_, e))| (i, e))
+        .context("the ledger records no fine-tuning start (sft-start) before this checkpoint")?;
+    // Resume from the previous checkpoint of the same run, or start from the base.
+    let source = k.checked_sub(1).map(|j| &ckpts[j]).filter(|c| c.entry > start_at);
     let c = &start.config;
     let get = |key: &str| c.get(key).with_context(|| format!("sft-start records no {key}"));
     let de = |key: &str| -> Result<serde_json::Value> { Ok(get(key)?.clone()) };
@@ -175,7 +181,6 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         Ok(rec.paths.locate(get(key)?.as_str().with_context(|| format!("sft-start: {key} is not a path"))?))
     };
     let (base, data) = (located("base_checkpoint")?, located("data")?);
-    let target = &ckpts[k];
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let out = scratch.path().join("replay");
     let mut opts = jarip_train::SftOptions {
@@ -201,10 +206,7 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         progress: false,
         step_delay_ms: 0,
     };
-    let from_step = if k == 0 {
-        0
-    } else {
-        let source = &ckpts[k - 1];
+    let from_step = if let Some(source) = source {
         let dir = rec.paths.locate(source.recorded_dir.as_deref().context("checkpoint entry records no files")?);
         if !dir.is_dir() {
             bail!("fine-tuning checkpoint {} ({}) is not on disk", source.name(), dir.display());
@@ -219,6 +221,8 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         m.write(&copy)?;
         opts.resume = true;
         source.step
+    } else {
+        0
     };
     let t0 = Instant::now();
     let summary = jarip_train::sft(&opts).context("re-running the recorded fine-tuning")?;
@@ -236,7 +240,7 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
     Ok(format!(
         "fine-tuning steps {from_step} → {} re-run in {secs:.1} s from {}: weights {}… equal the ledger's for {}",
         target.step,
-        if k == 0 { "the base checkpoint".to_string() } else { ckpts[k - 1].name() },
+        source.map_or_else(|| "the base checkpoint".to_string(), CheckpointRec::name),
         &summary.weights_sha256[..12],
         target.name()
     ))

@@ -44,6 +44,13 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         anyhow::bail!("{} already exists: choose a new --out", a.out.display());
     }
     let loaded = jarip_infer::load_model(&a.model, &candle_core::Device::Cpu)?;
+    if loaded.manifest.kind != "checkpoint" {
+        anyhow::bail!(
+            "{} is an export ({}), not a checkpoint: export from the checkpoint it came from, so the record stays whole",
+            a.model.display(),
+            loaded.manifest.kind
+        );
+    }
     let source_sha = loaded.model.weights_sha256()?;
     let ledger = find_ledger(&loaded.dir);
     let ledger_head = match &ledger {

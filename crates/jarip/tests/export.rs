@@ -35,7 +35,26 @@ fn export_round_trip_ledger_and_bad_input() {
     assert_eq!(gen(&s(&gguf)), gen(&s(&ckpt)));
     let q8 = tmp.path().join("m-q8.gguf");
     ok(&jarip(&["export", "--model", &s(&ckpt), "--out", &s(&q8), "--dtype", "q8_0"]));
-    assert_eq!(gen(&s(&q8))["usage"], gen(&s(&ckpt))["usage"]);
+    // A Q8_0 file decodes with Q8_0 weights: as the checkpoint does when asked to.
+    let q8_args = |model: &str| {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "대한민국은",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "5",
+            "--json",
+            "--weights",
+            "q8_0",
+        ];
+        serde_json::from_str::<Value>(&ok(&jarip(&args))).unwrap()
+    };
+    assert_eq!(gen(&s(&q8)), q8_args(&s(&ckpt)));
+    fails_with(&jarip(&["export", "--model", &s(&q8), "--out", &s(&tmp.path().join("again"))]), &["not a checkpoint"]);
     fails_with(
         &jarip(&["export", "--model", &s(&ckpt), "--out", &s(&tmp.path().join("y")), "--dtype", "q8_0"]),
         &["q8_0", "f32, bf16 or f16"],
