@@ -28,7 +28,8 @@ fn copy_bandwidth(mib: usize) -> f64 {
 }
 
 /// Aggregate decode tokens/s of `batch` sequences after prompts of `context` tokens, prefill
-/// excluded.
+/// excluded: the best of three consecutive segments of `steps` steps (a shared 2-core VM is noisy;
+/// the context grows by `steps` tokens from one segment to the next).
 fn decode_tps(
     model: &Arc<DecodeModel>,
     tok: &Arc<Tokenizer>,
@@ -36,22 +37,27 @@ fn decode_tps(
     context: usize,
     steps: usize,
 ) -> Result<f64> {
+    const SEGMENTS: usize = 3;
     let mut b = Batcher::new(model.clone(), tok.clone(), batch);
     for i in 0..batch {
         let prompt: Vec<u32> = (0..context).map(|j| ((i * 31 + j * 7) % 200) as u32 + 1).collect();
         let sampling = SamplingParams { temperature: 1.0, seed: Some(i as u64), ..Default::default() };
-        b.admit(i as u64, Request::new(prompt, steps + 1, sampling))?;
+        b.admit(i as u64, Request::new(prompt, SEGMENTS * steps + 1, sampling))?;
     }
     // Prefill (in chunks of 256 tokens), ending with the first token of each sequence.
     for _ in 0..context.div_ceil(256) {
         b.step()?;
     }
-    let t = Instant::now();
-    let mut tokens = 0;
-    for _ in 0..steps {
-        tokens += b.step()?.len();
+    let mut best = 0f64;
+    for _ in 0..SEGMENTS {
+        let t = Instant::now();
+        let mut tokens = 0;
+        for _ in 0..steps {
+            tokens += b.step()?.len();
+        }
+        best = best.max(tokens as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+    Ok(best)
 }
 
 fn report(
@@ -65,7 +71,7 @@ fn report(
     let wb = model.weight_bytes() as f64;
     let bound = bw / wb;
     for &context in contexts {
-        let context = context.min(model.config().max_seq_len.saturating_sub(steps + 2)).max(1);
+        let context = context.min(model.config().max_seq_len.saturating_sub(3 * steps + 2)).max(1);
         let t1 = decode_tps(&model, &tok, 1, context, steps)?;
         let t8 = decode_tps(&model, &tok, 8, context, steps)?;
         println!(
