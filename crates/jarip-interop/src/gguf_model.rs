@@ -16,6 +16,7 @@
 
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use crate::hf::CHAT_TEMPLATE;
+pub use crate::WeightType;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use jarip_model::{Gpt, MlpKind, ModelConfig};
@@ -53,15 +54,6 @@ impl std::str::FromStr for GgufArch {
     }
 }
 
-/// How the weight matrices are stored (norm weights are always f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightType {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-}
-
 impl WeightType {
     fn ggml(self) -> GgmlType {
         match self {
@@ -80,28 +72,6 @@ impl WeightType {
             WeightType::Q8_0 => 7,
             WeightType::Bf16 => 32,
         }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightType::F32 => "f32",
-            WeightType::F16 => "f16",
-            WeightType::Bf16 => "bf16",
-            WeightType::Q8_0 => "q8_0",
-        }
-    }
-}
-
-impl std::str::FromStr for WeightType {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "f32" => WeightType::F32,
-            "f16" => WeightType::F16,
-            "bf16" => WeightType::Bf16,
-            "q8_0" => WeightType::Q8_0,
-            _ => bail!("unknown weight type {s:?}: use f32, f16, bf16 or q8_0"),
-        })
     }
 }
 

@@ -13,6 +13,7 @@
 //! OUT/manifest.json           hashes of every file, the source checkpoint and its weight hash
 //! ```
 
+use crate::WeightType;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use jarip_ledger::{AtomicDir, Manifest};
@@ -31,45 +32,6 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 const MODELING_PY: &str = include_str!("../python/modeling_jarip.py");
 const CONFIGURATION_PY: &str = include_str!("../python/configuration_jarip.py");
 
-/// Floating-point type of exported weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Dtype {
-    fn candle(self) -> DType {
-        match self {
-            Dtype::F32 => DType::F32,
-            Dtype::Bf16 => DType::BF16,
-            Dtype::F16 => DType::F16,
-        }
-    }
-
-    /// The name `torch_dtype` uses.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::Bf16 => "bfloat16",
-            Dtype::F16 => "float16",
-        }
-    }
-}
-
-impl std::str::FromStr for Dtype {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "f32" | "float32" => Dtype::F32,
-            "bf16" | "bfloat16" => Dtype::Bf16,
-            "f16" | "float16" => Dtype::F16,
-            _ => bail!("unknown dtype {s:?}: use f32, bf16 or f16"),
-        })
-    }
-}
-
 /// The chat template of [`Tokenizer::render_chat`] in Jinja, for `tokenizer.apply_chat_template`.
 /// Message content is plain text: HF tokenizers match special-token strings inside it where
 /// jarip does not, the one difference (and only for text that spells a special token).
@@ -84,7 +46,8 @@ fn special(tok: &Tokenizer, name: &str) -> Result<u32> {
 }
 
 /// `config.json` in HF terms; `jarip` holds the native config so import is exact.
-pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: Dtype) -> Result<Value> {
+pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Result<Value> {
+    let torch_dtype = float_type(dtype)?.1;
     let (act, mlp) = match cfg.mlp {
         MlpKind::Relu2 => ("relu2", "relu2"),
         MlpKind::SwiGlu => ("silu", "swiglu"),
@@ -115,7 +78,7 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: Dtype) -> Result<Val
         "bos_token_id": tok.bos_id(),
         "eos_token_id": special(tok, "<|end|>")?,
         "pad_token_id": special(tok, "<|pad|>")?,
-        "torch_dtype": dtype.torch_name(),
+        "torch_dtype": torch_dtype,
         "jarip": cfg,
     }))
 }
@@ -176,14 +139,29 @@ pub struct Exported {
 
 /// Writes `model` with its tokenizer (`tokenizer_json`, copied byte for byte) to `out` in the HF
 /// layout, atomically. `provenance` (source checkpoint, its weight hash, …) goes into the manifest.
-pub fn export_hf(model: &Gpt, tokenizer_json: &Path, out: &Path, dtype: Dtype, provenance: Value) -> Result<Exported> {
+/// The candle and torch names of a float weight type; the HF layout has no Q8_0.
+fn float_type(wt: WeightType) -> Result<(DType, &'static str)> {
+    match (wt.candle(), wt.torch_name()) {
+        (Some(c), Some(t)) => Ok((c, t)),
+        _ => bail!("weight type {} is not a tensor type of the HF layout: use f32, bf16 or f16", wt.name()),
+    }
+}
+
+pub fn export_hf(
+    model: &Gpt,
+    tokenizer_json: &Path,
+    out: &Path,
+    dtype: WeightType,
+    provenance: Value,
+) -> Result<Exported> {
+    let (candle_dtype, torch_dtype) = float_type(dtype)?;
     let tok = Tokenizer::load(tokenizer_json).with_context(|| format!("cannot load {}", tokenizer_json.display()))?;
     let cfg = model.config();
     if tok.vocab_size() != cfg.vocab_size {
         bail!("tokenizer {} has {} tokens, the model {}", tokenizer_json.display(), tok.vocab_size(), cfg.vocab_size);
     }
     let tensors: HashMap<String, Tensor> =
-        model.tensors().into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype.candle())?))).collect::<Result<_>>()?;
+        model.tensors().into_iter().map(|(n, t)| Ok((n, t.to_dtype(candle_dtype)?))).collect::<Result<_>>()?;
     let as_f32: Vec<(String, Tensor)> =
         tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
     let weights_sha256 = jarip_model::hash_tensors(as_f32.iter().map(|(n, t)| (n.as_str(), t)))?;
@@ -236,7 +214,7 @@ pub fn export_hf(model: &Gpt, tokenizer_json: &Path, out: &Path, dtype: Dtype, p
     std::fs::write(p.join("configuration_jarip.py"), CONFIGURATION_PY)?;
     let settings = json!({
         "format": "hf",
-        "dtype": dtype.torch_name(),
+        "dtype": torch_dtype,
         "model": cfg,
         "tokenizer_sha256": tok.sha256(),
         "weights_sha256": weights_sha256,
@@ -307,7 +285,7 @@ mod tests {
             cfg.mlp = mlp;
             let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
             let out = tmp.path().join(format!("hf-{mlp:?}"));
-            let e = export_hf(&model, &tok, &out, Dtype::F32, json!({"source": "test"})).unwrap();
+            let e = export_hf(&model, &tok, &out, WeightType::F32, json!({"source": "test"})).unwrap();
             assert_eq!(e.weights_sha256, model.weights_sha256().unwrap(), "f32 export keeps the weights");
             assert!(is_hf_export(&out));
             Manifest::read(&out).unwrap().verify(&out).unwrap();
@@ -327,7 +305,7 @@ mod tests {
         let tok = tokenizer(tmp.path());
         let model = Gpt::new(&ModelConfig::tiny(300), 5, &Device::Cpu).unwrap();
         let out = tmp.path().join("hf");
-        let e = export_hf(&model, &tok, &out, Dtype::Bf16, Value::Null).unwrap();
+        let e = export_hf(&model, &tok, &out, WeightType::Bf16, Value::Null).unwrap();
         assert_ne!(e.weights_sha256, model.weights_sha256().unwrap());
         let back = load_hf(&out, &Device::Cpu).unwrap();
         assert_eq!(back.weights_sha256().unwrap(), e.weights_sha256);
@@ -347,7 +325,7 @@ mod tests {
         let tok_dir = tempfile::tempdir().unwrap();
         let tok = Tokenizer::load(&tokenizer(tok_dir.path())).unwrap();
         let cfg = ModelConfig::tiny(300);
-        let mut v = hf_config(&cfg, &tok, Dtype::F32).unwrap();
+        let mut v = hf_config(&cfg, &tok, WeightType::F32).unwrap();
         v.as_object_mut().unwrap().remove("jarip");
         v["num_hidden_layers"] = json!("four");
         assert!(model_config_from_hf(&v).unwrap_err().to_string().contains("num_hidden_layers"));

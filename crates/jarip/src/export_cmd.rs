@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_interop::gguf_model::{self, GgufArch, WeightType};
-use jarip_interop::hf::{self, Dtype};
+use jarip_interop::hf;
 use jarip_ledger::{Entry, FileRef, Ledger};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -75,16 +75,21 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         Some(other) => anyhow::bail!("unknown --format {other:?}: use hf or gguf"),
         None => a.out.extension().is_some_and(|e| e == "gguf"),
     };
+    let wt: WeightType = a.dtype.parse().map_err(|e| {
+        if gguf {
+            e
+        } else {
+            anyhow::anyhow!("unknown weight type {:?} for the HF layout: use f32, bf16 or f16", a.dtype)
+        }
+    })?;
     let (weights_sha256, files, dtype) = if gguf {
-        let wt: WeightType = a.dtype.parse()?;
         let name = loaded.dir.file_name().map_or_else(|| "jarip".into(), |n| n.to_string_lossy().to_string());
         let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, a.gguf_arch, &name, &provenance)?;
         let f = FileRef::of_file(&a.out)?;
         (e.weights_sha256, serde_json::to_value([f])?, wt.name())
     } else {
-        let dt: Dtype = a.dtype.parse()?;
-        let e = hf::export_hf(&loaded.model, &tok_file, &a.out, dt, provenance)?;
-        (e.weights_sha256, serde_json::to_value(&e.manifest.files)?, dt.torch_name())
+        let e = hf::export_hf(&loaded.model, &tok_file, &a.out, wt, provenance)?;
+        (e.weights_sha256, serde_json::to_value(&e.manifest.files)?, wt.torch_name().unwrap_or(wt.name()))
     };
     println!(
         "exported {} ({dtype}, {} parameters) → {}\n  weights sha256 {weights_sha256} ({})",
