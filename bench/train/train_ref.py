@@ -7,17 +7,23 @@ RMSNorm; untied head; logits soft-capped at 15 in fp32; cross-entropy. No biases
 AdamW (lr 1e-3, betas 0.9/0.95, wd 0.1 on matrices and head) with grad clipping at 1.0.
 
 Prints one JSON line: median ms/step over --steps after --warmup, tokens/s, MFU, peak RSS.
+
+Data-parallel: started by `torchrun --nproc-per-node N`, the ranks share each step's --accum
+micro-batches through DistributedDataParallel (gloo backend, CPU); rank 0 prints.
 """
 
 import argparse
+import contextlib
 import json
-import math
+import os
 import resource
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 
 class RMSNorm(nn.Module):
@@ -96,9 +102,18 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, default=269.0)
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per step, over all ranks")
     a = p.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if a.accum % world:
+        raise SystemExit(f"--accum {a.accum} cannot be split among {world} ranks")
     torch.manual_seed(0)
     model = GPT(a.vocab, a.depth, a.seq_len)
+    ddp = None
+    if world > 1:
+        dist.init_process_group("gloo")
+        ddp = DistributedDataParallel(model)
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -106,27 +121,37 @@ def main():
     )
     params = sum(p.numel() for p in model.parameters())
     c = a.depth * 64
-    tokens = a.batch * a.seq_len
+    tokens = a.batch * a.seq_len * a.accum
+    local = a.accum // world
+    torch.manual_seed(1 + rank)
     # Same FLOP formula as jarip: 6 per non-embedding parameter per token + causal attention.
     flops_per_token = 6 * (params - a.vocab * c) + 12 * a.depth * c * a.seq_len / 2
     times, loss = [], float("nan")
     for i in range(a.warmup + a.steps):
-        idx = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1))
+        idx = torch.randint(0, a.vocab, (local, a.batch, a.seq_len + 1))
         t0 = time.perf_counter()
-        l = model(idx[:, :-1], idx[:, 1:])
         opt.zero_grad(set_to_none=True)
-        l.backward()
+        for j in range(local):
+            # DDP all-reduces the gradients on the last micro-batch's backward only.
+            quiet = ddp.no_sync() if ddp is not None and j < local - 1 else contextlib.nullcontext()
+            with quiet:
+                l = (ddp or model)(idx[j, :, :-1], idx[j, :, 1:]) / local
+                l.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        loss = l.item()
+        loss = l.item() * local
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)
+    if ddp is not None:
+        dist.destroy_process_group()
+        if rank != 0:
+            return
     times.sort()
     med = times[len(times) // 2]
     flops = flops_per_token * tokens
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} fp32 ({torch.get_num_threads()} threads)",
+        "impl": f"pytorch {torch.__version__} fp32 ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
         "params": params,
         "ms_per_step": med * 1e3,
         "tokens_per_s": tokens / med,

@@ -145,10 +145,17 @@ pub struct TrainConfig {
     pub kernels: Kernels,
     #[serde(default = "cpu")]
     pub device: String,
+    /// Data-parallel replicas sharing each step (1 for runs that predate the field).
+    #[serde(default = "one")]
+    pub replicas: usize,
 }
 
 fn cpu() -> String {
     "cpu".into()
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -166,6 +173,7 @@ impl TrainConfig {
                 c.schedule,
                 c.tokenizer_sha256.clone(),
                 c.shards_merkle_root.clone(),
+                c.replicas,
             )
         };
         key(self) == key(other)

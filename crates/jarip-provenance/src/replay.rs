@@ -42,6 +42,8 @@ fn options(rec: &RunRecord, p: &Pretraining, out: &Path, total_steps: u64, stop:
         seq_len: c.seq_len,
         batch_size: c.batch_size,
         batch_tokens: Some(c.batch_tokens),
+        // One process stands in for every data-parallel rank the run had.
+        replicas: Some(c.replicas),
         checkpoint_every: 0,
         keep_checkpoints: 0,
         eval_every: 0,

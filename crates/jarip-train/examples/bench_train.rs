@@ -3,12 +3,17 @@
 //!
 //! cargo run --release -p jarip-train --example bench_train -- [--depth 6] [--vocab 8192]
 //!     [--seq-len 256] [--batch 8] [--steps 10] [--warmup 2] [--kernels fused|composed]
-//!     [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown]
+//!     [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown] [--accum 1]
+//!
+//! Data-parallel (build with `--features mpi`): `mpirun -n N bench_train --dist mpi --accum A`
+//! splits each step's A micro-batches among the N ranks; rank 0 prints, with the time spent
+//! adding gradients across ranks.
 
 use candle_core::{Device, Tensor};
 use jarip_model::{Gpt, Kernels, ModelConfig};
+use jarip_train::dist::{Collective, DataParallel, Solo};
 use jarip_train::optim::{Optimizer, OptimizerOptions};
-use jarip_train::step::train_step;
+use jarip_train::step::train_step_parallel;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -28,6 +33,18 @@ fn peak_rss_bytes() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    match arg(&args, "--dist", "none".to_string()).as_str() {
+        #[cfg(feature = "mpi")]
+        "mpi" => run(&args, &jarip_train::dist::Mpi::init()?),
+        "none" => run(&args, &Solo),
+        other => anyhow::bail!("--dist {other}: not available in this build"),
+    }
+}
+
+fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
+    let args = args.to_vec();
+    let accum: usize = arg(&args, "--accum", 1);
+    let dp = DataParallel::new(comm, comm.world_size())?;
     let depth: usize = arg(&args, "--depth", 6);
     let vocab: usize = arg(&args, "--vocab", 8192);
     let seq_len: usize = arg(&args, "--seq-len", 256);
@@ -52,17 +69,21 @@ fn main() -> anyhow::Result<()> {
     let opts = OptimizerOptions::default();
     let mut optim = Optimizer::new(model.params(), &opts, kernels == Kernels::Fused)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let tokens = batch * seq_len;
-    let mut times = Vec::new();
+    let tokens = batch * seq_len * accum;
+    let (mut times, mut exchange) = (Vec::new(), Vec::new());
     let mut last_loss = 0.0;
     for i in 0..warmup + steps {
-        let ids: Vec<u32> = (0..batch * (seq_len + 1)).map(|_| rng.gen_range(0..vocab as u32)).collect();
-        let all = Tensor::from_vec(ids, (batch, seq_len + 1), &Device::Cpu)?;
-        let micro = [(all.narrow(1, 0, seq_len)?.contiguous()?, all.narrow(1, 1, seq_len)?.contiguous()?)];
+        let ids: Vec<u32> = (0..accum * batch * (seq_len + 1)).map(|_| rng.gen_range(0..vocab as u32)).collect();
+        let all = Tensor::from_vec(ids, (accum * batch, seq_len + 1), &Device::Cpu)?;
+        let micro = |j: usize| -> anyhow::Result<(Tensor, Tensor)> {
+            let rows = all.narrow(0, j * batch, batch)?;
+            Ok((rows.narrow(1, 0, seq_len)?.contiguous()?, rows.narrow(1, 1, seq_len)?.contiguous()?))
+        };
         if args.iter().any(|a| a == "--breakdown") {
             // Forward, backward and update timed separately (one extra step's worth of work).
             let t = Instant::now();
-            let loss = model.loss(&micro[0].0, &micro[0].1)?;
+            let (x, y) = micro(0)?;
+            let loss = model.loss(&x, &y)?;
             let _ = loss.to_scalar::<f32>()?;
             let fwd = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -74,20 +95,34 @@ fn main() -> anyhow::Result<()> {
             eprintln!("  forward {:.0} ms, backward {:.0} ms, update {:.0} ms", fwd * 1e3, bwd * 1e3, upd * 1e3);
         }
         let t0 = Instant::now();
-        let out = train_step(&model, &mut optim, &micro, 1.0)?;
+        let out = train_step_parallel(&model, &mut optim, accum, micro, 1.0, dp)?;
         let dt = t0.elapsed().as_secs_f64();
         last_loss = out.loss;
         if i >= warmup {
             times.push(dt);
+            exchange.push(out.exchange_s);
         }
-        eprintln!("step {i}: {:.0} ms, loss {:.4}", dt * 1e3, out.loss);
+        if dp.is_leader() {
+            eprintln!("step {i}: {:.0} ms, loss {:.4}", dt * 1e3, out.loss);
+        }
     }
+    if !dp.is_leader() {
+        return Ok(());
+    }
+    exchange.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let median = times[times.len() / 2];
     // FLOPs per token: 6 per non-embedding parameter plus causal attention (same formula as train_ref.py).
     let flops = cfg.train_flops_per_token(seq_len) * tokens as f64;
     let line = serde_json::json!({
-        "impl": format!("jarip ({}, {:?})", if kernels == Kernels::Fused { "fused" } else { "composed" }, cfg.mlp),
+        "impl": format!(
+            "jarip ({}, {:?}, {} rank{} × {} threads)",
+            if kernels == Kernels::Fused { "fused" } else { "composed" },
+            cfg.mlp,
+            comm.world_size(),
+            if comm.world_size() == 1 { "" } else { "s" },
+            rayon::current_num_threads()
+        ),
         "params": model.num_params(),
         "ms_per_step": median * 1e3,
         "tokens_per_s": tokens as f64 / median,
@@ -95,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         "mfu": flops / median / (peak_gflops * 1e9),
         "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
         "final_loss": last_loss,
+        "exchange_ms": exchange[exchange.len() / 2] * 1e3,
     });
     println!("{line}");
     Ok(())

@@ -32,6 +32,9 @@ pub struct TrainerState {
     pub batch_size: usize,
     /// Tokens per optimizer step (gradient accumulation reaches it).
     pub batch_tokens: usize,
+    /// Data-parallel replicas the step's micro-batches are split among (see [`crate::dist`]).
+    #[serde(default = "one")]
+    pub replicas: usize,
     pub elapsed_s: f64,
     pub weights_sha256: String,
     pub tokenizer_sha256: String,
@@ -132,4 +135,8 @@ pub fn checkpoint_entry(stage: &str, dir: &Path, seed: u64) -> Result<jarip_ledg
         .collect();
     e.seed = Some(seed);
     Ok(e)
+}
+
+fn one() -> usize {
+    1
 }

@@ -4,6 +4,7 @@
 //! - [`optim`]: AdamW with decoupled weight decay (fused on CPU) and optional Muon, gradient clipping;
 //! - [`schedule`]: warmup then cosine or warmup-stable-decay;
 //! - [`step`]: one optimizer step over accumulated micro-batches;
+//! - [`dist`]: data-parallel replicas over MPI (or one process standing in for them);
 //! - [`eval`]: validation loss and bits per byte; [`sample`]: generations during training;
 //! - [`checkpoint`]: atomic `ckpt-STEP/` directories with manifests, keep-last-K, exact resume;
 //! - [`metrics`]: `metrics.jsonl`; [`pretrain`](mod@pretrain): the run itself, with its ledger entries;
@@ -12,6 +13,7 @@
 //! The CLI calls [`pretrain()`] with [`PretrainOptions`] and [`sft()`] with [`SftOptions`].
 
 pub mod checkpoint;
+pub mod dist;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
@@ -24,6 +26,6 @@ pub mod step;
 
 pub use optim::OptimizerOptions;
 pub use options::{PretrainOptions, PretrainSummary};
-pub use pretrain::{newest_checkpoint, pretrain};
+pub use pretrain::{newest_checkpoint, pretrain, pretrain_parallel};
 pub use schedule::{Schedule, ScheduleKind};
 pub use sft::{sft, SftOptions, SftSummary};

@@ -35,6 +35,9 @@ pub struct PretrainOptions {
     pub batch_size: usize,
     /// Tokens per optimizer step, reached by gradient accumulation (default: one micro-batch).
     pub batch_tokens: Option<usize>,
+    /// Data-parallel replicas that share each step (default: the number of processes). One
+    /// process can stand in for all of them and reach the same weights.
+    pub replicas: Option<usize>,
     pub checkpoint_every: u64,
     /// Checkpoints to keep (0 = all).
     pub keep_checkpoints: usize,
@@ -77,6 +80,7 @@ impl Default for PretrainOptions {
             seq_len: 256,
             batch_size: 8,
             batch_tokens: None,
+            replicas: None,
             checkpoint_every: 500,
             keep_checkpoints: 3,
             eval_every: 250,

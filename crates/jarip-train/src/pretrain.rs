@@ -2,12 +2,13 @@
 //! (schedule, accumulation, clipping, metrics, evaluation, samples, checkpoints, ledger).
 
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use crate::dist::{agree_ok, agree_u64, check_replicas_agree, Collective, DataParallel, Solo};
 use crate::eval::{evaluate, token_byte_lengths, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::optim::Optimizer;
 use crate::options::{PretrainOptions, PretrainSummary};
 use crate::sample::generate;
-use crate::step::train_step;
+use crate::step::train_step_parallel;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
@@ -81,8 +82,14 @@ pub(crate) fn progress_bar(total: Option<u64>, show: bool) -> indicatif::Progres
     pb
 }
 
-/// Runs (or resumes) pretraining as `opts` describe.
+/// Runs (or resumes) pretraining as `opts` describe, in this process alone.
 pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
+    pretrain_parallel(opts, &Solo)
+}
+
+/// Runs (or resumes) pretraining as `opts` describe, as one rank of `comm`: every rank runs this
+/// with the same options; rank 0 writes the run's files.
+pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Result<PretrainSummary> {
     let t_start = Instant::now();
     if opts.seq_len == 0 || opts.batch_size == 0 {
         bail!("--seq-len and --batch-size must be positive");
@@ -93,6 +100,9 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         bail!("batch size in tokens ({batch_tokens}) must be a positive multiple of seq_len × batch_size ({micro_tokens})");
     }
     let accum = batch_tokens / micro_tokens;
+    let dp = DataParallel::new(comm, opts.replicas.unwrap_or(comm.world_size()))?;
+    dp.blocks(accum)?;
+    let leader = dp.is_leader();
     let mut total_steps = match (opts.max_steps, opts.tokens, opts.minutes) {
         (Some(s), _, _) => Some(s),
         (None, Some(t), _) => Some(t.div_ceil(batch_tokens as u64)),
@@ -136,11 +146,13 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             }
         }
         let s = &loaded.state;
-        if (s.seq_len, s.batch_size, s.batch_tokens, s.seed) != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed)
+        if (s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas)
+            != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed, dp.replicas)
         {
             bail!(
-                "--resume: the run used seq_len {} batch_size {} batch_tokens {} seed {}; this invocation asks for {} {} {} {}",
-                s.seq_len, s.batch_size, s.batch_tokens, s.seed, opts.seq_len, opts.batch_size, batch_tokens, opts.seed
+                "--resume: the run used seq_len {} batch_size {} batch_tokens {} seed {} replicas {}; this invocation asks for {} {} {} {} {}",
+                s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas,
+                opts.seq_len, opts.batch_size, batch_tokens, opts.seed, dp.replicas
             );
         }
         if s.tokenizer_sha256 != tokenizer.sha256() {
@@ -179,7 +191,9 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
                 total_steps = s.total_steps;
             }
             optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
-            metrics.truncate_after(s.step)?;
+            if leader {
+                metrics.truncate_after(s.step)?;
+            }
             (
                 s.step,
                 s.tokens_seen,
@@ -189,11 +203,15 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         }
         None => {
             // Lines left by an earlier attempt that died before its first checkpoint.
-            metrics.truncate_after(0)?;
+            if leader {
+                metrics.truncate_after(0)?;
+            }
             (0, 0, 0.0, shards.sampler(opts.seq_len, opts.batch_size, opts.seed)?)
         }
     };
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    if leader {
+        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    }
 
     let num_params = model.num_params();
     let flops_per_token = cfg.train_flops_per_token(opts.seq_len);
@@ -201,7 +219,7 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
         "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
         "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
-        "kernels": opts.kernels, "device": opts.device,
+        "kernels": opts.kernels, "device": opts.device, "replicas": dp.replicas,
     });
     let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
     let inputs = {
@@ -231,8 +249,11 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             "shards_merkle_root": shards_root,
             "sampler": sampler.state(),
             "resumed_from": last_ckpt.as_ref().map(|d| d.display().to_string()),
+            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
         });
-        ledger.append(e)?;
+        if leader {
+            ledger.append(e)?;
+        }
     }
 
     let budget_s = opts.minutes.map(|m| m * 60.0);
@@ -243,12 +264,23 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             pb.println(s)
         }
     };
-    let pb = progress_bar(total_steps, opts.progress);
+    let pb = progress_bar(total_steps, opts.progress && leader);
     pb.set_position(step);
-    eprint(
-        &pb,
-        format!("model: {num_params} parameters ({} layers, width {}, {} heads)", cfg.n_layer, cfg.n_embd, cfg.n_head),
-    );
+    if leader {
+        eprint(
+            &pb,
+            format!(
+                "model: {num_params} parameters ({} layers, width {}, {} heads)",
+                cfg.n_layer, cfg.n_embd, cfg.n_head
+            ),
+        );
+        if comm.world_size() > 1 {
+            eprint(
+                &pb,
+                format!("data-parallel: {} replicas on {} ranks ({})", dp.replicas, comm.world_size(), comm.backend()),
+            );
+        }
+    }
 
     let run_start = Instant::now();
     // A time budget becomes a step count after a few measured steps, so that the schedule (and
@@ -265,9 +297,10 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
         }
         let lr_factor = opts.schedule.factor(step, total_steps.unwrap_or(u64::MAX));
         let t0 = Instant::now();
-        let micro: Vec<(Tensor, Tensor)> =
-            (0..accum).map(|_| to_tensors(&sampler.next_batch(), &device)).collect::<Result<_>>()?;
-        let out = match train_step(&model, &mut optim, &micro, lr_factor) {
+        // Every rank draws the whole step's batches, so the data cursor stays one and the same.
+        let batches: Vec<Batch> = (0..accum).map(|_| sampler.next_batch()).collect();
+        let micro = |i: usize| to_tensors(&batches[i], &device);
+        let out = match train_step_parallel(&model, &mut optim, accum, micro, lr_factor, dp) {
             Ok(o) => o,
             Err(e) => {
                 pb.abandon();
@@ -286,11 +319,15 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             if step - first_step >= plan_after {
                 let per_step = timed_s / (step - first_step) as f64;
                 let planned = ((b - run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64 + step;
+                // Rank 0's clock decides for every rank.
+                let planned = agree_u64(comm, planned)?;
                 total_steps = Some(planned.max(step));
-                eprint(
-                    &pb,
-                    format!("time budget {:.1} min → {} steps at {:.0} ms/step", b / 60.0, planned, per_step * 1e3),
-                );
+                if leader {
+                    eprint(
+                        &pb,
+                        format!("time budget {:.1} min → {} steps at {:.0} ms/step", b / 60.0, planned, per_step * 1e3),
+                    );
+                }
                 pb.set_length(planned);
             }
         }
@@ -303,22 +340,35 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
             "tokens": tokens_seen, "tokens_per_s": tps, "mfu": mfu, "step_ms": dt * 1e3,
             "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
         });
+        if comm.world_size() > 1 {
+            line["exchange_ms"] = json!(out.exchange_s * 1e3);
+        }
         let last_step = total_steps == Some(step) || opts.stop_at_step == Some(step);
-        if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
-            let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
-            line["val_loss"] = json!(ev.loss);
-            line["val_bpb"] = json!(ev.bpb);
-            eprint(&pb, format!("step {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
-            last_eval = Some(ev);
-        }
-        if opts.sample_every > 0 && step % opts.sample_every == 0 {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let ids = generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, &mut rng)?;
-            let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
-            eprint(&pb, format!("step {step} sample: {text:?}"));
-            line["sample"] = json!(text);
-        }
-        metrics.append(&line)?;
+        // Evaluation, samples and metrics are rank 0's; the other ranks learn whether they failed.
+        let mut bookkeeping = || -> Result<()> {
+            if !leader {
+                return Ok(());
+            }
+            if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
+                let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
+                line["val_loss"] = json!(ev.loss);
+                line["val_bpb"] = json!(ev.bpb);
+                eprint(&pb, format!("step {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
+                last_eval = Some(ev);
+            }
+            if opts.sample_every > 0 && step % opts.sample_every == 0 {
+                let mut rng =
+                    rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let ids =
+                    generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, &mut rng)?;
+                let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
+                eprint(&pb, format!("step {step} sample: {text:?}"));
+                line["sample"] = json!(text);
+            }
+            metrics.append(&line)
+        };
+        let done = bookkeeping();
+        agree_ok(comm, done)?;
         pb.set_position(step);
         pb.set_message(format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, tps_ema, mfu * 100.0));
 
@@ -331,20 +381,34 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
                 seq_len: opts.seq_len,
                 batch_size: opts.batch_size,
                 batch_tokens,
+                replicas: dp.replicas,
                 elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
                 weights_sha256: model.weights_sha256()?,
                 tokenizer_sha256: tokenizer.sha256().to_string(),
                 total_steps,
             };
-            let dir =
-                save_checkpoint(&opts.out, &model, &optim, &ts, &tok_file, settings.clone(), opts.keep_checkpoints)?;
-            let mut e = crate::checkpoint::checkpoint_entry("checkpoint", &dir, opts.seed)?;
-            e.details = json!({
-                "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen, "total_steps": total_steps,
-                "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
-                "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
-            });
-            ledger.append(e)?;
+            check_replicas_agree(comm, &ts.weights_sha256)?;
+            let saved = if leader {
+                save_checkpoint(&opts.out, &model, &optim, &ts, &tok_file, settings.clone(), opts.keep_checkpoints)
+                    .and_then(|dir| {
+                        let mut e = crate::checkpoint::checkpoint_entry("checkpoint", &dir, opts.seed)?;
+                        e.details = json!({
+                            "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen,
+                            "total_steps": total_steps,
+                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
+                            "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
+                        });
+                        if comm.world_size() > 1 {
+                            e.details["replicas_agree"] = json!(comm.world_size());
+                        }
+                        ledger.append(e)?;
+                        Ok(dir)
+                    })
+            } else {
+                Ok(crate::checkpoint::checkpoint_dir(&opts.out, step))
+            };
+            // Other ranks wait for the checkpoint, so a failed write stops them all.
+            let dir = agree_ok(comm, saved)?;
             cursor_at_ckpt = ts.sampler;
             last_ckpt = Some(dir);
         }

@@ -183,6 +183,7 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
         metrics.truncate_after(0)?;
         let optim = Optimizer::new(base.model.params(), &opts.optimizer, true)?;
         let state = TrainerState {
+            replicas: 1,
             step: 0,
             tokens_seen: 0,
             sampler: SamplerState { seed: opts.seed, epoch: 0, position: 0 },

@@ -1,15 +1,18 @@
 //! One optimizer step: forward and backward over the micro-batches that make up the step's
 //! batch (gradients summed), then the optimizer update. Shared by `pretrain`, `sft` and the benchmark.
 
+use crate::dist::{Collective, DataParallel};
 use crate::optim::Optimizer;
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use jarip_model::Gpt;
 
 pub struct StepOutcome {
     /// Mean training loss over the step's tokens (nats).
     pub loss: f64,
     pub grad_norm: f64,
+    /// Seconds spent adding gradients across data-parallel ranks (0 in one process).
+    pub exchange_s: f64,
 }
 
 /// Runs forward/backward on each `(inputs, targets)` micro-batch and updates the weights.
@@ -20,7 +23,25 @@ pub fn train_step(
     micro: &[(Tensor, Tensor)],
     lr_factor: f64,
 ) -> Result<StepOutcome> {
-    step_with(optim, micro.len(), lr_factor, |i| model.loss(&micro[i].0, &micro[i].1))
+    let loss_of = |i: usize| model.loss(&micro[i].0, &micro[i].1);
+    step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
+}
+
+/// As [`train_step`] over `accum` micro-batches that `micro(i)` builds on demand, shared among
+/// data-parallel replicas: this process builds and runs only its own blocks' micro-batches.
+pub fn train_step_parallel(
+    model: &Gpt,
+    optim: &mut Optimizer,
+    accum: usize,
+    micro: impl Fn(usize) -> Result<(Tensor, Tensor)>,
+    lr_factor: f64,
+    dp: DataParallel,
+) -> Result<StepOutcome> {
+    let loss_of = |i: usize| {
+        let (x, y) = micro(i)?;
+        model.loss(&x, &y)
+    };
+    step_with(optim, accum, lr_factor, loss_of, dp)
 }
 
 /// As [`train_step`], counting only the targets whose `mask` (fp32 `[B·T]`, 1 or 0) is 1:
@@ -31,7 +52,8 @@ pub fn train_step_masked(
     micro: &[(Tensor, Tensor, Tensor)],
     lr_factor: f64,
 ) -> Result<StepOutcome> {
-    step_with(optim, micro.len(), lr_factor, |i| masked_loss(model, &micro[i].0, &micro[i].1, &micro[i].2))
+    let loss_of = |i: usize| masked_loss(model, &micro[i].0, &micro[i].1, &micro[i].2);
+    step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
 }
 
 /// Mean loss over the targets that `mask` counts (0 when it counts none).
@@ -41,15 +63,15 @@ pub fn masked_loss(model: &Gpt, x: &Tensor, y: &Tensor, mask: &Tensor) -> Result
     Ok(((losses * mask)?.sum_all()? / count as f64)?)
 }
 
-fn step_with(
-    optim: &mut Optimizer,
-    micro: usize,
-    lr_factor: f64,
-    loss_of: impl Fn(usize) -> Result<Tensor>,
-) -> Result<StepOutcome> {
+/// Gradients (in optimizer order) and loss, summed over micro-batches `range` in order.
+fn block_sum(
+    optim: &Optimizer,
+    range: std::ops::Range<usize>,
+    loss_of: &impl Fn(usize) -> Result<Tensor>,
+) -> Result<(Vec<Tensor>, f64)> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss_sum = 0f64;
-    for i in 0..micro {
+    for i in range {
         let loss = loss_of(i)?;
         let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
@@ -59,12 +81,65 @@ fn step_with(
         let grads = optim.collect_grads(&loss.backward()?)?;
         acc = Some(match acc {
             None => grads,
-            Some(a) => a.iter().zip(&grads).map(|(a, g)| a + g).collect::<candle_core::Result<Vec<_>>>()?,
+            Some(a) => add_all(&a, &grads)?,
         });
     }
-    let grads = acc.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))?;
-    let grad_norm = optim.step(&grads, micro, lr_factor)?;
-    Ok(StepOutcome { loss: loss_sum / micro as f64, grad_norm })
+    Ok((acc.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))?, loss_sum))
+}
+
+fn add_all(a: &[Tensor], b: &[Tensor]) -> Result<Vec<Tensor>> {
+    Ok(a.iter().zip(b).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Adds this process's gradient sum to the other ranks' in rank order, through one flat buffer.
+fn sum_over_ranks(grads: Vec<Tensor>, comm: &dyn Collective) -> Result<Vec<Tensor>> {
+    let mut flat = Vec::with_capacity(grads.iter().map(Tensor::elem_count).sum());
+    for g in &grads {
+        flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    comm.sum_in_rank_order(&mut flat)?;
+    let mut at = 0;
+    grads
+        .iter()
+        .map(|g| {
+            let n = g.elem_count();
+            let t = Tensor::from_slice(&flat[at..at + n], g.shape(), g.device())?.to_dtype(g.dtype())?;
+            at += n;
+            Ok(t)
+        })
+        .collect()
+}
+
+fn step_with(
+    optim: &mut Optimizer,
+    accum: usize,
+    lr_factor: f64,
+    loss_of: impl Fn(usize) -> Result<Tensor>,
+    dp: DataParallel,
+) -> Result<StepOutcome> {
+    let blocks = dp.blocks(accum)?;
+    let local = blocks.into_iter().map(|r| block_sum(optim, r, &loss_of)).collect::<Result<Vec<_>>>();
+    // A rank whose loss is not finite stops every rank, before any gradient is exchanged.
+    let local = crate::dist::agree_ok(dp.comm, local)?;
+    let mut loss_sum = 0f64;
+    let mut grads: Option<Vec<Tensor>> = None;
+    for (g, l) in local {
+        loss_sum += l;
+        grads = Some(match grads {
+            None => g,
+            Some(a) => add_all(&a, &g)?,
+        });
+    }
+    let mut grads = grads.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))?;
+    let t = std::time::Instant::now();
+    if dp.comm.world_size() > 1 {
+        grads = sum_over_ranks(grads, dp.comm)?;
+        let all = dp.comm.all_gather(&loss_sum.to_le_bytes())?;
+        loss_sum = all.iter().map(|b| f64::from_le_bytes(b[..8].try_into().expect("8 bytes"))).sum();
+    }
+    let exchange_s = t.elapsed().as_secs_f64();
+    let grad_norm = optim.step(&grads, accum, lr_factor)?;
+    Ok(StepOutcome { loss: loss_sum / accum as f64, grad_norm, exchange_s })
 }
 
 #[cfg(test)]

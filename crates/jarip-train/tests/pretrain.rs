@@ -207,3 +207,38 @@ fn missing_shards_and_limits_are_errors() {
     o.seq_len = 64; // the tiny config's rotary tables cover 32
     assert!(format!("{:#}", pretrain(&o).unwrap_err()).contains("rotary"));
 }
+
+/// The replica count is part of a run's definition: one process standing in for two
+/// data-parallel replicas resumes bit for bit, keeps the recorded count, and trains to the same
+/// loss as plain accumulation up to rounding (the same gradients, added in another order).
+#[test]
+fn data_parallel_replicas_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shards, _, vocab) = fixture(dir.path());
+    let run = |out: &str, replicas: usize, stop: Option<u64>, resume: bool| {
+        let mut o = tiny_options(dir.path(), &shards, vocab, out);
+        o.max_steps = Some(6);
+        o.batch_tokens = Some(512); // four micro-batches per step: two per replica
+        o.replicas = Some(replicas);
+        o.stop_at_step = stop;
+        o.resume = resume;
+        o.sample_every = 0;
+        pretrain(&o)
+    };
+    let whole = run("r2", 2, None, false).unwrap();
+    run("r2b", 2, Some(3), false).unwrap();
+    let resumed = run("r2b", 2, None, true).unwrap();
+    assert_eq!(resumed.weights_sha256, whole.weights_sha256, "a 2-replica run resumes bit for bit");
+    let plain = run("r1", 1, None, false).unwrap();
+    let (a, b) = (whole.final_loss.unwrap(), plain.final_loss.unwrap());
+    assert!((a - b).abs() < 1e-3 * b.abs(), "2 replicas reach loss {a}, plain accumulation {b}");
+
+    let start = Ledger::at(&dir.path().join("r2/ledger.jsonl")).verify_chain().unwrap().remove(0);
+    assert_eq!(start.config["replicas"], 2);
+    assert_eq!(start.details["processes"]["world_size"], 1);
+
+    let err = run("r2b", 1, None, true).unwrap_err();
+    assert!(format!("{err:#}").contains("replicas 2"), "{err:#}");
+    let err = run("r3", 3, None, false).unwrap_err();
+    assert!(format!("{err:#}").contains("cannot be split among 3"), "{err:#}");
+}

@@ -17,6 +17,15 @@ pub enum KernelsArg {
     Composed,
 }
 
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum DistArg {
+    /// This process alone.
+    #[default]
+    None,
+    /// One MPI rank per process, started by `mpirun -n N jarip pretrain --dist mpi …`.
+    Mpi,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
     /// Shard directory (from `jarip data shard`).
@@ -94,6 +103,13 @@ pub struct PretrainArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
+    /// Data-parallel engine: none, or mpi (a build with --features mpi, started by mpirun).
+    #[arg(long, value_enum, default_value = "none")]
+    pub dist: DistArg,
+    /// Data-parallel replicas sharing each step (default: the number of ranks). A single process
+    /// given --replicas N trains exactly as N ranks do: resume or replay a data-parallel run anywhere.
+    #[arg(long)]
+    pub replicas: Option<usize>,
 }
 
 impl PretrainArgs {
@@ -112,6 +128,7 @@ impl PretrainArgs {
             seq_len: self.seq_len,
             batch_size: self.batch_size,
             batch_tokens: self.batch_tokens,
+            replicas: self.replicas,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
             eval_every: self.eval_every,
@@ -145,7 +162,13 @@ impl From<KernelsArg> for jarip_model::Kernels {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
-    let s = jarip_train::pretrain(&a.options())?;
+    let (s, leader) = match a.dist {
+        DistArg::None => (jarip_train::pretrain(&a.options())?, true),
+        DistArg::Mpi => run_mpi(&a.options())?,
+    };
+    if !leader {
+        return Ok(s);
+    }
     println!(
         "pretrained {} parameters for {} steps ({} tokens, {:.0} tokens/s): loss {}, val bpb {}; weights {}",
         s.num_params,
@@ -157,4 +180,22 @@ pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
         &s.weights_sha256[..16.min(s.weights_sha256.len())]
     );
     Ok(s)
+}
+
+#[cfg(feature = "mpi")]
+fn run_mpi(o: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
+    use jarip_train::dist::Collective;
+    let comm = jarip_train::dist::Mpi::init()?;
+    let leader = comm.rank() == 0;
+    let rank = comm.rank();
+    let s = jarip_train::pretrain::pretrain_parallel(o, &comm).map_err(|e| anyhow::anyhow!("rank {rank}: {e:#}"))?;
+    Ok((s, leader))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
+    anyhow::bail!(
+        "--dist mpi: this jarip was built without MPI; build it with `cargo build --release --features mpi` \
+         (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev and libclang-dev)"
+    )
 }

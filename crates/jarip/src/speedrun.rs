@@ -135,6 +135,8 @@ fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
         kernels: crate::pretrain_cmd::KernelsArg::Fused,
         device: "cpu".into(),
         no_progress: false,
+        dist: crate::pretrain_cmd::DistArg::None,
+        replicas: None,
     };
     let summary = crate::pretrain_cmd::run(&args)?;
 

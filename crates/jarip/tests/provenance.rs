@@ -43,28 +43,7 @@ fn tiny_config(dir: &Path, width: usize) -> PathBuf {
 /// corpus → prepare → tokenizer → shards → pretrain (6 steps, a checkpoint every 2), all in
 /// `root/run` with one ledger.
 fn make_run(root: &Path, seed: u64) -> PathBuf {
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house", "국민", "헌법", "자유",
-    ];
-    let mut x: u64 = 12345;
-    let mut next = || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) as usize
-    };
-    let corpus = root.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let lines: Vec<String> = (0..300)
-        .map(|_| {
-            let doc = (0..20 + next() % 30).map(|_| words[next() % words.len()]).collect::<Vec<_>>().join(" ");
-            serde_json::json!({ "text": doc + "." }).to_string()
-        })
-        .collect();
-    std::fs::write(corpus.join("docs.jsonl"), lines.join("\n")).unwrap();
-    let run = root.join("run");
-    let r = |p: &str| s(&run.join(p));
-    ok(&jarip(&["data", "prepare", &s(&corpus), "--out", &r("prepared"), "--no-near-dedup"]));
-    ok(&jarip(&["tokenizer", "train", &r("prepared"), "--vocab-size", "300", "--out", &r("tok")]));
-    ok(&jarip(&["data", "shard", "--tokenizer", &r("tok"), &r("prepared"), "--out", &r("shards")]));
+    let run = common::tiny_shards(root);
     pretrain(&run, &tiny_config(root, 64), seed);
     run
 }

@@ -1,0 +1,235 @@
+//! Data-parallel training: the collective operations one optimizer step needs, over an existing
+//! distributed engine.
+//!
+//! A run's *replica count* R is part of its definition (it is recorded, and resume and replay
+//! keep it): each step's micro-batches are split into R contiguous blocks, each block's gradients
+//! are summed in order, and the R block sums are added in block order. R processes (MPI ranks)
+//! each compute one block; one process can also compute all R blocks itself and reach the same
+//! weights bit for bit, which is how a data-parallel run is replayed or resumed on one machine.
+//!
+//! [`Solo`] is the single process; [`Mpi`] (cargo feature `mpi`) runs one rank per process under
+//! `mpirun`. Only the main thread calls MPI (candle's worker threads never do).
+
+use anyhow::{bail, Result};
+
+/// What a training step needs from the processes it runs on. Every rank calls every operation in
+/// the same order; a rank that errors before a collective would leave the others waiting, so
+/// failures are first agreed on through [`Collective::all_gather`].
+pub trait Collective {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Name recorded in the ledger (`solo`, `mpi`).
+    fn backend(&self) -> &'static str;
+    /// Replaces `buf` on every rank with the element-wise sum over ranks, added in rank order.
+    fn sum_in_rank_order(&self, buf: &mut [f32]) -> Result<()>;
+    /// Every rank's `mine`, in rank order. Every rank must send the same number of bytes.
+    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>>;
+}
+
+/// One process; every collective is the identity.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn backend(&self) -> &'static str {
+        "solo"
+    }
+    fn sum_in_rank_order(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![mine.to_vec()])
+    }
+}
+
+static SOLO: Solo = Solo;
+
+/// The processes a run trains on and the replica count R that defines it (see the module docs).
+#[derive(Clone, Copy)]
+pub struct DataParallel<'a> {
+    pub comm: &'a dyn Collective,
+    pub replicas: usize,
+}
+
+impl DataParallel<'static> {
+    /// One process, one replica: plain training.
+    pub fn solo() -> Self {
+        Self { comm: &SOLO, replicas: 1 }
+    }
+}
+
+impl<'a> DataParallel<'a> {
+    /// R replicas on `comm`: either one process per replica, or one process computing them all.
+    pub fn new(comm: &'a dyn Collective, replicas: usize) -> Result<Self> {
+        let w = comm.world_size();
+        if replicas == 0 || (w != 1 && w != replicas) {
+            bail!("{replicas} data-parallel replicas cannot run on {w} processes (use 1 process or {replicas})");
+        }
+        Ok(Self { comm, replicas })
+    }
+
+    /// Whether this process writes the run's files (checkpoints, ledger, metrics).
+    pub fn is_leader(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// The micro-batch index ranges this process computes, one per replica it stands for.
+    pub fn blocks(&self, accum: usize) -> Result<Vec<std::ops::Range<usize>>> {
+        if !accum.is_multiple_of(self.replicas) {
+            bail!(
+                "{accum} micro-batches per step cannot be split among {} data-parallel replicas: make \
+                 --batch-tokens a multiple of seq_len × batch_size × {}",
+                self.replicas,
+                self.replicas
+            );
+        }
+        let per = accum / self.replicas;
+        let mine: Vec<usize> =
+            if self.comm.world_size() == 1 { (0..self.replicas).collect() } else { vec![self.comm.rank()] };
+        Ok(mine.into_iter().map(|b| b * per..(b + 1) * per).collect())
+    }
+}
+
+/// Rank 0's `value` on every rank (decisions one rank takes, such as a time budget's step count).
+pub fn agree_u64(comm: &dyn Collective, value: u64) -> Result<u64> {
+    let all = comm.all_gather(&value.to_le_bytes())?;
+    Ok(u64::from_le_bytes(all[0][..8].try_into()?))
+}
+
+/// Fails on every rank when any rank failed, naming the first failing rank's error, so that no
+/// rank is left waiting in a collective the failed one will never join.
+pub fn agree_ok<T>(comm: &dyn Collective, local: Result<T>) -> Result<T> {
+    let msg = local.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let mut mine = vec![0u8; 1 + 1024];
+    let bytes = msg.as_bytes();
+    let n = bytes.len().min(1024);
+    mine[0] = u8::from(local.is_err());
+    mine[1..1 + n].copy_from_slice(&bytes[..n]);
+    let all = comm.all_gather(&mine)?;
+    if let Some((rank, m)) = all.iter().enumerate().find(|(_, m)| m[0] == 1) {
+        if let Err(e) = local {
+            return Err(e);
+        }
+        let text = String::from_utf8_lossy(&m[1..]).trim_end_matches('\0').to_string();
+        bail!("rank {rank} failed: {text}");
+    }
+    local
+}
+
+/// Checks that every rank holds the same weights (by hash): data-parallel replicas that drift
+/// apart would otherwise go unnoticed until the weights are compared.
+pub fn check_replicas_agree(comm: &dyn Collective, weights_sha256: &str) -> Result<()> {
+    let all = comm.all_gather(weights_sha256.as_bytes())?;
+    for (rank, h) in all.iter().enumerate() {
+        if h.as_slice() != weights_sha256.as_bytes() {
+            bail!(
+                "data-parallel replicas disagree: rank {rank} holds weights {}…, rank {} holds {}…",
+                String::from_utf8_lossy(&h[..12.min(h.len())]),
+                comm.rank(),
+                &weights_sha256[..12.min(weights_sha256.len())]
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "mpi")]
+pub use self::mpi_backend::Mpi;
+
+#[cfg(feature = "mpi")]
+mod mpi_backend {
+    use super::Collective;
+    use anyhow::{bail, Result};
+    use mpi::collective::SystemOperation;
+    use mpi::environment::Universe;
+    use mpi::topology::SimpleCommunicator;
+    use mpi::traits::*;
+
+    /// Floats per collective call: bounds the gather buffer at `world × 4 MiB`.
+    const CHUNK: usize = 1 << 20;
+
+    /// One MPI rank of `MPI_COMM_WORLD`. Finalizes MPI when dropped.
+    pub struct Mpi {
+        world: SimpleCommunicator,
+        _universe: Universe,
+    }
+
+    impl Mpi {
+        /// Initializes MPI (once per process; main thread only).
+        pub fn init() -> Result<Self> {
+            let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+                bail!("MPI is already initialized in this process");
+            };
+            Ok(Self { world: universe.world(), _universe: universe })
+        }
+    }
+
+    impl Collective for Mpi {
+        fn rank(&self) -> usize {
+            self.world.rank() as usize
+        }
+        fn world_size(&self) -> usize {
+            self.world.size() as usize
+        }
+        fn backend(&self) -> &'static str {
+            "mpi"
+        }
+        fn sum_in_rank_order(&self, buf: &mut [f32]) -> Result<()> {
+            let w = self.world_size();
+            if w == 1 {
+                return Ok(());
+            }
+            let mut send = vec![0f32; CHUNK.min(buf.len())];
+            if w == 2 {
+                // a + b is b + a in IEEE arithmetic: MPI's all-reduce already adds in rank order.
+                for part in buf.chunks_mut(CHUNK) {
+                    let send = &mut send[..part.len()];
+                    send.copy_from_slice(part);
+                    self.world.all_reduce_into(&send[..], part, SystemOperation::sum());
+                }
+                return Ok(());
+            }
+            // More ranks: MPI may add in any tree it likes, so gather and add here in rank order.
+            let mut gathered = vec![0f32; w * send.len()];
+            for part in buf.chunks_mut(CHUNK) {
+                let n = part.len();
+                send[..n].copy_from_slice(part);
+                let recv = &mut gathered[..w * n];
+                self.world.all_gather_into(&send[..n], recv);
+                part.copy_from_slice(&recv[..n]);
+                for r in 1..w {
+                    for (acc, x) in part.iter_mut().zip(&recv[r * n..(r + 1) * n]) {
+                        *acc += x;
+                    }
+                }
+            }
+            Ok(())
+        }
+        fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+            // Callers send fixed-size records, so every rank's length is the same.
+            let (w, n) = (self.world_size(), mine.len());
+            let mut recv = vec![0u8; w * n];
+            self.world.all_gather_into(mine, &mut recv[..]);
+            Ok((0..w).map(|r| recv[r * n..(r + 1) * n].to_vec()).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solo_agreement_passes_values_and_errors_through() {
+        assert_eq!(agree_u64(&Solo, 77).unwrap(), 77);
+        assert_eq!(agree_ok(&Solo, Ok::<_, anyhow::Error>(3)).unwrap(), 3);
+        let e = agree_ok::<()>(&Solo, Err(anyhow::anyhow!("loss is NaN"))).unwrap_err();
+        assert!(format!("{e:#}").contains("loss is NaN"), "{e:#}");
+        check_replicas_agree(&Solo, "abc").unwrap();
+    }
+}

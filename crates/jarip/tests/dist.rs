@@ -1,0 +1,118 @@
+//! Data-parallel pretraining over MPI (`--features mpi`, `mpirun` on the PATH): two ranks train
+//! the weights one process reaches with `--replicas 2`, bit for bit; the run's ledger records the
+//! ranks, verifies, and its intervals replay in one process; a step that cannot be split fails
+//! on every rank with the reason.
+#![cfg(feature = "mpi")]
+
+mod common;
+use common::{jarip, ok, s};
+
+use jarip_ledger::Ledger;
+use jarip_model::ModelConfig;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `mpirun -n ranks jarip ARGS` (Open MPI and MPICH both take `-n`; the Open MPI variables let a
+/// CI container run it as root with more ranks than cores).
+fn mpirun(ranks: usize, args: &[&str]) -> Output {
+    Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["-n", &ranks.to_string(), env!("CARGO_BIN_EXE_jarip")])
+        .args(args)
+        .output()
+        .expect("run mpirun (install an MPI, e.g. Debian's openmpi-bin)")
+}
+
+fn pretrain_args(run: &Path, out: &str, config: &Path, batch_tokens: usize) -> Vec<String> {
+    [
+        "pretrain",
+        "--data",
+        &s(&run.join("shards")),
+        "--tokenizer",
+        &s(&run.join("tok")),
+        "--out",
+        &s(&run.join(out)),
+        "--config",
+        &s(config),
+        "--max-steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "0",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--batch-tokens",
+        &batch_tokens.to_string(),
+        "--eval-every",
+        "2",
+        "--eval-tokens",
+        "128",
+        "--sample-every",
+        "0",
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+fn last_weights(run: &Path) -> String {
+    let entries = Ledger::at(&run.join("ledger.jsonl")).verify_chain().unwrap();
+    let last = entries.iter().rev().find(|e| e.stage == "checkpoint").expect("a checkpoint entry");
+    last.details["weights_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn two_mpi_ranks_train_what_one_process_with_two_replicas_does() {
+    let d = tempfile::tempdir().unwrap();
+    let run = common::tiny_shards(d.path());
+    let config = d.path().join("tiny.json");
+    std::fs::write(&config, ModelConfig { n_layer: 1, n_embd: 64, ..ModelConfig::tiny(300) }.to_json()).unwrap();
+    // 4 micro-batches of 2×32 tokens per step: 2 per rank.
+    let args = pretrain_args(&run, "dp", &config, 256);
+    let mut mpi_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    mpi_args.extend(["--dist", "mpi"]);
+    let out = mpirun(2, &mpi_args);
+    let stdout = ok(&out);
+    assert_eq!(stdout.matches("pretrained ").count(), 1, "only rank 0 reports: {stdout}");
+
+    let solo_args = pretrain_args(&run, "solo", &config, 256);
+    let mut solo: Vec<&str> = solo_args.iter().map(String::as_str).collect();
+    solo.extend(["--replicas", "2"]);
+    ok(&jarip(&solo));
+    let dp = run.join("dp");
+    assert_eq!(last_weights(&dp), last_weights(&run.join("solo")), "2 ranks = 1 process standing in for 2");
+
+    let entries = Ledger::at(&dp.join("ledger.jsonl")).verify_chain().unwrap();
+    let start = entries.iter().find(|e| e.stage == "pretrain-start").unwrap();
+    assert_eq!(start.config["replicas"], 2);
+    assert_eq!(start.details["processes"]["backend"], "mpi");
+    assert_eq!(start.details["processes"]["world_size"], 2);
+    let ckpts: Vec<_> = entries.iter().filter(|e| e.stage == "checkpoint").collect();
+    assert_eq!(ckpts.len(), 2, "one writer: each checkpoint recorded once");
+    assert!(ckpts.iter().all(|e| e.details["replicas_agree"] == 2));
+    let metrics = std::fs::read_to_string(dp.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "one metrics line per step: {metrics}");
+
+    // The data-parallel run verifies, and its second interval replays in this one process.
+    let v = jarip(&["provenance", "verify", &s(&dp), "--replay", "1"]);
+    let text = ok(&v);
+    assert!(text.contains("PASS  replay 1"), "{text}");
+
+    // 2 micro-batches per step cannot be split among 3 ranks: every rank says why and exits.
+    let bad_args = pretrain_args(&run, "bad", &config, 128);
+    let mut bad: Vec<&str> = bad_args.iter().map(String::as_str).collect();
+    bad.extend(["--dist", "mpi"]);
+    let out = mpirun(3, &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be split among 3"), "{err}");
+}
