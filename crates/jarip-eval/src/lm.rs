@@ -138,7 +138,7 @@ impl<'a> GptLm<'a> {
             return Ok(e);
         }
         let tok = Tokenizer::from_json(self.tokenizer.to_json().to_string())?;
-        let e = Engine::with_format(self.model, tok, self.weights)?;
+        let e = Engine::with_format(self.model, tok, self.weights, jarip_model::KvFormat::F32)?;
         Ok(self.engine.get_or_init(|| e))
     }
 

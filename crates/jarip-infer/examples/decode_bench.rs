@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use jarip_infer::{Batcher, Request, SamplingParams};
-use jarip_model::{DecodeModel, Gpt, ModelConfig, WeightFormat};
+use jarip_model::{DecodeModel, Gpt, KvFormat, ModelConfig, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ fn report(
         let t1 = decode_tps(&model, &tok, 1, context, steps)?;
         let t8 = decode_tps(&model, &tok, 8, context, steps)?;
         println!(
-            "{name:<36} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
+            "{name:<44} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
             wb / 1e6,
             bound,
             t1,
@@ -123,6 +123,12 @@ fn main() -> Result<()> {
         .split(',')
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
+    // KV cache formats to run each model with.
+    let kvs: Vec<KvFormat> = flag("--kv-cache")
+        .unwrap_or_else(|| "f32,f16".into())
+        .split(',')
+        .map(|c| c.trim().parse())
+        .collect::<Result<_>>()?;
     if let (Some(dir), Some(tok)) = (flag("--write-qwen3"), flag("--tokenizer")) {
         return write_qwen3(std::path::Path::new(&dir), std::path::Path::new(&tok));
     }
@@ -133,8 +139,11 @@ fn main() -> Result<()> {
         let loaded = jarip_infer::load_model(std::path::Path::new(&dir), &candle_core::Device::Cpu)?;
         let n = loaded.model.num_params();
         // As stored: a Q8_0 GGUF decodes with Q8_0 weights.
-        let model = Arc::new(DecodeModel::with_format(&loaded.model, loaded.stored_format)?);
-        report(&format!("{dir} ({:.1}M)", n as f64 / 1e6), model, Arc::new(loaded.tokenizer), bw, steps, &contexts)?;
+        let tok = Arc::new(loaded.tokenizer);
+        for &kv in &kvs {
+            let model = Arc::new(DecodeModel::with_format(&loaded.model, loaded.stored_format)?.with_kv_cache(kv));
+            report(&format!("{dir} ({:.1}M) kv {kv:?}", n as f64 / 1e6), model, tok.clone(), bw, steps, &contexts)?;
+        }
     }
     if args.iter().any(|a| a == "--skip-random") {
         return Ok(());
@@ -151,9 +160,11 @@ fn main() -> Result<()> {
     )?;
     let tok = Arc::new(tok);
     for format in [WeightFormat::F32, WeightFormat::Q8_0] {
-        let model = Arc::new(DecodeModel::with_format(&gpt, format)?);
-        let name = format!("random init ({:.1}M) {format:?}", n as f64 / 1e6);
-        report(&name, model, tok.clone(), bw, steps, &contexts)?;
+        for &kv in &kvs {
+            let model = Arc::new(DecodeModel::with_format(&gpt, format)?.with_kv_cache(kv));
+            let name = format!("random init ({:.1}M) {format:?} kv {kv:?}", n as f64 / 1e6);
+            report(&name, model, tok.clone(), bw, steps, &contexts)?;
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
-use jarip_model::{DecodeModel, Gpt, SeqCache, SeqInput, WeightFormat};
+use jarip_model::{DecodeModel, Gpt, KvFormat, SeqCache, SeqInput, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -335,12 +335,14 @@ impl Engine {
                 model.config().vocab_size
             );
         }
-        Self::with_format(model, tokenizer, WeightFormat::F32)
+        Self::with_format(model, tokenizer, WeightFormat::F32, KvFormat::F32)
     }
 
-    /// An engine whose weight matrices are held in `format` (Q8_0: fewer bytes per token).
-    pub fn with_format(model: &Gpt, tokenizer: Tokenizer, format: WeightFormat) -> Result<Self> {
-        Ok(Self { model: Arc::new(DecodeModel::with_format(model, format)?), tokenizer: Arc::new(tokenizer) })
+    /// An engine whose weight matrices are held in `format` (Q8_0: fewer bytes per token) and
+    /// whose sequences cache keys and values as `kv` (f16: half the cache memory and traffic).
+    pub fn with_format(model: &Gpt, tokenizer: Tokenizer, format: WeightFormat, kv: KvFormat) -> Result<Self> {
+        let decode = DecodeModel::with_format(model, format)?.with_kv_cache(kv);
+        Ok(Self { model: Arc::new(decode), tokenizer: Arc::new(tokenizer) })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -15,7 +15,7 @@ pub mod sampling;
 pub mod stop;
 
 pub use engine::{Batcher, Completion, Delta, Engine, Event, FinishReason, Request};
-pub use jarip_model::WeightFormat;
+pub use jarip_model::{KvFormat, WeightFormat};
 pub use model_dir::{load_model, resolve_checkpoint, LoadedModel};
 pub use sampling::{Sampler, SamplingParams, TokenLogprob};
 pub use stop::{StopMatcher, StopOutcome};

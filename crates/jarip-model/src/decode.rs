@@ -17,47 +17,9 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 pub use crate::decode_matmul::matmul_wt;
-use crate::decode_matmul::{matmul_q8, Kernel, Q8Matrix};
-
-/// Keys and values of one sequence's past positions, after rotary: one `[pos, D]` array per layer
-/// and KV head (index `layer · Hkv + head`), so attention reads each head's history contiguously.
-#[derive(Debug, Clone, Default)]
-pub struct SeqCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-}
-
-impl SeqCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forgets positions `n..` (e.g. to reuse a shared prompt prefix).
-    pub fn truncate(&mut self, n: usize) {
-        if n < self.len {
-            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-                let width = l.len() / self.len;
-                l.truncate(n * width);
-            }
-            self.len = n;
-        }
-    }
-
-    /// Bytes held by the cache.
-    pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
-    }
-}
+use crate::decode_matmul::{matmul_q8, Q8Matrix};
+use crate::kv_cache::{attend_head, Scratch};
+pub use crate::kv_cache::{KvFormat, SeqCache};
 
 /// A weight matrix `[n × k]` as the decode kernel reads it.
 enum Mat {
@@ -135,6 +97,7 @@ pub struct DecodeModel {
     final_norm: Vec<f32>,
     lm_head: Mat,
     format: WeightFormat,
+    kv: KvFormat,
     /// Rotary tables `[max_seq_len, D/2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -197,6 +160,7 @@ impl DecodeModel {
             final_norm: get("model.norm.weight")?,
             lm_head: mat(get("lm_head.weight")?, cfg.vocab_size, c),
             format,
+            kv: KvFormat::F32,
             layers,
             cos,
             sin,
@@ -211,6 +175,17 @@ impl DecodeModel {
     /// How the weight matrices are held.
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// The same model, caching keys and values as `kv` (f32 unless asked).
+    pub fn with_kv_cache(mut self, kv: KvFormat) -> Self {
+        self.kv = kv;
+        self
+    }
+
+    /// How the KV cache holds keys and values.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv
     }
 
     /// Bytes of weights one decode step reads (the memory-bandwidth cost of a token).
@@ -259,8 +234,7 @@ impl DecodeModel {
             row.copy_from_slice(&self.embed[t as usize * c..(t as usize + 1) * c]);
         }
         for s in seqs.iter_mut() {
-            s.cache.k.resize(cfg.n_layer * hkv, Vec::new());
-            s.cache.v.resize(cfg.n_layer * hkv, Vec::new());
+            s.cache.prepare(cfg.n_layer * hkv, self.kv)?;
         }
         let (mut hn, mut q, mut k, mut v) =
             (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n * kv], vec![0f32; n * kv]);
@@ -284,8 +258,8 @@ impl DecodeModel {
                 for row in r..r + s.tokens.len() {
                     for head in 0..hkv {
                         let at = row * kv + head * d;
-                        s.cache.k[li * hkv + head].extend_from_slice(&k[at..at + d]);
-                        s.cache.v[li * hkv + head].extend_from_slice(&v[at..at + d]);
+                        s.cache.k[li * hkv + head].push(&k[at..at + d]);
+                        s.cache.v[li * hkv + head].push(&v[at..at + d]);
                     }
                 }
                 r += s.tokens.len();
@@ -371,100 +345,14 @@ impl DecodeModel {
         let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
         let rep = h / hkv;
         let scale = 1.0 / (d as f32).sqrt();
-        y.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (idx, out)| {
+        y.par_chunks_mut(d).enumerate().for_each_init(Scratch::default, |scratch, (idx, out)| {
             let (r, head) = (idx / h, idx % h);
             let cache = &seqs[owner[r]].cache;
             let kh = layer * hkv + head / rep;
             let qv = &q[r * h * d + head * d..r * h * d + (head + 1) * d];
-            attend_head(qv, &cache.k[kh], &cache.v[kh], pos[r] + 1, scale, scores, out);
+            attend_head(qv, &cache.k[kh], &cache.v[kh], pos[r] + 1, scale, scratch, out);
         });
     }
-}
-
-/// One query row of one head: softmax(q·Kᵀ·scale)·V over the first `seen` positions of the
-/// head's keys and values (`[pos, D]`).
-fn attend_head(q: &[f32], keys: &[f32], vals: &[f32], seen: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected. The build is the same arithmetic (no fused
-            // multiply-add), only wider, so both paths give the same bits.
-            unsafe { attend_head_avx2(q, keys, vals, seen, scale, scores, out) };
-            return;
-        }
-    }
-    attend_head_impl(q, keys, vals, seen, scale, scores, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_head_avx2(
-    q: &[f32],
-    keys: &[f32],
-    vals: &[f32],
-    seen: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_head_impl(q, keys, vals, seen, scale, scores, out);
-}
-
-#[inline(always)]
-fn attend_head_impl(
-    q: &[f32],
-    keys: &[f32],
-    vals: &[f32],
-    seen: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    scores.clear();
-    scores.resize(seen, 0.0);
-    // q·Kᵀ is a matrix-vector product over the head's keys: the decode kernel does it, in its
-    // fixed reduction order.
-    Kernel::detect().run(q, 1, &keys[..seen * d], seen, d, scores);
-    for s in scores.iter_mut() {
-        *s *= scale;
-    }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in scores.iter_mut() {
-        *s /= sum;
-    }
-    // Σ_p w_p·V[p], a block of columns at a time held in registers across all positions.
-    let mut c0 = 0;
-    while c0 + 64 <= d {
-        weighted_rows::<64>(scores, vals, d, c0, out);
-        c0 += 64;
-    }
-    while c0 + 8 <= d {
-        weighted_rows::<8>(scores, vals, d, c0, out);
-        c0 += 8;
-    }
-    while c0 < d {
-        weighted_rows::<1>(scores, vals, d, c0, out);
-        c0 += 1;
-    }
-}
-
-/// `out[c0..c0 + W] = Σ_p w[p] · vals[p·d + c0..][..W]`, summed in increasing `p`.
-#[inline(always)]
-fn weighted_rows<const W: usize>(w: &[f32], vals: &[f32], d: usize, c0: usize, out: &mut [f32]) {
-    let mut acc = [0f32; W];
-    for (p, &wp) in w.iter().enumerate() {
-        let v: &[f32; W] = vals[p * d + c0..p * d + c0 + W].try_into().expect("block of W columns");
-        for (a, x) in acc.iter_mut().zip(v) {
-            *a += wp * x;
-        }
-    }
-    out[c0..c0 + W].copy_from_slice(&acc);
 }
 
 /// `tanh` through one `exp` (libm's `tanhf` costs two at batch 8 × the vocabulary per step):
@@ -557,6 +445,39 @@ mod tests {
             .unwrap();
         assert_eq!(both[0], q, "a sequence's Q8_0 logits do not depend on its batch");
         assert!(q8.weight_bytes() * 3 < f32m.weight_bytes());
+    }
+
+    #[test]
+    fn f16_kv_cache_decodes_close_to_f32_and_batch_invariant() {
+        let model = tiny();
+        let f16m = DecodeModel::new(&model).unwrap().with_kv_cache(KvFormat::F16);
+        let f32m = DecodeModel::new(&model).unwrap();
+        let (a_ids, b_ids): (Vec<u32>, Vec<u32>) = ((0..40).map(|i| (i * 7 % 97) as u32).collect(), vec![8, 1, 60]);
+        let decode = |m: &DecodeModel, ids: &[u32]| {
+            let mut cache = SeqCache::new();
+            let mut rows = m.forward(&mut [SeqInput { tokens: &ids[..4], cache: &mut cache }], true).unwrap();
+            for p in 4..ids.len() {
+                rows.extend(m.forward(&mut [SeqInput { tokens: &ids[p..p + 1], cache: &mut cache }], false).unwrap());
+            }
+            (rows.concat(), cache.bytes())
+        };
+        let ((h, h_bytes), (f, f_bytes)) = (decode(&f16m, &a_ids), decode(&f32m, &a_ids));
+        assert!(max_diff(&h, &f) < 2e-2, "f16 cache logits near f32: {}", max_diff(&h, &f));
+        assert_eq!(h_bytes * 2, f_bytes);
+        // Beside another sequence, a's rows are the same bits.
+        let (mut ca, mut cb) = (SeqCache::new(), SeqCache::new());
+        let both = f16m
+            .forward(
+                &mut [SeqInput { tokens: &a_ids, cache: &mut ca }, SeqInput { tokens: &b_ids, cache: &mut cb }],
+                true,
+            )
+            .unwrap();
+        let mut alone = SeqCache::new();
+        let a_alone = f16m.forward(&mut [SeqInput { tokens: &a_ids, cache: &mut alone }], true).unwrap().remove(0);
+        assert_eq!(both[0], a_alone);
+        // A cache filled as f16 does not continue with an f32-caching model.
+        let err = f32m.forward(&mut [SeqInput { tokens: &[3], cache: &mut ca }], false).unwrap_err();
+        assert!(err.to_string().contains("F16"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::quant::{BlockQ8_0, QK8_0};
 use rayon::prelude::*;
 
 /// Accumulator lanes of one dot product (one 256-bit register).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 /// Weight rows per parallel task: enough work per task, and a block small enough to stay in L2
 /// while every tile of activation rows passes over it.
 const BLOCK: usize = 32;
@@ -264,7 +264,7 @@ fn portable_q8(x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
 
 /// Sum of the lanes in the kernel's fixed tree.
 #[inline(always)]
-fn reduce(a: &[f32; LANES]) -> f32 {
+pub(crate) fn reduce(a: &[f32; LANES]) -> f32 {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// How to hold the weight matrices (default: as the model file stores them).
     pub weights: Option<jarip_infer::WeightFormat>,
+    /// How each sequence caches keys and values.
+    pub kv_cache: jarip_infer::KvFormat,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +61,7 @@ impl Default for ServeOptions {
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(600),
             weights: None,
+            kv_cache: jarip_infer::KvFormat::F32,
         }
     }
 }
@@ -75,7 +78,7 @@ pub fn build_state(opts: &ServeOptions) -> Result<Shared> {
     let name = opts.served_model_name.clone().unwrap_or_else(|| default_model_name(&opts.model));
     let info = provenance::summary(&name, &loaded);
     let format = opts.weights.unwrap_or(loaded.stored_format);
-    let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format)?;
+    let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format, opts.kv_cache)?;
     let metrics = Arc::new(metrics::Metrics::new(&name));
     let max_batch = opts.max_batch.max(1);
     let scheduler = scheduler::Scheduler::start(engine.clone(), max_batch, metrics.clone())

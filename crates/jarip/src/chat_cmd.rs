@@ -5,7 +5,7 @@ use crate::pretrain_cmd::KernelsArg;
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_infer::{Engine, Request, SamplingParams};
-use jarip_model::WeightFormat;
+use jarip_model::{KvFormat, WeightFormat};
 use jarip_tokenizer::{Message, Role};
 use jarip_train::{SftOptions, SftSummary};
 use std::io::{BufRead, Write};
@@ -180,16 +180,19 @@ pub struct GenerateArgs {
     /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<WeightFormat>,
+    /// Keys and values cached as f32, or f16 (half the memory; faster at long contexts).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: KvFormat,
 }
 
-fn load_engine(model: &std::path::Path, weights: Option<WeightFormat>) -> Result<(Engine, PathBuf)> {
+fn load_engine(model: &std::path::Path, weights: Option<WeightFormat>, kv: KvFormat) -> Result<(Engine, PathBuf)> {
     let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
     let format = weights.unwrap_or(loaded.stored_format);
-    Ok((Engine::with_format(&loaded.model, loaded.tokenizer, format)?, loaded.dir))
+    Ok((Engine::with_format(&loaded.model, loaded.tokenizer, format, kv)?, loaded.dir))
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    let (engine, _dir) = load_engine(&a.model, a.weights)?;
+    let (engine, _dir) = load_engine(&a.model, a.weights, a.kv_cache)?;
     let tok = engine.tokenizer();
     let prompt = if a.chat {
         tok.render_chat(&[Message::new(Role::User, a.prompt.clone())], true)?.ids
@@ -245,6 +248,9 @@ pub struct ChatArgs {
     /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<WeightFormat>,
+    /// Keys and values cached as f32, or f16 (half the memory; faster at long contexts).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: KvFormat,
 }
 
 /// What a line typed at the prompt asks for.
@@ -272,7 +278,7 @@ fn parse_line(s: &str) -> Line {
 
 /// An interactive chat on a terminal, or one user turn per line of piped input.
 pub fn chat(a: &ChatArgs) -> Result<()> {
-    let (engine, dir) = load_engine(&a.model, a.weights)?;
+    let (engine, dir) = load_engine(&a.model, a.weights, a.kv_cache)?;
     let stdin = std::io::stdin();
     let interactive = std::io::IsTerminal::is_terminal(&stdin);
     let mut system = a.system.clone();

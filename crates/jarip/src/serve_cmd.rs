@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<jarip_infer::WeightFormat>,
+    /// Keys and values cached as f32, or f16 (half the memory per sequence; faster at long contexts).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: jarip_infer::KvFormat,
 }
 
 impl ServeArgs {
@@ -57,6 +60,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs_f64(self.request_timeout),
             weights: self.weights,
+            kv_cache: self.kv_cache,
         })
     }
 }

@@ -229,6 +229,26 @@ fn bad_inputs_are_refused_clearly() {
     let out = jarip(&["generate", "--model", &s(&run), "--prompt", &long, "--max-tokens", "2", "--json", "--truncate"]);
     ok(&out);
 
+    // An f16 KV cache generates; an unknown cache format is named.
+    let f16 = ok(&jarip(&[
+        "generate",
+        "--model",
+        &s(&run),
+        "--prompt",
+        "국민",
+        "--max-tokens",
+        "4",
+        "--json",
+        "--kv-cache",
+        "f16",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&f16).unwrap();
+    assert!((1..=4).contains(&v["usage"]["completion_tokens"].as_u64().unwrap()) && v["text"].is_string(), "{f16}");
+    fails_with(
+        &jarip(&["generate", "--model", &s(&run), "--prompt", "x", "--kv-cache", "bf16"]),
+        &["bf16", "f32 or f16"],
+    );
+
     // Not a checkpoint.
     fails_with(&jarip(&["generate", "--model", &s(&run.join("shards")), "--prompt", "x"]), &["not a jarip checkpoint"]);
     // A tokenizer that does not match the model (with a consistent manifest, so the pairing itself is caught).

@@ -1,0 +1,472 @@
+//! The decode path's KV cache and the attention that reads it.
+//!
+//! Each sequence keeps, per layer and KV head, its past keys and values after rotary as one
+//! `[pos, D]` array, so attention reads a head's history contiguously. Keys and values are held
+//! as f32, or as f16 ([`KvFormat::F16`]): at long contexts attention reads the cache once per
+//! step and can cost as many bytes as the weights, and half precision halves that traffic (and
+//! the memory a server needs per sequence). The f16 path widens a block of rows to f32 and runs
+//! the f32 arithmetic on it in the same order, so it equals the f32 path applied to the rounded
+//! values, bit for bit.
+
+use crate::decode_matmul::Kernel;
+use anyhow::{bail, Result};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// How the KV cache holds keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvFormat {
+    #[default]
+    F32,
+    /// IEEE half precision (11 significant bits; keys are RMS-normalised, so well inside range).
+    F16,
+}
+
+impl std::str::FromStr for KvFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => bail!("unknown KV cache format {s:?}: use f32 or f16"),
+        }
+    }
+}
+
+/// One head's keys or values, `[pos, D]`.
+#[derive(Debug, Clone)]
+pub(crate) enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvRows {
+    pub(crate) fn new(format: KvFormat) -> Self {
+        match format {
+            KvFormat::F32 => Self::F32(Vec::new()),
+            KvFormat::F16 => Self::F16(Vec::new()),
+        }
+    }
+
+    fn format(&self) -> KvFormat {
+        match self {
+            Self::F32(_) => KvFormat::F32,
+            Self::F16(_) => KvFormat::F16,
+        }
+    }
+
+    fn values(&self) -> usize {
+        match self {
+            Self::F32(x) => x.len(),
+            Self::F16(x) => x.len(),
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Self::F32(x) => x.truncate(n),
+            Self::F16(x) => x.truncate(n),
+        }
+    }
+
+    /// Appends one position's row.
+    pub(crate) fn push(&mut self, row: &[f32]) {
+        match self {
+            Self::F32(x) => x.extend_from_slice(row),
+            Self::F16(x) => {
+                let at = x.len();
+                x.resize(at + row.len(), f16::ZERO);
+                x[at..].convert_from_f32_slice(row);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(x) => 4 * x.len(),
+            Self::F16(x) => 2 * x.len(),
+        }
+    }
+}
+
+/// Keys and values of one sequence's past positions: one [`KvRows`] per layer and KV head
+/// (index `layer · Hkv + head`).
+#[derive(Debug, Clone, Default)]
+pub struct SeqCache {
+    pub(crate) k: Vec<KvRows>,
+    pub(crate) v: Vec<KvRows>,
+    pub(crate) len: usize,
+}
+
+impl SeqCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets positions `n..` (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len {
+            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+                let width = l.values() / self.len;
+                l.truncate(n * width);
+            }
+            self.len = n;
+        }
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(KvRows::bytes).sum()
+    }
+
+    /// Lays out `heads` empty row sets of `format`, or checks that the cache already holds that
+    /// format (a cache filled by one model continues only with a model caching alike).
+    pub(crate) fn prepare(&mut self, heads: usize, format: KvFormat) -> Result<()> {
+        if let Some(have) = self.k.first().map(KvRows::format) {
+            if have != format {
+                bail!("this KV cache holds {have:?} keys and values; the model caches {format:?}");
+            }
+        }
+        self.k.resize(heads, KvRows::new(format));
+        self.v.resize(heads, KvRows::new(format));
+        Ok(())
+    }
+}
+
+/// Positions widened from f16 at a time (a 64-position block of 128-wide rows is 32 KiB of f32,
+/// which stays in L1/L2 while the kernel reads it).
+const BLOCK: usize = 64;
+
+/// Per-thread buffers of [`attend_head`].
+#[derive(Default)]
+pub(crate) struct Scratch {
+    scores: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+/// One query row of one head: softmax(q·Kᵀ·scale)·V over the first `seen` positions.
+pub(crate) fn attend_head(
+    q: &[f32],
+    keys: &KvRows,
+    vals: &KvRows,
+    seen: usize,
+    scale: f32,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected. The build is the same arithmetic (no fused
+            // multiply-add), only wider, so both paths give the same bits.
+            unsafe { attend_head_avx2(q, keys, vals, seen, scale, s, out) };
+            return;
+        }
+    }
+    attend_head_impl(q, keys, vals, seen, scale, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_head_avx2(
+    q: &[f32],
+    keys: &KvRows,
+    vals: &KvRows,
+    seen: usize,
+    scale: f32,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    attend_head_impl(q, keys, vals, seen, scale, s, out);
+}
+
+#[inline(always)]
+fn attend_head_impl(
+    q: &[f32],
+    keys: &KvRows,
+    vals: &KvRows,
+    seen: usize,
+    scale: f32,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let Scratch { scores, rows } = s;
+    scores.clear();
+    scores.resize(seen, 0.0);
+    // q·Kᵀ is a matrix-vector product over the head's keys: the decode kernel does it, in its
+    // fixed reduction order (each score is its own dot product, so blocks change nothing).
+    let kernel = Kernel::detect();
+    let fused = f16_fused();
+    match keys {
+        KvRows::F32(k) => kernel.run(q, 1, &k[..seen * d], seen, d, scores),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the instructions were detected; `k` holds at least `seen` rows of `d`.
+        KvRows::F16(k) if fused => unsafe { f16_x86::scores(q, &k[..seen * d], scores) },
+        KvRows::F16(k) => {
+            for p0 in (0..seen).step_by(BLOCK) {
+                let p1 = (p0 + BLOCK).min(seen);
+                widen(&k[p0 * d..p1 * d], rows);
+                kernel.run(q, 1, rows, p1 - p0, d, &mut scores[p0..p1]);
+            }
+        }
+    }
+    for x in scores.iter_mut() {
+        *x *= scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in scores.iter_mut() {
+        *x /= sum;
+    }
+    out.fill(0.0);
+    match vals {
+        KvRows::F32(v) => weighted_sum(scores, &v[..seen * d], d, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KvRows::F16(v) if fused => unsafe { f16_x86::weighted_sum(scores, &v[..seen * d], d, out) },
+        KvRows::F16(v) => {
+            for p0 in (0..seen).step_by(BLOCK) {
+                let p1 = (p0 + BLOCK).min(seen);
+                widen(&v[p0 * d..p1 * d], rows);
+                weighted_sum(&scores[p0..p1], rows, d, out);
+            }
+        }
+    }
+}
+
+/// Whether this CPU reads f16 rows inside the kernels (F16C), instead of widening a block first.
+fn f16_fused() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::is_x86_feature_detected as has;
+        if matches!(Kernel::detect(), Kernel::Avx2 | Kernel::Avx512) && has!("f16c") {
+            return true;
+        }
+    }
+    false
+}
+
+/// The f16 cache read in place: `_mm256_cvtph_ps` widens 8 values as they are loaded, and every
+/// sum runs in the order of the f32 path (the matrix kernel's 8 fused multiply-add lanes and
+/// fixed tree for scores; separate multiply and add per column for the weighted values), so the
+/// results are the same bits as widening first.
+#[cfg(target_arch = "x86_64")]
+mod f16_x86 {
+    use crate::decode_matmul::{reduce, LANES};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    /// `scores[p] = q · keys[p]` for each row `p` of `keys` (`[scores.len(), q.len()]`), four rows
+    /// at a time so that four independent sums are in flight.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores(q: &[f32], keys: &[f16], scores: &mut [f32]) {
+        const ROWS: usize = 4;
+        let d = q.len();
+        assert!(keys.len() >= scores.len() * d);
+        let body = d - d % LANES;
+        let mut p0 = 0;
+        while p0 < scores.len() {
+            let n = ROWS.min(scores.len() - p0);
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            for c in (0..body).step_by(LANES) {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+                for (r, a) in acc.iter_mut().enumerate().take(n) {
+                    *a = _mm256_fmadd_ps(qv, load8(keys.as_ptr().add((p0 + r) * d + c)), *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(n) {
+                let mut lanes = [0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                let mut s = reduce(&lanes);
+                for t in body..d {
+                    s = q[t].mul_add(keys[(p0 + r) * d + t].to_f32(), s);
+                }
+                scores[p0 + r] = s;
+            }
+            p0 += n;
+        }
+    }
+
+    /// `out += Σ_p w[p] · vals[p]` (`vals`: `[w.len(), d]`), 64 then 8 columns in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum(w: &[f32], vals: &[f16], d: usize, out: &mut [f32]) {
+        assert!(vals.len() >= w.len() * d && out.len() >= d);
+        let v = vals.as_ptr();
+        let mut c0 = 0;
+        while c0 + 64 <= d {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (b, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * b));
+            }
+            for (p, &wp) in w.iter().enumerate() {
+                let wv = _mm256_set1_ps(wp);
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, load8(v.add(p * d + c0 + 8 * b))));
+                }
+            }
+            for (b, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * b), *a);
+            }
+            c0 += 64;
+        }
+        while c0 + 8 <= d {
+            let mut a = _mm256_loadu_ps(out.as_ptr().add(c0));
+            for (p, &wp) in w.iter().enumerate() {
+                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(wp), load8(v.add(p * d + c0))));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(c0), a);
+            c0 += 8;
+        }
+        while c0 < d {
+            let mut a = out[c0];
+            for (p, &wp) in w.iter().enumerate() {
+                a += wp * vals[p * d + c0].to_f32();
+            }
+            out[c0] = a;
+            c0 += 1;
+        }
+    }
+}
+
+fn widen(src: &[f16], dst: &mut Vec<f32>) {
+    dst.resize(src.len(), 0.0);
+    src.convert_to_f32_slice(dst);
+}
+
+/// `out += Σ_p w_p·V[p]`, a block of columns at a time held in registers across all positions.
+#[inline(always)]
+fn weighted_sum(w: &[f32], vals: &[f32], d: usize, out: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 + 64 <= d {
+        weighted_rows::<64>(w, vals, d, c0, out);
+        c0 += 64;
+    }
+    while c0 + 8 <= d {
+        weighted_rows::<8>(w, vals, d, c0, out);
+        c0 += 8;
+    }
+    while c0 < d {
+        weighted_rows::<1>(w, vals, d, c0, out);
+        c0 += 1;
+    }
+}
+
+/// `out[c0..c0 + W] += Σ_p w[p] · vals[p·d + c0..][..W]`, added in increasing `p`.
+#[inline(always)]
+fn weighted_rows<const W: usize>(w: &[f32], vals: &[f32], d: usize, c0: usize, out: &mut [f32]) {
+    let mut acc: [f32; W] = out[c0..c0 + W].try_into().expect("block of W columns");
+    for (p, &wp) in w.iter().enumerate() {
+        let v: &[f32; W] = vals[p * d + c0..p * d + c0 + W].try_into().expect("block of W columns");
+        for (a, x) in acc.iter_mut().zip(v) {
+            *a += wp * x;
+        }
+    }
+    out[c0..c0 + W].copy_from_slice(&acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> f32 {
+        let mut x = seed;
+        move || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        }
+    }
+
+    /// The f16 cache equals the f32 arithmetic on the rounded values, bit for bit, at every length
+    /// (across block boundaries) and head width (column blocks of 64, 8 and 1).
+    #[test]
+    fn f16_cache_is_the_f32_path_on_rounded_values() {
+        let mut r = lcg(3);
+        for d in [8usize, 13, 64, 72, 128] {
+            let (mut k16, mut v16) = (KvRows::new(KvFormat::F16), KvRows::new(KvFormat::F16));
+            let (mut k32, mut v32) = (KvRows::new(KvFormat::F32), KvRows::new(KvFormat::F32));
+            let q: Vec<f32> = (0..d).map(|_| r()).collect();
+            let mut s = Scratch::default();
+            for seen in 1..=150 {
+                let (kr, vr): (Vec<f32>, Vec<f32>) =
+                    ((0..d).map(|_| r()).collect(), (0..d).map(|_| 8.0 * r()).collect());
+                k16.push(&kr);
+                v16.push(&vr);
+                let round = |x: &[f32]| x.iter().map(|&y| f16::from_f32(y).to_f32()).collect::<Vec<_>>();
+                k32.push(&round(&kr));
+                v32.push(&round(&vr));
+                let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+                attend_head(&q, &k16, &v16, seen, 0.3, &mut s, &mut a);
+                attend_head(&q, &k32, &v32, seen, 0.3, &mut s, &mut b);
+                assert_eq!(a, b, "d {d}, {seen} positions");
+            }
+            assert_eq!(k16.bytes() * 2, k32.bytes());
+        }
+    }
+
+    /// Both f16 paths (F16C inside the kernels, and widening a block first for CPUs without
+    /// it) give the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16_read_in_place_equals_widening_first() {
+        if !f16_fused() {
+            eprintln!("no F16C here: only the widening path runs");
+            return;
+        }
+        let mut r = lcg(9);
+        for d in [8usize, 13, 64, 72, 128] {
+            let seen = 77;
+            let q: Vec<f32> = (0..d).map(|_| r()).collect();
+            let w: Vec<f32> = (0..seen).map(|_| r().abs()).collect();
+            let rows: Vec<f16> = (0..seen * d).map(|_| f16::from_f32(r())).collect();
+            let mut wide = Vec::new();
+            widen(&rows, &mut wide);
+            let (mut a, mut b) = (vec![0f32; seen], vec![0f32; seen]);
+            unsafe { f16_x86::scores(&q, &rows, &mut a) };
+            Kernel::detect().run(&q, 1, &wide, seen, d, &mut b);
+            assert_eq!(a, b, "scores, d {d}");
+            let (mut a, mut b) = (vec![0.5f32; d], vec![0.5f32; d]);
+            unsafe { f16_x86::weighted_sum(&w, &rows, d, &mut a) };
+            weighted_sum(&w, &wide, d, &mut b);
+            assert_eq!(a, b, "weighted values, d {d}");
+        }
+    }
+
+    #[test]
+    fn a_cache_keeps_its_format_and_truncates_whole_positions() {
+        let mut c = SeqCache::new();
+        c.prepare(2, KvFormat::F16).unwrap();
+        for p in 0..5 {
+            for rows in c.k.iter_mut().chain(c.v.iter_mut()) {
+                rows.push(&[p as f32; 4]);
+            }
+            c.len += 1;
+        }
+        assert_eq!(c.bytes(), 4 * 5 * 4 * 2);
+        c.truncate(3);
+        assert_eq!((c.len(), c.bytes()), (3, 4 * 3 * 4 * 2));
+        let err = c.prepare(2, KvFormat::F32).unwrap_err().to_string();
+        assert!(err.contains("F16") && err.contains("F32"), "{err}");
+        assert_eq!("f16".parse::<KvFormat>().unwrap(), KvFormat::F16);
+        assert!("bf16".parse::<KvFormat>().is_err());
+    }
+}
