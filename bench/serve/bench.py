@@ -114,9 +114,9 @@ def run_level(url, model, clients, per_client, max_tokens, prompt):
     }
 
 
-def start_server(binary, model, max_batch):
+def start_server(binary, model, max_batch, extra=()):
     proc = subprocess.Popen(
-        [binary, "serve", "--model", model, "--port", "0", "--max-batch", str(max_batch)],
+        [binary, "serve", "--model", model, "--port", "0", "--max-batch", str(max_batch), *extra],
         stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline()

@@ -9,6 +9,7 @@
 //! Each sequence turns tokens into text through a UTF-8 buffer (a character split across
 //! tokens is held until complete) and a [`StopMatcher`] (stop strings are never returned).
 
+use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
@@ -16,7 +17,7 @@ use jarip_model::{DecodeModel, Gpt, KvFormat, SeqCache, SeqInput, WeightFormat};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -96,6 +97,8 @@ pub struct Completion {
     pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_tokens: usize,
     /// Tokens sampled, including a final stop token.
     pub completion_tokens: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +153,8 @@ struct Active {
     id: u64,
     req: Request,
     cache: SeqCache,
+    /// The tokens whose keys and values `cache` holds.
+    fed: Vec<u32>,
     /// Tokens not yet fed to the model (the prompt, then each sampled token).
     pending: Vec<u32>,
     sampler: Sampler,
@@ -167,11 +172,13 @@ pub struct Batcher {
     /// Most prompt tokens one sequence feeds per step, so a long prompt does not stall the
     /// decoding of the others (chunked prefill).
     prefill_chunk: usize,
+    /// Shared by every batcher of an engine (see [`Engine::with_prefix_cache`]).
+    prefix: Option<Arc<Mutex<PrefixCache>>>,
 }
 
 impl Batcher {
     pub fn new(model: Arc<DecodeModel>, tokenizer: Arc<Tokenizer>, max_batch: usize) -> Self {
-        Self { model, tokenizer, active: Vec::new(), max_batch: max_batch.max(1), prefill_chunk: 256 }
+        Self { model, tokenizer, active: Vec::new(), max_batch: max_batch.max(1), prefill_chunk: 256, prefix: None }
     }
 
     pub fn len(&self) -> usize {
@@ -195,32 +202,43 @@ impl Batcher {
         check_request(req, self.context(), self.model.config().vocab_size)
     }
 
-    /// Adds a sequence; it starts in the next step.
-    pub fn admit(&mut self, id: u64, req: Request) -> Result<()> {
+    /// Adds a sequence; it starts in the next step. Returns how many of its prompt tokens come
+    /// from the prefix cache (they are not computed again).
+    pub fn admit(&mut self, id: u64, req: Request) -> Result<usize> {
         if !self.has_room() {
             bail!("the batch is full ({} sequences)", self.max_batch);
         }
-        let prompt = self.check(&req)?;
+        let mut prompt = self.check(&req)?;
         let sampler = Sampler::new(req.sampling.clone(), &prompt);
         let stop = StopMatcher::new(&req.stop);
+        let (cache, reused) = self.prefix.as_ref().and_then(|p| lock(p).lookup(&prompt)).unwrap_or_default();
+        let fed: Vec<u32> = prompt.drain(..reused).collect();
         self.active.push(Active {
             id,
             req,
-            cache: SeqCache::new(),
+            cache,
+            fed,
             pending: prompt,
             sampler,
             text: Utf8Buffer::default(),
             stop,
             generated: 0,
         });
-        Ok(())
+        Ok(reused)
     }
 
     /// Removes a sequence (e.g. its client went away). Returns whether it was active.
     pub fn cancel(&mut self, id: u64) -> bool {
-        let before = self.active.len();
-        self.active.retain(|a| a.id != id);
-        before != self.active.len()
+        let Some(i) = self.active.iter().position(|a| a.id == id) else { return false };
+        let a = self.active.remove(i);
+        self.keep_prefix(a);
+        true
+    }
+
+    fn keep_prefix(&mut self, a: Active) {
+        if let Some(p) = &self.prefix {
+            lock(p).insert(a.fed, a.cache);
+        }
     }
 
     /// One forward pass for every active sequence; returns one event per sequence that sampled
@@ -235,7 +253,9 @@ impl Batcher {
             .iter_mut()
             .map(|a| {
                 let n = a.pending.len().min(chunk);
-                a.pending.drain(..n).collect()
+                let feed: Vec<u32> = a.pending.drain(..n).collect();
+                a.fed.extend_from_slice(&feed);
+                feed
             })
             .collect();
         let logits = {
@@ -290,9 +310,19 @@ impl Batcher {
             events.push(Event { id: a.id, delta, finished });
         }
         let done: Vec<u64> = events.iter().filter(|e| e.finished.is_some()).map(|e| e.id).collect();
-        self.active.retain(|a| !done.contains(&a.id));
+        for id in done {
+            if let Some(i) = self.active.iter().position(|a| a.id == id) {
+                let a = self.active.remove(i);
+                self.keep_prefix(a);
+            }
+        }
         Ok(events)
     }
+}
+
+fn lock(p: &Mutex<PrefixCache>) -> std::sync::MutexGuard<'_, PrefixCache> {
+    // The cache holds only finished data; a panic elsewhere leaves it consistent.
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn check_request(req: &Request, ctx: usize, vocab: usize) -> Result<Vec<u32>> {
@@ -324,6 +354,7 @@ fn check_request(req: &Request, ctx: usize, vocab: usize) -> Result<Vec<u32>> {
 pub struct Engine {
     model: Arc<DecodeModel>,
     tokenizer: Arc<Tokenizer>,
+    prefix: Option<Arc<Mutex<PrefixCache>>>,
 }
 
 impl Engine {
@@ -342,7 +373,20 @@ impl Engine {
     /// whose sequences cache keys and values as `kv` (f16: half the cache memory and traffic).
     pub fn with_format(model: &Gpt, tokenizer: Tokenizer, format: WeightFormat, kv: KvFormat) -> Result<Self> {
         let decode = DecodeModel::with_format(model, format)?.with_kv_cache(kv);
-        Ok(Self { model: Arc::new(decode), tokenizer: Arc::new(tokenizer) })
+        Ok(Self { model: Arc::new(decode), tokenizer: Arc::new(tokenizer), prefix: None })
+    }
+
+    /// The same engine, keeping finished sequences' KV caches (up to `bytes`, least recently
+    /// used evicted first) for later prompts that start with the same tokens: a conversation's
+    /// next turn, a shared system prompt. Outputs are unchanged, bit for bit; 0 turns it off.
+    pub fn with_prefix_cache(mut self, bytes: usize) -> Self {
+        self.prefix = (bytes > 0).then(|| Arc::new(Mutex::new(PrefixCache::new(bytes))));
+        self
+    }
+
+    /// Bytes of keys and values the prefix cache holds.
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| lock(p).bytes())
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -354,7 +398,9 @@ impl Engine {
     }
 
     pub fn batcher(&self, max_batch: usize) -> Batcher {
-        Batcher::new(self.model.clone(), self.tokenizer.clone(), max_batch)
+        let mut b = Batcher::new(self.model.clone(), self.tokenizer.clone(), max_batch);
+        b.prefix = self.prefix.clone();
+        b
     }
 
     /// Tokens that end an assistant's turn: `<|end|>`, `<|eos|>`, and the start of another turn.
@@ -382,10 +428,11 @@ impl Engine {
                 tokens: vec![],
                 finish_reason: FinishReason::Length,
                 prompt_tokens,
+                cached_tokens: 0,
                 completion_tokens: 0,
                 logprobs: vec![],
             });
-            b.admit(i as u64, r)?;
+            out[i].cached_tokens = b.admit(i as u64, r)?;
         }
         while !b.is_empty() {
             for e in b.step()? {
@@ -442,6 +489,37 @@ mod tests {
         assert_eq!(batch[1].tokens, one.tokens, "a neighbour in the batch changed the sequence");
         let different = e.generate(Request::new(e.tokenizer().encode("안녕"), 20, sampled(6)), |_| {}).unwrap();
         assert_ne!(different.tokens, one.tokens);
+    }
+
+    /// A second turn that resends the first (prompt + answer + more) reuses its cache and
+    /// samples exactly what an engine without the cache does, log-probabilities included.
+    #[test]
+    fn prefix_cache_reuses_a_turn_without_changing_the_output() {
+        let plain = engine();
+        let cached = engine().with_prefix_cache(1 << 20);
+        let first = plain.tokenizer().encode("안녕하세요 반갑습니다.");
+        let req = |p: Vec<u32>| {
+            let mut r = Request::new(p, 12, sampled(4));
+            r.logprobs = true;
+            r
+        };
+        let a = cached.generate(req(first.clone()), |_| {}).unwrap();
+        assert_eq!(a.cached_tokens, 0);
+        assert_eq!(a.tokens, plain.generate(req(first.clone()), |_| {}).unwrap().tokens);
+        assert!(cached.prefix_cache_bytes() > 0);
+        let mut second = first.clone();
+        second.extend(&a.tokens);
+        second.extend(plain.tokenizer().encode(" Hello there"));
+        let (hit, miss) =
+            (cached.generate(req(second.clone()), |_| {}).unwrap(), plain.generate(req(second), |_| {}).unwrap());
+        // Everything the first sequence fed: its prompt and its sampled tokens but the last one
+        // when it stopped at the length limit (that one was never fed).
+        let unfed = usize::from(a.finish_reason == FinishReason::Length);
+        assert_eq!(hit.cached_tokens, first.len() + a.tokens.len() - unfed);
+        assert_eq!(miss.cached_tokens, 0);
+        assert_eq!((&hit.tokens, &hit.text), (&miss.tokens, &miss.text));
+        let lp = |c: &Completion| c.logprobs.iter().map(|l| l.logprob.to_bits()).collect::<Vec<_>>();
+        assert_eq!(lp(&hit), lp(&miss), "log-probabilities bit for bit");
     }
 
     #[test]

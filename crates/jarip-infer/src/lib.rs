@@ -11,6 +11,7 @@
 
 pub mod engine;
 pub mod model_dir;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod stop;
 

@@ -70,6 +70,13 @@ impl KvRows {
         }
     }
 
+    fn head(&self, n: usize) -> Self {
+        match self {
+            Self::F32(x) => Self::F32(x[..n].to_vec()),
+            Self::F16(x) => Self::F16(x[..n].to_vec()),
+        }
+    }
+
     /// Appends one position's row.
     pub(crate) fn push(&mut self, row: &[f32]) {
         match self {
@@ -122,6 +129,17 @@ impl SeqCache {
             }
             self.len = n;
         }
+    }
+
+    /// A copy of the first `n` positions (all of them if `n` is larger): what a prompt that
+    /// starts with the same `n` tokens would compute, bit for bit, since a position's keys and
+    /// values depend only on the tokens up to it.
+    pub fn prefix(&self, n: usize) -> SeqCache {
+        let n = n.min(self.len);
+        let cut = |rows: &Vec<KvRows>| {
+            rows.iter().map(|r| r.head(r.values().checked_div(self.len).unwrap_or(0) * n)).collect()
+        };
+        SeqCache { k: cut(&self.k), v: cut(&self.v), len: n }
     }
 
     /// Bytes held by the cache.

@@ -64,6 +64,7 @@ fn training_json(rec: &RunRecord, p: &Pretraining) -> Value {
         "schedule": p.config.schedule,
         "device": p.config.device,
         "kernels": p.config.kernels,
+        "replicas": p.config.replicas,
         "started": rec.entries[p.start].1.time,
         "resumptions": p.resumes.len(),
         "checkpoints": p.checkpoints.iter().map(|c| json!({
@@ -267,7 +268,7 @@ fn render_markdown(j: &Value) -> String {
         let _ = writeln!(
             m,
             "Initialised from seed {} (step-0 weights `{}`), started {}; {} steps, {} tokens ({} planned steps), \
-             {} resumptions; {} on {} ({} kernels).\n",
+             {} resumptions; {} on {} ({} kernels, {} data-parallel replica(s)).\n",
             s(&tr["seed"]),
             short(&s(&tr["initial_weights_sha256"])),
             s(&tr["started"]),
@@ -277,7 +278,8 @@ fn render_markdown(j: &Value) -> String {
             s(&tr["resumptions"]),
             if tr["optimizer"]["muon"].as_bool() == Some(true) { "AdamW + Muon" } else { "AdamW" },
             s(&tr["device"]),
-            s(&tr["kernels"])
+            s(&tr["kernels"]),
+            s(&tr["replicas"])
         );
         let _ = writeln!(m, "| checkpoint | step | tokens | weights SHA-256 | loss | val bpb | data cursor |\n|---|---|---|---|---|---|---|");
         for c in tr["checkpoints"].as_array().into_iter().flatten() {

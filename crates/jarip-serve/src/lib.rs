@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub weights: Option<jarip_infer::WeightFormat>,
     /// How each sequence caches keys and values.
     pub kv_cache: jarip_infer::KvFormat,
+    /// Bytes of finished sequences' KV caches kept for prompts that start alike (0: none).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +64,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(600),
             weights: None,
             kv_cache: jarip_infer::KvFormat::F32,
+            prefix_cache_bytes: 512 << 20,
         }
     }
 }
@@ -78,7 +81,8 @@ pub fn build_state(opts: &ServeOptions) -> Result<Shared> {
     let name = opts.served_model_name.clone().unwrap_or_else(|| default_model_name(&opts.model));
     let info = provenance::summary(&name, &loaded);
     let format = opts.weights.unwrap_or(loaded.stored_format);
-    let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format, opts.kv_cache)?;
+    let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format, opts.kv_cache)?
+        .with_prefix_cache(opts.prefix_cache_bytes);
     let metrics = Arc::new(metrics::Metrics::new(&name));
     let max_batch = opts.max_batch.max(1);
     let scheduler = scheduler::Scheduler::start(engine.clone(), max_batch, metrics.clone())

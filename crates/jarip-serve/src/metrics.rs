@@ -74,6 +74,10 @@ impl Histogram {
 pub struct Metrics {
     model: String,
     pub prompt_tokens: Counter,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of a prefill.
+    pub prefix_cache_hit_tokens: Counter,
+    /// Bytes the prefix cache holds.
+    pub prefix_cache_bytes: Gauge,
     pub generation_tokens: Counter,
     pub requests_cancelled: Counter,
     pub requests_timed_out: Counter,
@@ -95,6 +99,8 @@ impl Metrics {
         Self {
             model: model.to_string(),
             prompt_tokens: Counter::default(),
+            prefix_cache_hit_tokens: Counter::default(),
+            prefix_cache_bytes: Gauge::default(),
             generation_tokens: Counter::default(),
             requests_cancelled: Counter::default(),
             requests_timed_out: Counter::default(),
@@ -135,7 +141,19 @@ impl Metrics {
             "Sequences waiting for a place in the batch.",
             self.waiting.get(),
         );
-        scalar("jarip:prompt_tokens_total", "counter", "Prompt tokens prefilled.", self.prompt_tokens.get());
+        scalar("jarip:prompt_tokens_total", "counter", "Prompt tokens admitted.", self.prompt_tokens.get());
+        scalar(
+            "jarip:prefix_cache_hit_tokens_total",
+            "counter",
+            "Prompt tokens served from the prefix cache (not prefilled again).",
+            self.prefix_cache_hit_tokens.get(),
+        );
+        scalar(
+            "jarip:prefix_cache_bytes",
+            "gauge",
+            "Bytes of keys and values the prefix cache holds.",
+            self.prefix_cache_bytes.get(),
+        );
         scalar("jarip:generation_tokens_total", "counter", "Tokens generated.", self.generation_tokens.get());
         scalar(
             "jarip:request_cancelled_total",

@@ -468,10 +468,12 @@ impl Output {
         })
     }
 
-    fn usage(&self, completion_tokens: usize) -> Value {
+    /// `cached_tokens`: prompt tokens the prefix cache supplied (OpenAI's field of that name).
+    fn usage(&self, completion_tokens: usize, cached_tokens: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         })
     }
 
@@ -543,6 +545,7 @@ async fn collect(
     let n = plan.choices;
     let mut choices = vec![Choice::default(); n];
     let mut left = n;
+    let mut cached_tokens = 0;
     while left > 0 {
         let update = match timeout_at(deadline, rx.recv()).await {
             Err(_) => return Err(timeout_error(&out.s.metrics, out.s.request_timeout)),
@@ -550,6 +553,9 @@ async fn collect(
             Ok(Some(u)) => u,
         };
         match update {
+            // Each prompt counted once, as its tokens are (choices are prompt-major).
+            Update::Admitted { index, cached_tokens: c } if index % plan.common.n.max(1) == 0 => cached_tokens += c,
+            Update::Admitted { .. } => {}
             Update::Token { index, delta, finished } => {
                 let c = &mut choices[index];
                 c.completion_tokens += 1;
@@ -585,7 +591,7 @@ async fn collect(
         })
         .collect();
     let mut v = out.envelope(false, Value::Array(list));
-    v["usage"] = out.usage(completion_tokens);
+    v["usage"] = out.usage(completion_tokens, cached_tokens);
     Ok((v, reason))
 }
 
@@ -605,6 +611,8 @@ fn stream(
         pending: VecDeque::new(),
         left: n,
         completion_tokens: 0,
+        cached_tokens: 0,
+        per_prompt: plan.common.n.max(1),
         offsets: vec![0; n],
         first_reason: None,
         ended: false,
@@ -642,6 +650,9 @@ struct StreamState {
     pending: VecDeque<String>,
     left: usize,
     completion_tokens: usize,
+    cached_tokens: usize,
+    /// Choices per prompt (`n`).
+    per_prompt: usize,
     /// Characters sent so far per choice (legacy logprobs' text_offset).
     offsets: Vec<usize>,
     first_reason: Option<&'static str>,
@@ -673,6 +684,11 @@ impl StreamState {
             Ok(Some(u)) => u,
         };
         match update {
+            Update::Admitted { index, cached_tokens } => {
+                if index % self.per_prompt == 0 {
+                    self.cached_tokens += cached_tokens;
+                }
+            }
             Update::Failed { status, message } => {
                 let kind = if status < 500 { "invalid_request_error" } else { "server_error" };
                 self.end_with_error(ApiError::new(status, kind, message))
@@ -712,7 +728,7 @@ impl StreamState {
                     if self.left == 0 {
                         if self.include_usage {
                             let mut v = self.out.envelope(true, json!([]));
-                            v["usage"] = self.out.usage(self.completion_tokens);
+                            v["usage"] = self.out.usage(self.completion_tokens, self.cached_tokens);
                             self.pending.push_back(v.to_string());
                         }
                         self.pending.push_back("[DONE]".into());

@@ -67,6 +67,9 @@ impl Capacity {
 /// What a request hears about its sequences.
 #[derive(Debug)]
 pub enum Update {
+    /// The sequence `index` entered the batch; `cached_tokens` of its prompt came from the
+    /// prefix cache.
+    Admitted { index: usize, cached_tokens: usize },
     /// One step's output for the sequence `index` (its choice index).
     Token { index: usize, delta: Delta, finished: Option<FinishReason> },
     /// The request cannot go on; `status` is the HTTP status to answer with.
@@ -239,9 +242,11 @@ impl Loop {
             self.next_id += 1;
             let prompt_tokens = w.request.prompt.len();
             match self.batcher.admit(id, w.request) {
-                Ok(()) => {
+                Ok(cached_tokens) => {
                     self.metrics.queue.observe(w.job.arrived.elapsed());
                     self.metrics.prompt_tokens.add(prompt_tokens as u64);
+                    self.metrics.prefix_cache_hit_tokens.add(cached_tokens as u64);
+                    let _ = w.job.updates.send(Update::Admitted { index: w.index, cached_tokens });
                     self.running.insert(id, Running { job: w.job, index: w.index, last_token: None, _slot: w.slot });
                 }
                 // The HTTP layer checks requests before submitting them, so this is a bug
@@ -296,6 +301,7 @@ impl Loop {
     }
 
     fn gauges(&self) {
+        self.metrics.prefix_cache_bytes.set(self.engine.prefix_cache_bytes() as u64);
         self.metrics.running.set(self.running.len() as u64);
         self.metrics.waiting.set(self.waiting.len() as u64);
     }
@@ -338,6 +344,7 @@ mod tests {
                     }
                 }
                 Update::Failed { message, .. } => panic!("{message}"),
+                Update::Admitted { .. } => {}
             }
         }
     }
@@ -376,6 +383,7 @@ mod tests {
         let cap = Capacity::new(2);
         let (j, mut rx) = job(&cap, vec![5], 10_000);
         s.submit(j).map_err(|_| ()).unwrap();
+        assert!(matches!(rx.blocking_recv(), Some(Update::Admitted { index: 0, cached_tokens: 0 })));
         assert!(matches!(rx.blocking_recv(), Some(Update::Token { .. })));
         assert!(cap.try_reserve(2).is_none(), "the running job holds a slot");
         drop(rx);

@@ -279,6 +279,8 @@ fn parse_line(s: &str) -> Line {
 /// An interactive chat on a terminal, or one user turn per line of piped input.
 pub fn chat(a: &ChatArgs) -> Result<()> {
     let (engine, dir) = load_engine(&a.model, a.weights, a.kv_cache)?;
+    // Each turn resends the conversation: keep its keys and values rather than prefill it again.
+    let engine = engine.with_prefix_cache(256 << 20);
     let stdin = std::io::stdin();
     let interactive = std::io::IsTerminal::is_terminal(&stdin);
     let mut system = a.system.clone();

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Keys and values cached as f32, or f16 (half the memory per sequence; faster at long contexts).
     #[arg(long, default_value = "f32")]
     pub kv_cache: jarip_infer::KvFormat,
+    /// MiB of finished conversations' KV caches kept, so that a next turn (or a shared system
+    /// prompt) is not prefilled again; 0 turns it off.
+    #[arg(long, default_value_t = 512)]
+    pub prefix_cache_mb: usize,
 }
 
 impl ServeArgs {
@@ -61,6 +65,7 @@ impl ServeArgs {
             request_timeout: Duration::from_secs_f64(self.request_timeout),
             weights: self.weights,
             kv_cache: self.kv_cache,
+            prefix_cache_bytes: self.prefix_cache_mb << 20,
         })
     }
 }

@@ -201,6 +201,7 @@ fn openai_endpoints_streaming_and_metrics() {
     let u = &v["usage"];
     assert!(u["prompt_tokens"].as_u64().unwrap() > 0 && u["completion_tokens"].as_u64().unwrap() <= 8);
     assert_eq!(u["total_tokens"], u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap());
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0, "nothing cached yet");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
 
     // The same request streamed: the same text, role first, [DONE] last, usage when asked.
@@ -215,10 +216,23 @@ fn openai_endpoints_streaming_and_metrics() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let streamed: String =
         chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
-    assert_eq!(streamed, text, "seeded: streaming changes nothing");
+    assert_eq!(streamed, text, "seeded: streaming (and a prompt from the prefix cache) changes nothing");
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(last["usage"], u.clone());
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(last["usage"][k], u[k]);
+    }
+    let prompt_tokens = u["prompt_tokens"].as_u64().unwrap();
+    // The first request fed this whole prompt; all but its last token come from the cache.
+    assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], prompt_tokens - 1);
+
+    // The next turn resends the first: at least that prompt is not prefilled again.
+    let turn2 = json!({"messages": [
+        {"role": "user", "content": "안녕하세요"}, {"role": "assistant", "content": text},
+        {"role": "user", "content": "다시 한 번"}], "max_tokens": 4, "seed": 1});
+    let u2 = post(a, "/v1/chat/completions", &turn2).json()["usage"].clone();
+    let cached = u2["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= prompt_tokens && cached < u2["prompt_tokens"].as_u64().unwrap(), "{u2}");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
 
     // Completions: n choices with consecutive seeds, logprobs, stop strings.
@@ -279,6 +293,8 @@ fn openai_endpoints_streaming_and_metrics() {
         "jarip:num_requests_running",
         "jarip:num_requests_waiting",
         "jarip:prompt_tokens_total",
+        "jarip:prefix_cache_hit_tokens_total",
+        "jarip:prefix_cache_bytes",
         "jarip:generation_tokens_total",
         "jarip:request_success_total",
         "jarip:time_to_first_token_seconds_bucket",
@@ -289,6 +305,8 @@ fn openai_endpoints_streaming_and_metrics() {
         assert!(text.contains(name), "/metrics lacks {name}");
     }
     assert!(metric(a, "jarip:generation_tokens_total") > 0.0);
+    assert!(metric(a, "jarip:prefix_cache_hit_tokens_total") >= 2.0 * prompt_tokens as f64 - 1.0);
+    assert!(metric(a, "jarip:prefix_cache_bytes") > 0.0);
     assert!(metric(a, "jarip:e2e_request_latency_seconds_count") >= 12.0);
 
     // The page: self-contained (nothing fetched from elsewhere), Korean and English.
