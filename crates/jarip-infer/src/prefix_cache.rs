@@ -68,7 +68,8 @@ impl PrefixCache {
     /// Keeps `cache`, which holds the keys and values of `tokens`. An entry whose tokens are a
     /// prefix of these is dropped (this one serves every prompt it did); if an entry already
     /// extends these tokens, nothing is added.
-    pub fn insert(&mut self, tokens: Vec<u32>, cache: SeqCache) {
+    pub fn insert(&mut self, tokens: Vec<u32>, mut cache: SeqCache) {
+        cache.shrink_to_fit();
         if tokens.is_empty() || tokens.len() != cache.len() || cache.bytes() > self.budget {
             return;
         }

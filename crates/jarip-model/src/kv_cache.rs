@@ -19,7 +19,8 @@ use half::slice::HalfFloatSliceExt;
 pub enum KvFormat {
     #[default]
     F32,
-    /// IEEE half precision (11 significant bits; keys are RMS-normalised, so well inside range).
+    /// IEEE half precision: 11 significant bits. Keys are RMS-normalised, so well inside its
+    /// range; a value beyond ±65504 is saturated there rather than stored as infinity.
     F16,
 }
 
@@ -84,7 +85,13 @@ impl KvRows {
             Self::F16(x) => {
                 let at = x.len();
                 x.resize(at + row.len(), f16::ZERO);
-                x[at..].convert_from_f32_slice(row);
+                if row.iter().all(|v| v.abs() <= f16::MAX.to_f32()) {
+                    x[at..].convert_from_f32_slice(row);
+                } else {
+                    let lim = f16::MAX.to_f32();
+                    let clamped: Vec<f32> = row.iter().map(|v| v.clamp(-lim, lim)).collect();
+                    x[at..].convert_from_f32_slice(&clamped);
+                }
             }
         }
     }
@@ -93,6 +100,13 @@ impl KvRows {
         match self {
             Self::F32(x) => 4 * x.len(),
             Self::F16(x) => 2 * x.len(),
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Self::F32(x) => x.shrink_to_fit(),
+            Self::F16(x) => x.shrink_to_fit(),
         }
     }
 }
@@ -142,6 +156,12 @@ impl SeqCache {
         SeqCache { k: cut(&self.k), v: cut(&self.v), len: n }
     }
 
+    /// Gives back the memory reserved for positions not yet held (a cache that is kept, not
+    /// grown, then holds exactly [`SeqCache::bytes`]).
+    pub fn shrink_to_fit(&mut self) {
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(KvRows::shrink_to_fit);
+    }
+
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(KvRows::bytes).sum()
@@ -187,15 +207,16 @@ pub(crate) fn attend_head(
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was just detected. The build is the same arithmetic (no fused
             // multiply-add), only wider, so both paths give the same bits.
-            unsafe { attend_head_avx2(q, keys, vals, seen, scale, s, out) };
+            unsafe { attend_head_avx2(q, keys, vals, seen, scale, s, out, f16_fused()) };
             return;
         }
     }
-    attend_head_impl(q, keys, vals, seen, scale, s, out);
+    attend_head_impl(q, keys, vals, seen, scale, s, out, f16_fused());
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn attend_head_avx2(
     q: &[f32],
     keys: &KvRows,
@@ -204,11 +225,13 @@ unsafe fn attend_head_avx2(
     scale: f32,
     s: &mut Scratch,
     out: &mut [f32],
+    fused: bool,
 ) {
-    attend_head_impl(q, keys, vals, seen, scale, s, out);
+    attend_head_impl(q, keys, vals, seen, scale, s, out, fused);
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn attend_head_impl(
     q: &[f32],
     keys: &KvRows,
@@ -217,6 +240,7 @@ fn attend_head_impl(
     scale: f32,
     s: &mut Scratch,
     out: &mut [f32],
+    fused: bool,
 ) {
     let d = q.len();
     let Scratch { scores, rows } = s;
@@ -225,7 +249,6 @@ fn attend_head_impl(
     // q·Kᵀ is a matrix-vector product over the head's keys: the decode kernel does it, in its
     // fixed reduction order (each score is its own dot product, so blocks change nothing).
     let kernel = Kernel::detect();
-    let fused = f16_fused();
     match keys {
         KvRows::F32(k) => kernel.run(q, 1, &k[..seen * d], seen, d, scores),
         #[cfg(target_arch = "x86_64")]
@@ -436,6 +459,10 @@ mod tests {
                 attend_head(&q, &k16, &v16, seen, 0.3, &mut s, &mut a);
                 attend_head(&q, &k32, &v32, seen, 0.3, &mut s, &mut b);
                 assert_eq!(a, b, "d {d}, {seen} positions");
+                // CPUs without F16C widen blocks of 64 positions first: the same bits.
+                let mut c = vec![0f32; d];
+                attend_head_impl(&q, &k16, &v16, seen, 0.3, &mut s, &mut c, false);
+                assert_eq!(c, b, "widening path, d {d}, {seen} positions");
             }
             assert_eq!(k16.bytes() * 2, k32.bytes());
         }
@@ -485,6 +512,11 @@ mod tests {
         let err = c.prepare(2, KvFormat::F32).unwrap_err().to_string();
         assert!(err.contains("F16") && err.contains("F32"), "{err}");
         assert_eq!("f16".parse::<KvFormat>().unwrap(), KvFormat::F16);
+        // Beyond f16's range: saturated, not infinite.
+        let mut r = KvRows::new(KvFormat::F16);
+        r.push(&[1e6, -1e6, 1.0]);
+        let KvRows::F16(x) = &r else { unreachable!() };
+        assert_eq!(x.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), vec![65504.0, -65504.0, 1.0]);
         assert!("bf16".parse::<KvFormat>().is_err());
     }
 }

@@ -162,10 +162,29 @@ mod mpi_backend {
     impl Mpi {
         /// Initializes MPI (once per process; main thread only).
         pub fn init() -> Result<Self> {
-            let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+            let Some((universe, provided)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
                 bail!("MPI is already initialized in this process");
             };
+            // candle's worker threads exist beside the main thread, which alone calls MPI.
+            if matches!(provided, mpi::Threading::Single) {
+                bail!("this MPI library provides no thread support (MPI_THREAD_FUNNELED is needed)");
+            }
             Ok(Self { world: universe.world(), _universe: universe })
+        }
+
+        /// This rank's index among the ranks on its machine (to pick its GPU), from the launcher's
+        /// environment (Open MPI, MPICH/Hydra, Slurm); the world rank when none says.
+        pub fn local_rank(&self) -> usize {
+            ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok()?.parse().ok())
+                .unwrap_or_else(|| self.rank())
+        }
+
+        /// Ends every rank at once: a rank that fails on its own would otherwise leave the others
+        /// waiting in a collective forever (and MPI_Finalize waits for them).
+        pub fn abort(&self, code: i32) -> ! {
+            self.world.abort(code)
         }
     }
 

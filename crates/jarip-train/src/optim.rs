@@ -114,7 +114,7 @@ impl Optimizer {
         let inv_accum = 1.0 / accum as f64;
         let norm = grad_norm(grads)? * inv_accum;
         if !norm.is_finite() {
-            bail!("gradient norm is {norm}");
+            bail!("gradient norm is {norm} (not finite)");
         }
         let clip =
             if self.opts.grad_clip > 0.0 && norm > self.opts.grad_clip { self.opts.grad_clip / norm } else { 1.0 };

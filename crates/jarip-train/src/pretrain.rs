@@ -21,15 +21,19 @@ use std::time::Instant;
 
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 
+/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
 pub(crate) fn device_for(name: &str) -> Result<(Device, DType)> {
-    match name {
-        "cpu" => Ok((Device::Cpu, DType::F32)),
-        "cuda" => {
-            let d = Device::new_cuda(0).context("cannot open CUDA device 0 (was jarip built with --features cuda?)")?;
-            Ok((d, DType::BF16))
-        }
-        other => bail!("unknown device {other:?} (use cpu or cuda)"),
-    }
+    let gpu = match name {
+        "cpu" => return Ok((Device::Cpu, DType::F32)),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
+        },
+    };
+    let d = Device::new_cuda(gpu)
+        .with_context(|| format!("cannot open CUDA device {gpu} (was jarip built with --features cuda?)"))?;
+    Ok((d, DType::BF16))
 }
 
 fn tokenizer_path(opts: &PretrainOptions) -> Result<PathBuf> {
@@ -308,7 +312,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                     Some(d) => format!("the last good checkpoint is {}", d.display()),
                     None => "no checkpoint was written yet".into(),
                 };
-                bail!("training stopped at step {}: {e:#} (not finite); {keep}", step + 1);
+                bail!("training stopped at step {}: {e:#}; {keep}", step + 1);
             }
         };
         step += 1;

@@ -75,7 +75,7 @@ fn block_sum(
         let loss = loss_of(i)?;
         let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
-            bail!("loss is {l}");
+            bail!("loss is {l} (not finite)");
         }
         loss_sum += l;
         let grads = optim.collect_grads(&loss.backward()?)?;
@@ -118,19 +118,21 @@ fn step_with(
     dp: DataParallel,
 ) -> Result<StepOutcome> {
     let blocks = dp.blocks(accum)?;
-    let local = blocks.into_iter().map(|r| block_sum(optim, r, &loss_of)).collect::<Result<Vec<_>>>();
+    // The blocks this process stands for, each summed alone and then added in block order, as
+    // ranks' sums are (one running total: no more memory than one replica needs).
+    let local = (|| {
+        let mut total: Option<(Vec<Tensor>, f64)> = None;
+        for r in blocks {
+            let (g, l) = block_sum(optim, r, &loss_of)?;
+            total = Some(match total {
+                None => (g, l),
+                Some((a, la)) => (add_all(&a, &g)?, la + l),
+            });
+        }
+        total.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))
+    })();
     // A rank whose loss is not finite stops every rank, before any gradient is exchanged.
-    let local = crate::dist::agree_ok(dp.comm, local)?;
-    let mut loss_sum = 0f64;
-    let mut grads: Option<Vec<Tensor>> = None;
-    for (g, l) in local {
-        loss_sum += l;
-        grads = Some(match grads {
-            None => g,
-            Some(a) => add_all(&a, &g)?,
-        });
-    }
-    let mut grads = grads.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))?;
+    let (mut grads, mut loss_sum) = crate::dist::agree_ok(dp.comm, local)?;
     let t = std::time::Instant::now();
     if dp.comm.world_size() > 1 {
         grads = sum_over_ranks(grads, dp.comm)?;

@@ -97,7 +97,7 @@ pub struct PretrainArgs {
     /// Fused CPU kernels or plain candle ops.
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: KernelsArg,
-    /// cpu or cuda (needs a build with --features cuda).
+    /// cpu, cuda or cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// No progress bar (log lines only).
@@ -163,7 +163,15 @@ impl From<KernelsArg> for jarip_model::Kernels {
 
 pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
     let (s, leader) = match a.dist {
-        DistArg::None => (jarip_train::pretrain(&a.options())?, true),
+        DistArg::None => {
+            if let Some(n) = launcher_ranks().filter(|&n| n > 1) {
+                anyhow::bail!(
+                    "started as one of {n} MPI ranks without --dist mpi: every rank would train alone into the same \
+                     --out; add --dist mpi"
+                );
+            }
+            (jarip_train::pretrain(&a.options())?, true)
+        }
         DistArg::Mpi => run_mpi(&a.options())?,
     };
     if !leader {
@@ -182,14 +190,28 @@ pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
     Ok(s)
 }
 
+/// The number of ranks an MPI launcher started, from its environment.
+fn launcher_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 #[cfg(feature = "mpi")]
 fn run_mpi(o: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
     use jarip_train::dist::Collective;
     let comm = jarip_train::dist::Mpi::init()?;
-    let leader = comm.rank() == 0;
     let rank = comm.rank();
-    let s = jarip_train::pretrain::pretrain_parallel(o, &comm).map_err(|e| anyhow::anyhow!("rank {rank}: {e:#}"))?;
-    Ok((s, leader))
+    let mut o = o.clone();
+    if o.device == "cuda" {
+        // One GPU per rank on each machine.
+        o.device = format!("cuda:{}", comm.local_rank());
+    }
+    match jarip_train::pretrain::pretrain_parallel(&o, &comm) {
+        Ok(s) => Ok((s, rank == 0)),
+        Err(e) => {
+            eprintln!("Error: rank {rank}: {e:#}");
+            comm.abort(1)
+        }
+    }
 }
 
 #[cfg(not(feature = "mpi"))]

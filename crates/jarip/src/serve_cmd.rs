@@ -65,7 +65,7 @@ impl ServeArgs {
             request_timeout: Duration::from_secs_f64(self.request_timeout),
             weights: self.weights,
             kv_cache: self.kv_cache,
-            prefix_cache_bytes: self.prefix_cache_mb << 20,
+            prefix_cache_bytes: self.prefix_cache_mb.saturating_mul(1 << 20),
         })
     }
 }

@@ -1,7 +1,8 @@
-//! Data-parallel pretraining over MPI (`--features mpi`, `mpirun` on the PATH): two ranks train
-//! the weights one process reaches with `--replicas 2`, bit for bit; the run's ledger records the
-//! ranks, verifies, and its intervals replay in one process; a step that cannot be split fails
-//! on every rank with the reason.
+//! Data-parallel pretraining over MPI (`--features mpi`, `mpirun` on the PATH): two ranks (MPI's
+//! own all-reduce) and three ranks (gathered sums added in rank order) train the weights one
+//! process reaches with `--replicas N`, bit for bit; the run's ledger records the ranks, verifies,
+//! and its intervals replay in one process; ranks without `--dist mpi`, or a step that cannot be
+//! split, end the job with the reason.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -107,7 +108,26 @@ fn two_mpi_ranks_train_what_one_process_with_two_replicas_does() {
     let text = ok(&v);
     assert!(text.contains("PASS  replay 1"), "{text}");
 
-    // 2 micro-batches per step cannot be split among 3 ranks: every rank says why and exits.
+    // Three ranks add their sums in rank order themselves (MPI may pick any order): still the
+    // weights of one process standing in for three.
+    let three = pretrain_args(&run, "dp3", &config, 384);
+    let mut three: Vec<&str> = three.iter().map(String::as_str).collect();
+    three.extend(["--dist", "mpi"]);
+    ok(&mpirun(3, &three));
+    let solo3 = pretrain_args(&run, "solo3", &config, 384);
+    let mut solo3: Vec<&str> = solo3.iter().map(String::as_str).collect();
+    solo3.extend(["--replicas", "3"]);
+    ok(&jarip(&solo3));
+    assert_eq!(last_weights(&run.join("dp3")), last_weights(&run.join("solo3")));
+
+    // Ranks started without --dist mpi would each train alone into one directory: refused.
+    let alone = pretrain_args(&run, "alone", &config, 256);
+    let alone: Vec<&str> = alone.iter().map(String::as_str).collect();
+    let out = mpirun(2, &alone);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without --dist mpi"));
+
+    // 2 micro-batches per step cannot be split among 3 ranks: the job says why and exits.
     let bad_args = pretrain_args(&run, "bad", &config, 128);
     let mut bad: Vec<&str> = bad_args.iter().map(String::as_str).collect();
     bad.extend(["--dist", "mpi"]);
