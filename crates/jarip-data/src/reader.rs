@@ -299,6 +299,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Sequences `start..start + n` as a batch of their own.
+    pub fn rows(&self, start: usize, n: usize) -> Batch {
+        let (a, b) = (start * self.seq_len, (start + n) * self.seq_len);
+        Batch {
+            batch_size: n,
+            seq_len: self.seq_len,
+            inputs: self.inputs[a..b].to_vec(),
+            targets: self.targets[a..b].to_vec(),
+            mask: self.mask.as_ref().map(|m| m[a..b].to_vec()),
+        }
+    }
+
     /// Number of targets that count toward the loss.
     pub fn counted_targets(&self) -> usize {
         self.mask.as_ref().map_or(self.targets.len(), |m| m.iter().filter(|&&b| b).count())

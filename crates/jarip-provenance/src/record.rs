@@ -97,7 +97,11 @@ impl PathMap {
         let best = |votes: HashMap<&Path, usize>| {
             votes.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0))).map(|v| v.0.to_path_buf())
         };
-        let recorded_root = best(found).or_else(|| best(grandparents));
+        // A run that has not moved is its own root, whatever else its outputs' names match (a
+        // fine-tuning written beside the run has checkpoints named like the run's own).
+        let here = [run.to_path_buf(), std::fs::canonicalize(run).unwrap_or_default()];
+        let unmoved = here.iter().find(|r| found.contains_key(r.as_path())).cloned();
+        let recorded_root = unmoved.or_else(|| best(found)).or_else(|| best(grandparents));
         Self { recorded_root, run: run.to_path_buf() }
     }
 

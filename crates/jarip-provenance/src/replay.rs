@@ -197,6 +197,8 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         seed: num("seed")?,
         seq_len: num("seq_len")? as usize,
         batch_size: num("batch_size")? as usize,
+        // One process stands in for every data-parallel rank (absent: one replica).
+        replicas: c.get("replicas").and_then(|r| r.as_u64()).map(|r| r as usize),
         val_fraction: get("val_fraction")?.as_f64().context("sft-start: val_fraction")?,
         checkpoint_every: 0,
         keep_checkpoints: 0,

@@ -28,4 +28,4 @@ pub use optim::OptimizerOptions;
 pub use options::{PretrainOptions, PretrainSummary};
 pub use pretrain::{newest_checkpoint, pretrain, pretrain_parallel};
 pub use schedule::{Schedule, ScheduleKind};
-pub use sft::{sft, SftOptions, SftSummary};
+pub use sft::{sft, sft_parallel, SftOptions, SftSummary};

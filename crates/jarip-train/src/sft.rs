@@ -7,12 +7,13 @@
 //! (`sft-start`, `sft-checkpoint`).
 
 use crate::checkpoint::{checkpoint_entry, latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use crate::dist::{agree_ok, check_replicas_agree, Collective, DataParallel, Solo};
 use crate::eval::{evaluate_batches, token_byte_lengths, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::optim::{Optimizer, OptimizerOptions};
 use crate::pretrain::{device_for, progress_bar, LEDGER_FILE};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::step::train_step_masked;
+use crate::step::train_step_masked_parallel;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use jarip_data::conversations::read_conversations;
@@ -44,6 +45,9 @@ pub struct SftOptions {
     pub seed: u64,
     pub seq_len: usize,
     pub batch_size: usize,
+    /// Data-parallel replicas, each taking `batch_size / replicas` of every step's windows
+    /// (default: the number of processes; see [`crate::dist`]).
+    pub replicas: Option<usize>,
     /// Share of conversations held out for validation.
     pub val_fraction: f64,
     pub checkpoint_every: u64,
@@ -72,6 +76,7 @@ impl Default for SftOptions {
             seed: 42,
             seq_len: 256,
             batch_size: 8,
+            replicas: None,
             val_fraction: 0.05,
             checkpoint_every: 200,
             keep_checkpoints: 2,
@@ -115,12 +120,23 @@ fn micro(b: &Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
     ))
 }
 
-/// Runs (or resumes) fine-tuning as `opts` describe.
+/// Runs (or resumes) fine-tuning as `opts` describe, in this process alone.
 pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
+    sft_parallel(opts, &Solo)
+}
+
+/// Runs (or resumes) fine-tuning as one rank of `comm`: every rank runs this with the same
+/// options; rank 0 writes the run's files.
+pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSummary> {
     let t_start = Instant::now();
     if opts.seq_len < 2 || opts.batch_size == 0 {
         bail!("--seq-len must be at least 2 and --batch-size positive");
     }
+    let dp = DataParallel::new(comm, opts.replicas.unwrap_or(comm.world_size()))?;
+    if !opts.batch_size.is_multiple_of(dp.replicas) {
+        bail!("--batch-size {} cannot be split among {} data-parallel replicas", opts.batch_size, dp.replicas);
+    }
+    let leader = dp.is_leader();
     let (device, compute_dtype) = device_for(&opts.device)?;
     let base = jarip_infer::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
     let base_sha = base.model.weights_sha256()?;
@@ -143,7 +159,7 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
         (None, Some(e)) => ((e * steps_per_epoch as f64).ceil() as u64).max(1),
         (None, None) => bail!("give a limit: --max-steps or --epochs"),
     };
-    let settings = json!({
+    let mut settings = json!({
         "stage": "sft", "model": base.model.config(), "seed": opts.seed, "seq_len": opts.seq_len,
         "batch_size": opts.batch_size, "batch_tokens": opts.seq_len * opts.batch_size,
         "optimizer": opts.optimizer, "schedule": opts.schedule, "total_steps": total_steps,
@@ -151,6 +167,10 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
         "tokenizer_sha256": tokenizer.sha256(), "base_checkpoint": base.dir.display().to_string(),
         "base_weights_sha256": base_sha, "data": opts.data.display().to_string(), "data_sha256": data_sha,
     });
+    if dp.replicas > 1 {
+        // Absent for one replica, so runs recorded before the setting existed still resume.
+        settings["replicas"] = json!(dp.replicas);
+    }
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
     let metrics = MetricsLog::at(&opts.out);
@@ -171,7 +191,9 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
         }
         let mut optim = Optimizer::new(loaded.model.params(), &opts.optimizer, true)?;
         optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
-        metrics.truncate_after(loaded.state.step)?;
+        if leader {
+            metrics.truncate_after(loaded.state.step)?;
+        }
         (loaded.model, optim, loaded.state, Some(dir))
     } else {
         if latest.is_some() {
@@ -180,10 +202,12 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
                 opts.out.display()
             );
         }
-        metrics.truncate_after(0)?;
+        if leader {
+            metrics.truncate_after(0)?;
+        }
         let optim = Optimizer::new(base.model.params(), &opts.optimizer, true)?;
         let state = TrainerState {
-            replicas: 1,
+            replicas: dp.replicas,
             step: 0,
             tokens_seen: 0,
             sampler: SamplerState { seed: opts.seed, epoch: 0, position: 0 },
@@ -200,8 +224,10 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
     };
     model.set_kernels(opts.kernels);
     model.set_compute_dtype(compute_dtype);
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
-    {
+    if leader {
+        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    }
+    if leader {
         let mut e = Entry::new(if resumed_from.is_some() { "sft-resume" } else { "sft-start" });
         e.inputs = [FileRef::of_file(&opts.data), FileRef::of_file(&tok_file)].into_iter().flatten().collect();
         if let Ok(m) = FileRef::of_file(&base.dir.join(jarip_ledger::manifest::MANIFEST_FILE)) {
@@ -214,6 +240,7 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
             "train_conversations": data.train.conversations, "val_conversations": data.val.conversations,
             "train_windows": windows, "sampler": state.sampler,
             "resumed_from": resumed_from.as_ref().map(|d| d.display().to_string()),
+            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
         });
         ledger.append(e)?;
     }
@@ -225,9 +252,13 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
         }
         Ok(Some(evaluate_batches(model, data.val_batches(opts.batch_size), 0, &token_bytes)?))
     };
-    let pb = progress_bar(Some(total_steps), opts.progress);
+    let pb = progress_bar(Some(total_steps), opts.progress && leader);
     pb.set_position(state.step);
-    let say = |s: String| if pb.is_hidden() { eprintln!("{s}") } else { pb.println(s) };
+    let say = |s: String| match (leader, pb.is_hidden()) {
+        (false, _) => {}
+        (true, true) => eprintln!("{s}"),
+        (true, false) => pb.println(s),
+    };
     say(format!(
         "sft: {} train / {} val conversations, {windows} windows of {} tokens, {total_steps} steps",
         data.train.conversations, data.val.conversations, opts.seq_len
@@ -239,9 +270,12 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
     let mut last_ckpt = resumed_from.clone();
     while state.step < total_steps && opts.stop_at_step.is_none_or(|s| state.step < s) {
         let lr_factor = opts.schedule.factor(state.step, total_steps);
+        // Every rank draws the whole batch; replica r takes its r-th share of the windows.
         let batch = data.next_batch(&mut state.sampler, opts.batch_size);
         let counted = batch.counted_targets() as u64;
-        let out = train_step_masked(&model, &mut optim, &[micro(&batch, &device)?], lr_factor)
+        let share = opts.batch_size / dp.replicas;
+        let part = |r: usize| micro(&batch.rows(r * share, share), &device);
+        let out = train_step_masked_parallel(&model, &mut optim, dp.replicas, part, lr_factor, dp)
             .with_context(|| format!("fine-tuning stopped at step {}", state.step + 1))?;
         state.step += 1;
         state.tokens_seen += counted;
@@ -252,31 +286,51 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
             "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
         });
         let last_step = state.step == total_steps || opts.stop_at_step == Some(state.step);
-        if (opts.eval_every > 0 && state.step % opts.eval_every == 0) || last_step {
-            if let Some(ev) = val(&model)? {
-                line["val_loss"] = json!(ev.loss);
-                line["val_bpb"] = json!(ev.bpb);
-                say(format!("sft step {}: val loss {:.4}, val bpb {:.4}", state.step, ev.loss, ev.bpb));
-                last_eval = Some(ev);
+        // Evaluation and metrics are rank 0's; the other ranks learn whether they failed.
+        let mut bookkeeping = || -> Result<()> {
+            if !leader {
+                return Ok(());
             }
-        }
-        metrics.append(&line)?;
+            if (opts.eval_every > 0 && state.step % opts.eval_every == 0) || last_step {
+                if let Some(ev) = val(&model)? {
+                    line["val_loss"] = json!(ev.loss);
+                    line["val_bpb"] = json!(ev.bpb);
+                    say(format!("sft step {}: val loss {:.4}, val bpb {:.4}", state.step, ev.loss, ev.bpb));
+                    last_eval = Some(ev);
+                }
+            }
+            metrics.append(&line)
+        };
+        let done = bookkeeping();
+        agree_ok(comm, done)?;
         pb.set_position(state.step);
         pb.set_message(format!("loss {:.4}", out.loss));
         if (opts.checkpoint_every > 0 && state.step % opts.checkpoint_every == 0) || last_step {
             state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
             state.weights_sha256 = model.weights_sha256()?;
-            let dir =
-                save_checkpoint(&opts.out, &model, &optim, &state, &tok_file, settings.clone(), opts.keep_checkpoints)?;
-            let mut e = checkpoint_entry("sft-checkpoint", &dir, opts.seed)?;
-            e.details = json!({
-                "step": state.step, "weights_sha256": state.weights_sha256, "tokens_seen": state.tokens_seen,
-                "total_steps": total_steps, "base_weights_sha256": base_sha,
-                "data": {"sampler_before": cursor_at_ckpt, "sampler_after": state.sampler},
-                "loss": out.loss, "val_loss": last_eval.map(|e: EvalResult| e.loss),
-                "val_bpb": last_eval.map(|e: EvalResult| e.bpb),
-            });
-            ledger.append(e)?;
+            check_replicas_agree(comm, &state.weights_sha256)?;
+            let saved = if leader {
+                save_checkpoint(&opts.out, &model, &optim, &state, &tok_file, settings.clone(), opts.keep_checkpoints)
+                    .and_then(|dir| {
+                        let mut e = checkpoint_entry("sft-checkpoint", &dir, opts.seed)?;
+                        e.details = json!({
+                            "step": state.step, "weights_sha256": state.weights_sha256,
+                            "tokens_seen": state.tokens_seen, "total_steps": total_steps,
+                            "base_weights_sha256": base_sha,
+                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": state.sampler},
+                            "loss": out.loss, "val_loss": last_eval.map(|e: EvalResult| e.loss),
+                            "val_bpb": last_eval.map(|e: EvalResult| e.bpb),
+                        });
+                        if comm.world_size() > 1 {
+                            e.details["replicas_agree"] = json!(comm.world_size());
+                        }
+                        ledger.append(e)?;
+                        Ok(dir)
+                    })
+            } else {
+                Ok(crate::checkpoint::checkpoint_dir(&opts.out, state.step))
+            };
+            let dir = agree_ok(comm, saved)?;
             cursor_at_ckpt = state.sampler;
             last_ckpt = Some(dir);
         }

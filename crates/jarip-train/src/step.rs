@@ -56,6 +56,23 @@ pub fn train_step_masked(
     step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
 }
 
+/// As [`train_step_masked`] over `accum` micro-batches that `micro(i)` builds on demand, shared
+/// among data-parallel replicas (see [`train_step_parallel`]).
+pub fn train_step_masked_parallel(
+    model: &Gpt,
+    optim: &mut Optimizer,
+    accum: usize,
+    micro: impl Fn(usize) -> Result<(Tensor, Tensor, Tensor)>,
+    lr_factor: f64,
+    dp: DataParallel,
+) -> Result<StepOutcome> {
+    let loss_of = |i: usize| {
+        let (x, y, m) = micro(i)?;
+        masked_loss(model, &x, &y, &m)
+    };
+    step_with(optim, accum, lr_factor, loss_of, dp)
+}
+
 /// Mean loss over the targets that `mask` counts (0 when it counts none).
 pub fn masked_loss(model: &Gpt, x: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let losses = model.token_losses(x, y)?;

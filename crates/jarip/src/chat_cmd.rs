@@ -1,7 +1,7 @@
 //! `jarip sft`, `jarip generate` and `jarip chat`: flags onto the fine-tuning options and the
 //! inference engine.
 
-use crate::pretrain_cmd::KernelsArg;
+use crate::pretrain_cmd::{on_ranks, DistArg, KernelsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_infer::{Engine, Request, SamplingParams};
@@ -59,6 +59,13 @@ pub struct SftArgs {
     pub device: String,
     #[arg(long)]
     pub no_progress: bool,
+    /// Data-parallel engine: none, or mpi (a build with --features mpi, started by mpirun).
+    #[arg(long, value_enum, default_value = "none")]
+    pub dist: DistArg,
+    /// Data-parallel replicas, each taking batch_size / replicas windows of every step (default:
+    /// the number of ranks); one process given --replicas N trains exactly as N ranks do.
+    #[arg(long)]
+    pub replicas: Option<usize>,
 }
 
 impl SftArgs {
@@ -74,6 +81,7 @@ impl SftArgs {
             seed: self.seed,
             seq_len: self.seq_len,
             batch_size: self.batch_size,
+            replicas: self.replicas,
             val_fraction: self.val_fraction,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
@@ -90,7 +98,14 @@ impl SftArgs {
 }
 
 pub fn sft(a: &SftArgs) -> Result<SftSummary> {
-    let s = jarip_train::sft(&a.options())?;
+    let (s, leader) = on_ranks(a.dist, &a.device, |comm, device| {
+        let mut o = a.options();
+        o.device = device.to_string();
+        jarip_train::sft_parallel(&o, comm)
+    })?;
+    if !leader {
+        return Ok(s);
+    }
     let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
     println!(
         "sft: {} steps, loss {}, val loss {}, val bpb {}; base {} ({}…) → {}",

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use jarip_train::dist::{Collective, Solo};
 use jarip_train::{PretrainOptions, PretrainSummary};
 use std::path::PathBuf;
 
@@ -162,18 +163,11 @@ impl From<KernelsArg> for jarip_model::Kernels {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
-    let (s, leader) = match a.dist {
-        DistArg::None => {
-            if let Some(n) = launcher_ranks().filter(|&n| n > 1) {
-                anyhow::bail!(
-                    "started as one of {n} MPI ranks without --dist mpi: every rank would train alone into the same \
-                     --out; add --dist mpi"
-                );
-            }
-            (jarip_train::pretrain(&a.options())?, true)
-        }
-        DistArg::Mpi => run_mpi(&a.options())?,
-    };
+    let (s, leader) = on_ranks(a.dist, &a.device, |comm, device| {
+        let mut o = a.options();
+        o.device = device.to_string();
+        jarip_train::pretrain_parallel(&o, comm)
+    })?;
     if !leader {
         return Ok(s);
     }
@@ -190,23 +184,41 @@ pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
     Ok(s)
 }
 
+/// Runs a training stage in this process alone or as one MPI rank (`train` gets the processes
+/// and the device this rank uses); returns its result and whether this process reports it.
+pub fn on_ranks<T>(
+    dist: DistArg,
+    device: &str,
+    train: impl FnOnce(&dyn Collective, &str) -> Result<T>,
+) -> Result<(T, bool)> {
+    match dist {
+        DistArg::None => {
+            if let Some(n) = launcher_ranks().filter(|&n| n > 1) {
+                anyhow::bail!(
+                    "started as one of {n} MPI ranks without --dist mpi: every rank would train alone into the same \
+                     --out; add --dist mpi"
+                );
+            }
+            Ok((train(&Solo, device)?, true))
+        }
+        DistArg::Mpi => on_mpi(device, train),
+    }
+}
+
 /// The number of ranks an MPI launcher started, from its environment.
 fn launcher_ranks() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 #[cfg(feature = "mpi")]
-fn run_mpi(o: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
-    use jarip_train::dist::Collective;
+fn on_mpi<T>(device: &str, train: impl FnOnce(&dyn Collective, &str) -> Result<T>) -> Result<(T, bool)> {
     let comm = jarip_train::dist::Mpi::init()?;
     let rank = comm.rank();
-    let mut o = o.clone();
-    if o.device == "cuda" {
-        // One GPU per rank on each machine.
-        o.device = format!("cuda:{}", comm.local_rank());
-    }
-    match jarip_train::pretrain::pretrain_parallel(&o, &comm) {
-        Ok(s) => Ok((s, rank == 0)),
+    // One GPU per rank on each machine.
+    let device = if device == "cuda" { format!("cuda:{}", comm.local_rank()) } else { device.to_string() };
+    match train(&comm, &device) {
+        Ok(t) => Ok((t, rank == 0)),
+        // Ends every rank: one failing alone would leave the others waiting in a collective.
         Err(e) => {
             eprintln!("Error: rank {rank}: {e:#}");
             comm.abort(1)
@@ -215,7 +227,7 @@ fn run_mpi(o: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn run_mpi(_: &PretrainOptions) -> Result<(PretrainSummary, bool)> {
+fn on_mpi<T>(_: &str, _: impl FnOnce(&dyn Collective, &str) -> Result<T>) -> Result<(T, bool)> {
     anyhow::bail!(
         "--dist mpi: this jarip was built without MPI; build it with `cargo build --release --features mpi` \
          (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev and libclang-dev)"

@@ -209,6 +209,8 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
         kernels: crate::pretrain_cmd::KernelsArg::Fused,
         device: "cpu".into(),
         no_progress: false,
+        dist: crate::pretrain_cmd::DistArg::None,
+        replicas: None,
     };
     crate::chat_cmd::sft(&args)?;
     Ok(out)

@@ -3,25 +3,11 @@
 //! then `jarip generate` and `jarip chat` talk to it; and the bad inputs are refused clearly.
 
 mod common;
-use common::{fails_with, jarip, ok, s};
+use common::{conversations, fails_with, jarip, ok, s};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn conversations(path: &Path) {
-    let lines: Vec<String> = (0..24)
-        .map(|i| {
-            serde_json::json!({"messages": [
-                {"role": "system", "content": "당신은 jarip으로 처음부터 학습된 모델입니다."},
-                {"role": "user", "content": format!("제{i}조는 무엇입니까?")},
-                {"role": "assistant", "content": format!("제{i}조: 대한민국은 민주공화국이다. number {i}")},
-            ]})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
 
 /// corpus → prepared → tokenizer → shards → a 10-step depth-1 base model.
 fn base_model(dir: &Path) -> PathBuf {

@@ -108,6 +108,59 @@ fn two_mpi_ranks_train_what_one_process_with_two_replicas_does() {
     let text = ok(&v);
     assert!(text.contains("PASS  replay 1"), "{text}");
 
+    // Fine-tuning the data-parallel base on two ranks: each takes half of every step's windows;
+    // the same weights as one process with --replicas 2, and its intervals replay in one process.
+    let convs = d.path().join("convs.jsonl");
+    common::conversations(&convs);
+    let sft = |out: &str| -> Vec<String> {
+        let o = s(&run.join(out));
+        [
+            "sft",
+            "--base",
+            &s(&dp),
+            "--data",
+            &s(&convs),
+            "--out",
+            &o,
+            "--max-steps",
+            "4",
+            "--seed",
+            "3",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--keep-checkpoints",
+            "0",
+            "--eval-every",
+            "0",
+            "--warmup-steps",
+            "1",
+            "--no-progress",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let sft_dp = sft("sft-dp");
+    let mut args: Vec<&str> = sft_dp.iter().map(String::as_str).collect();
+    let ledger = s(&dp.join("ledger.jsonl"));
+    args.extend(["--dist", "mpi", "--ledger", &ledger]);
+    ok(&mpirun(2, &args));
+    let sft_solo = sft("sft-solo");
+    let mut args: Vec<&str> = sft_solo.iter().map(String::as_str).collect();
+    args.extend(["--replicas", "2"]);
+    ok(&jarip(&args));
+    let sft_weights = |ledger: &Path| {
+        let e = Ledger::at(ledger).verify_chain().unwrap();
+        e.iter().rev().find(|e| e.stage == "sft-checkpoint").unwrap().details["weights_sha256"].clone()
+    };
+    assert_eq!(sft_weights(&dp.join("ledger.jsonl")), sft_weights(&run.join("sft-solo/ledger.jsonl")));
+    let text = ok(&jarip(&["provenance", "verify", &s(&dp), "--replay-sft", "1"]));
+    assert!(text.contains("PASS  replay sft 1"), "{text}");
+
     // Three ranks add their sums in rank order themselves (MPI may pick any order): still the
     // weights of one process standing in for three.
     let three = pretrain_args(&run, "dp3", &config, 384);

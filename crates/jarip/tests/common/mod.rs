@@ -89,3 +89,18 @@ pub fn tiny_shards(root: &Path) -> PathBuf {
     ok(&jarip(&["data", "shard", "--tokenizer", &r("tok"), &r("prepared"), "--out", &r("shards")]));
     run
 }
+
+/// 24 small conversations (system, user, assistant) in the fine-tuning format, at `path`.
+pub fn conversations(path: &Path) {
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "당신은 jarip으로 처음부터 학습된 모델입니다."},
+                {"role": "user", "content": format!("제{i}조는 무엇입니까?")},
+                {"role": "assistant", "content": format!("제{i}조: 대한민국은 민주공화국이다. number {i}")},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
