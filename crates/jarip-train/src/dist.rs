@@ -11,6 +11,7 @@
 //! `mpirun`. Only the main thread calls MPI (candle's worker threads never do).
 
 use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
 
 /// What a training step needs from the processes it runs on. Every rank calls every operation in
 /// the same order; a rank that errors before a collective would leave the others waiting, so
@@ -24,6 +25,26 @@ pub trait Collective {
     fn sum_in_rank_order(&self, buf: &mut [f32]) -> Result<()>;
     /// Every rank's `mine`, in rank order. Every rank must send the same number of bytes.
     fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>>;
+
+    /// Each tensor replaced by its sum over ranks. By default through host memory, added in rank
+    /// order ([`Collective::sum_in_rank_order`]); NCCL sums on the GPU in its own order.
+    fn sum_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let mut flat = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
+        for t in &tensors {
+            flat.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        }
+        self.sum_in_rank_order(&mut flat)?;
+        let mut at = 0;
+        tensors
+            .iter()
+            .map(|t| {
+                let n = t.elem_count();
+                let s = Tensor::from_slice(&flat[at..at + n], t.shape(), t.device())?.to_dtype(t.dtype())?;
+                at += n;
+                Ok(s)
+            })
+            .collect()
+    }
 }
 
 /// One process; every collective is the identity.
@@ -140,6 +161,8 @@ pub fn check_replicas_agree(comm: &dyn Collective, weights_sha256: &str) -> Resu
 
 #[cfg(feature = "mpi")]
 pub use self::mpi_backend::Mpi;
+#[cfg(feature = "nccl")]
+pub use self::nccl_backend::Nccl;
 
 #[cfg(feature = "mpi")]
 mod mpi_backend {
@@ -235,6 +258,124 @@ mod mpi_backend {
             let mut recv = vec![0u8; w * n];
             self.world.all_gather_into(mine, &mut recv[..]);
             Ok((0..w).map(|r| recv[r * n..(r + 1) * n].to_vec()).collect())
+        }
+    }
+}
+
+/// NCCL for the gradients, on the GPU where they are; MPI for everything else (starting NCCL,
+/// agreeing on failures and decisions). NCCL adds in an order of its own, so a run on it is not
+/// reproduced bit for bit by one process (nor is any bf16 GPU run).
+#[cfg(feature = "nccl")]
+mod nccl_backend {
+    use super::{Collective, Mpi};
+    use anyhow::{bail, Context, Result};
+    use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+    use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use std::cell::OnceCell;
+    use std::ffi::c_char;
+
+    pub struct Nccl {
+        mpi: Mpi,
+        id: [c_char; 128],
+        /// Made on the first sum, on the stream of the device the gradients live on (a
+        /// communicator on another stream would race with the kernels that produced them).
+        comm: OnceCell<Comm>,
+    }
+
+    impl Nccl {
+        /// Rank 0 draws the NCCL id and every rank learns it through MPI.
+        pub fn init(mpi: Mpi) -> Result<Self> {
+            let mine: Vec<u8> = if mpi.rank() == 0 {
+                let id = Id::new().map_err(|e| anyhow::anyhow!("ncclGetUniqueId: {e:?}"))?;
+                id.internal().iter().map(|&c| c as u8).collect()
+            } else {
+                vec![0u8; 128]
+            };
+            let all = mpi.all_gather(&mine)?;
+            let mut id = [0 as c_char; 128];
+            for (d, s) in id.iter_mut().zip(&all[0]) {
+                *d = *s as c_char;
+            }
+            Ok(Self { mpi, id, comm: OnceCell::new() })
+        }
+
+        pub fn local_rank(&self) -> usize {
+            self.mpi.local_rank()
+        }
+
+        pub fn abort(&self, code: i32) -> ! {
+            self.mpi.abort(code)
+        }
+
+        fn comm(&self, device: &Device) -> Result<&Comm> {
+            if let Some(c) = self.comm.get() {
+                return Ok(c);
+            }
+            let Device::Cuda(dev) = device else { bail!("--dist nccl needs the model on a CUDA device") };
+            let comm = Comm::from_rank(dev.cuda_stream(), self.rank(), self.world_size(), Id::uninit(self.id))
+                .map_err(|e| anyhow::anyhow!("ncclCommInitRank: {e:?}"))?;
+            Ok(self.comm.get_or_init(|| comm))
+        }
+    }
+
+    /// `x` summed over ranks by `ncclAllReduce` into a new buffer.
+    struct AllReduce<'a>(&'a Comm);
+    // SAFETY: candle applies the op synchronously on the calling thread, the main one, which is
+    // the only thread that ever uses the communicator.
+    unsafe impl Send for AllReduce<'_> {}
+    unsafe impl Sync for AllReduce<'_> {}
+
+    impl CustomOp1 for AllReduce<'_> {
+        fn name(&self) -> &'static str {
+            "nccl-all-reduce"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("NCCL sums CUDA tensors only")
+        }
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("NCCL all-reduce: not contiguous") };
+            let src = s.as_cuda_slice::<f32>()?.slice(a..b);
+            let mut dst = s.device.alloc_zeros::<f32>(b - a)?;
+            self.0
+                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, s.device.clone()), l.shape().clone()))
+        }
+    }
+
+    impl Collective for Nccl {
+        fn rank(&self) -> usize {
+            self.mpi.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.mpi.world_size()
+        }
+        fn backend(&self) -> &'static str {
+            "nccl"
+        }
+        fn sum_in_rank_order(&self, buf: &mut [f32]) -> Result<()> {
+            self.mpi.sum_in_rank_order(buf)
+        }
+        fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+            self.mpi.all_gather(mine)
+        }
+        /// One all-reduce over all gradients laid end to end.
+        fn sum_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
+            let Some(first) = tensors.first() else { return Ok(tensors) };
+            let comm = self.comm(first.device())?;
+            let flat: Vec<Tensor> =
+                tensors.iter().map(|t| t.flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
+            let summed = Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduce(comm)).context("gradient all-reduce")?;
+            let mut at = 0;
+            tensors
+                .iter()
+                .map(|t| {
+                    let n = t.elem_count();
+                    let s = summed.narrow(0, at, n)?.reshape(t.shape())?.to_dtype(t.dtype())?;
+                    at += n;
+                    Ok(s)
+                })
+                .collect()
         }
     }
 }

@@ -1,10 +1,10 @@
 //! One optimizer step: forward and backward over the micro-batches that make up the step's
 //! batch (gradients summed), then the optimizer update. Shared by `pretrain`, `sft` and the benchmark.
 
-use crate::dist::{Collective, DataParallel};
+use crate::dist::DataParallel;
 use crate::optim::Optimizer;
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use jarip_model::Gpt;
 
 pub struct StepOutcome {
@@ -108,25 +108,6 @@ fn add_all(a: &[Tensor], b: &[Tensor]) -> Result<Vec<Tensor>> {
     Ok(a.iter().zip(b).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?)
 }
 
-/// Adds this process's gradient sum to the other ranks' in rank order, through one flat buffer.
-fn sum_over_ranks(grads: Vec<Tensor>, comm: &dyn Collective) -> Result<Vec<Tensor>> {
-    let mut flat = Vec::with_capacity(grads.iter().map(Tensor::elem_count).sum());
-    for g in &grads {
-        flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-    }
-    comm.sum_in_rank_order(&mut flat)?;
-    let mut at = 0;
-    grads
-        .iter()
-        .map(|g| {
-            let n = g.elem_count();
-            let t = Tensor::from_slice(&flat[at..at + n], g.shape(), g.device())?.to_dtype(g.dtype())?;
-            at += n;
-            Ok(t)
-        })
-        .collect()
-}
-
 fn step_with(
     optim: &mut Optimizer,
     accum: usize,
@@ -152,7 +133,7 @@ fn step_with(
     let (mut grads, mut loss_sum) = crate::dist::agree_ok(dp.comm, local)?;
     let t = std::time::Instant::now();
     if dp.comm.world_size() > 1 {
-        grads = sum_over_ranks(grads, dp.comm)?;
+        grads = dp.comm.sum_tensors(grads)?;
         let all = dp.comm.all_gather(&loss_sum.to_le_bytes())?;
         loss_sum = all.iter().map(|b| f64::from_le_bytes(b[..8].try_into().expect("8 bytes"))).sum();
     }

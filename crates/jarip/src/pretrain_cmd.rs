@@ -25,6 +25,9 @@ pub enum DistArg {
     None,
     /// One MPI rank per process, started by `mpirun -n N jarip pretrain --dist mpi …`.
     Mpi,
+    /// As `mpi`, with the gradients summed on the GPUs by NCCL (`--device cuda`; a build with
+    /// `--features nccl`).
+    Nccl,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,6 +205,7 @@ pub fn on_ranks<T>(
             Ok((train(&Solo, device)?, true))
         }
         DistArg::Mpi => on_mpi(device, train),
+        DistArg::Nccl => on_nccl(device, train),
     }
 }
 
@@ -224,6 +228,28 @@ fn on_mpi<T>(device: &str, train: impl FnOnce(&dyn Collective, &str) -> Result<T
             comm.abort(1)
         }
     }
+}
+
+#[cfg(feature = "nccl")]
+fn on_nccl<T>(device: &str, train: impl FnOnce(&dyn Collective, &str) -> Result<T>) -> Result<(T, bool)> {
+    if device != "cuda" {
+        anyhow::bail!("--dist nccl sums gradients on GPUs: add --device cuda");
+    }
+    let comm = jarip_train::dist::Nccl::init(jarip_train::dist::Mpi::init()?)?;
+    let rank = comm.rank();
+    let device = format!("cuda:{}", comm.local_rank());
+    match train(&comm, &device) {
+        Ok(t) => Ok((t, rank == 0)),
+        Err(e) => {
+            eprintln!("Error: rank {rank}: {e:#}");
+            comm.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+fn on_nccl<T>(_: &str, _: impl FnOnce(&dyn Collective, &str) -> Result<T>) -> Result<(T, bool)> {
+    anyhow::bail!("--dist nccl: this jarip was built without NCCL; build it with `--features nccl` (CUDA and MPI)")
 }
 
 #[cfg(not(feature = "mpi"))]
