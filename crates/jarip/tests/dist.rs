@@ -14,12 +14,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// `mpirun -n ranks jarip ARGS` (Open MPI and MPICH both take `-n`; the Open MPI variables let a
-/// CI container run it as root with more ranks than cores).
+/// CI container run it as root, with more ranks than cores).
 fn mpirun(ranks: usize, args: &[&str]) -> Output {
     Command::new("mpirun")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        // Containers often forbid the cross-process memory calls of Open MPI's single-copy path.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("RAYON_NUM_THREADS", "1")
         .args(["-n", &ranks.to_string(), env!("CARGO_BIN_EXE_jarip")])
         .args(args)
