@@ -470,3 +470,28 @@ impl Iterator for ValBatches<'_> {
         Some(Batch { batch_size: rows.len(), seq_len: l, inputs, targets, mask: Some(mask) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn row_shares_cover_the_batch_in_order() {
+        let (b, l) = (6, 3);
+        let batch = Batch {
+            batch_size: b,
+            seq_len: l,
+            inputs: (0..18).collect(),
+            targets: (100..118).collect(),
+            mask: Some((0..18).map(|i| i % 4 != 0).collect()),
+        };
+        let parts: Vec<Batch> = (0..3).map(|r| batch.rows(r * 2, 2)).collect();
+        assert_eq!(parts[1].inputs, vec![6, 7, 8, 9, 10, 11]);
+        assert_eq!(parts.iter().flat_map(|p| p.inputs.clone()).collect::<Vec<_>>(), batch.inputs);
+        assert_eq!(parts.iter().flat_map(|p| p.targets.clone()).collect::<Vec<_>>(), batch.targets);
+        let masks: Vec<bool> = parts.iter().flat_map(|p| p.mask.clone().unwrap()).collect();
+        assert_eq!(Some(masks), batch.mask);
+        assert_eq!(parts.iter().map(Batch::counted_targets).sum::<usize>(), batch.counted_targets());
+        assert!(parts.iter().all(|p| (p.batch_size, p.seq_len) == (2, l)));
+    }
+}

@@ -275,28 +275,41 @@ mod nccl_backend {
     use std::ffi::c_char;
 
     pub struct Nccl {
-        mpi: Mpi,
-        id: [c_char; 128],
         /// Made on the first sum, on the stream of the device the gradients live on (a
         /// communicator on another stream would race with the kernels that produced them).
+        /// Declared first: dropped before MPI is finalized.
         comm: OnceCell<Comm>,
+        id: [c_char; 128],
+        mpi: Mpi,
     }
 
     impl Nccl {
-        /// Rank 0 draws the NCCL id and every rank learns it through MPI.
+        /// Rank 0 draws the NCCL id and every rank learns it through MPI; if rank 0 cannot (no
+        /// libnccl, say), every rank fails together.
         pub fn init(mpi: Mpi) -> Result<Self> {
-            let mine: Vec<u8> = if mpi.rank() == 0 {
-                let id = Id::new().map_err(|e| anyhow::anyhow!("ncclGetUniqueId: {e:?}"))?;
-                id.internal().iter().map(|&c| c as u8).collect()
-            } else {
-                vec![0u8; 128]
-            };
-            let all = mpi.all_gather(&mine)?;
-            let mut id = [0 as c_char; 128];
-            for (d, s) in id.iter_mut().zip(&all[0]) {
-                *d = *s as c_char;
+            let mut mine = vec![0u8; 1 + 128];
+            if mpi.rank() == 0 {
+                // cudarc panics when it cannot load libnccl: a panic here would leave the others waiting.
+                match std::panic::catch_unwind(Id::new) {
+                    Ok(Ok(id)) => {
+                        mine[0] = 1;
+                        for (d, &c) in mine[1..].iter_mut().zip(id.internal()) {
+                            *d = c as u8;
+                        }
+                    }
+                    Ok(Err(e)) => eprintln!("ncclGetUniqueId: {e:?}"),
+                    Err(_) => eprintln!("ncclGetUniqueId panicked (is libnccl installed?)"),
+                }
             }
-            Ok(Self { mpi, id, comm: OnceCell::new() })
+            let all = mpi.all_gather(&mine)?;
+            if all[0][0] != 1 {
+                bail!("rank 0 could not start NCCL");
+            }
+            let mut id = [0 as c_char; 128];
+            for (d, &s) in id.iter_mut().zip(&all[0][1..]) {
+                *d = s as c_char;
+            }
+            Ok(Self { comm: OnceCell::new(), id, mpi })
         }
 
         pub fn local_rank(&self) -> usize {
@@ -312,7 +325,10 @@ mod nccl_backend {
                 return Ok(c);
             }
             let Device::Cuda(dev) = device else { bail!("--dist nccl needs the model on a CUDA device") };
-            let comm = Comm::from_rank(dev.cuda_stream(), self.rank(), self.world_size(), Id::uninit(self.id))
+            let stream = dev.cuda_stream();
+            // ncclCommInitRank works on the thread's current device.
+            stream.context().bind_to_thread().map_err(|e| anyhow::anyhow!("binding the CUDA context: {e:?}"))?;
+            let comm = Comm::from_rank(stream, self.rank(), self.world_size(), Id::uninit(self.id))
                 .map_err(|e| anyhow::anyhow!("ncclCommInitRank: {e:?}"))?;
             Ok(self.comm.get_or_init(|| comm))
         }

@@ -21,6 +21,11 @@ use std::time::Instant;
 
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 
+/// The kind of device a run records (`cuda:1` is `cuda`): ranks on different GPUs run one run.
+pub(crate) fn device_kind(name: &str) -> &str {
+    name.split(':').next().unwrap_or(name)
+}
+
 /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
 pub(crate) fn device_for(name: &str) -> Result<(Device, DType)> {
     let gpu = match name {
@@ -223,7 +228,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
         "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
         "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
-        "kernels": opts.kernels, "device": opts.device, "replicas": dp.replicas,
+        "kernels": opts.kernels, "device": device_kind(&opts.device), "replicas": dp.replicas,
     });
     let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
     let inputs = {

@@ -11,7 +11,7 @@ use crate::dist::{agree_ok, check_replicas_agree, Collective, DataParallel, Solo
 use crate::eval::{evaluate_batches, token_byte_lengths, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::optim::{Optimizer, OptimizerOptions};
-use crate::pretrain::{device_for, progress_bar, LEDGER_FILE};
+use crate::pretrain::{device_for, device_kind, progress_bar, LEDGER_FILE};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::step::train_step_masked_parallel;
 use anyhow::{bail, Context, Result};
@@ -163,7 +163,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         "stage": "sft", "model": base.model.config(), "seed": opts.seed, "seq_len": opts.seq_len,
         "batch_size": opts.batch_size, "batch_tokens": opts.seq_len * opts.batch_size,
         "optimizer": opts.optimizer, "schedule": opts.schedule, "total_steps": total_steps,
-        "val_fraction": opts.val_fraction, "kernels": opts.kernels, "device": opts.device,
+        "val_fraction": opts.val_fraction, "kernels": opts.kernels, "device": device_kind(&opts.device),
         "tokenizer_sha256": tokenizer.sha256(), "base_checkpoint": base.dir.display().to_string(),
         "base_weights_sha256": base_sha, "data": opts.data.display().to_string(), "data_sha256": data_sha,
     });

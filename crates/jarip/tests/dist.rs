@@ -160,6 +160,17 @@ fn two_mpi_ranks_train_what_one_process_with_two_replicas_does() {
         e.iter().rev().find(|e| e.stage == "sft-checkpoint").unwrap().details["weights_sha256"].clone()
     };
     assert_eq!(sft_weights(&dp.join("ledger.jsonl")), sft_weights(&run.join("sft-solo/ledger.jsonl")));
+    let entries = Ledger::at(&dp.join("ledger.jsonl")).verify_chain().unwrap();
+    let start = entries.iter().find(|e| e.stage == "sft-start").unwrap();
+    assert_eq!(
+        (start.config["replicas"].clone(), start.details["processes"]["world_size"].clone()),
+        (2.into(), 2.into())
+    );
+    let sft_ckpts: Vec<_> = entries.iter().filter(|e| e.stage == "sft-checkpoint").collect();
+    assert_eq!(sft_ckpts.len(), 2);
+    assert!(sft_ckpts.iter().all(|e| e.details["replicas_agree"] == 2));
+    let lines = std::fs::read_to_string(run.join("sft-dp/metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 4, "one metrics line per step");
     let text = ok(&jarip(&["provenance", "verify", &s(&dp), "--replay-sft", "1"]));
     assert!(text.contains("PASS  replay sft 1"), "{text}");
 
