@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 pub use crate::decode_matmul::matmul_wt;
 use crate::decode_matmul::{matmul_q8, Q8Matrix};
-use crate::kv_cache::{attend_head, Scratch};
+use crate::kv_cache::{attend_head, Head, Scratch};
 pub use crate::kv_cache::{KvFormat, SeqCache};
 
 /// A weight matrix `[n × k]` as the decode kernel reads it.
@@ -350,7 +350,8 @@ impl DecodeModel {
             let cache = &seqs[owner[r]].cache;
             let kh = layer * hkv + head / rep;
             let qv = &q[r * h * d + head * d..r * h * d + (head + 1) * d];
-            attend_head(qv, &cache.k[kh], &cache.v[kh], pos[r] + 1, scale, scratch, out);
+            let head = Head { q: qv, keys: &cache.k[kh], vals: &cache.v[kh], seen: pos[r] + 1, scale };
+            attend_head(head, scratch, out);
         });
     }
 }

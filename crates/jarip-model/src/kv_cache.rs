@@ -192,56 +192,39 @@ pub(crate) struct Scratch {
     rows: Vec<f32>,
 }
 
-/// One query row of one head: softmax(q·Kᵀ·scale)·V over the first `seen` positions.
-pub(crate) fn attend_head(
-    q: &[f32],
-    keys: &KvRows,
-    vals: &KvRows,
-    seen: usize,
-    scale: f32,
-    s: &mut Scratch,
-    out: &mut [f32],
-) {
+/// What one query row of one head attends over: its first `seen` cached positions.
+#[derive(Clone, Copy)]
+pub(crate) struct Head<'a> {
+    pub q: &'a [f32],
+    pub keys: &'a KvRows,
+    pub vals: &'a KvRows,
+    pub seen: usize,
+    pub scale: f32,
+}
+
+/// softmax(q·Kᵀ·scale)·V for one query row of one head, into `out`.
+pub(crate) fn attend_head(h: Head, s: &mut Scratch, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was just detected. The build is the same arithmetic (no fused
             // multiply-add), only wider, so both paths give the same bits.
-            unsafe { attend_head_avx2(q, keys, vals, seen, scale, s, out, f16_fused()) };
+            unsafe { attend_head_avx2(h, s, out, f16_fused()) };
             return;
         }
     }
-    attend_head_impl(q, keys, vals, seen, scale, s, out, f16_fused());
+    attend_head_impl(h, s, out, f16_fused());
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_head_avx2(
-    q: &[f32],
-    keys: &KvRows,
-    vals: &KvRows,
-    seen: usize,
-    scale: f32,
-    s: &mut Scratch,
-    out: &mut [f32],
-    fused: bool,
-) {
-    attend_head_impl(q, keys, vals, seen, scale, s, out, fused);
+unsafe fn attend_head_avx2(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
+    attend_head_impl(h, s, out, fused);
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_head_impl(
-    q: &[f32],
-    keys: &KvRows,
-    vals: &KvRows,
-    seen: usize,
-    scale: f32,
-    s: &mut Scratch,
-    out: &mut [f32],
-    fused: bool,
-) {
+fn attend_head_impl(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
+    let Head { q, keys, vals, seen, scale } = h;
     let d = q.len();
     let Scratch { scores, rows } = s;
     scores.clear();
@@ -456,12 +439,13 @@ mod tests {
                 k32.push(&round(&kr));
                 v32.push(&round(&vr));
                 let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
-                attend_head(&q, &k16, &v16, seen, 0.3, &mut s, &mut a);
-                attend_head(&q, &k32, &v32, seen, 0.3, &mut s, &mut b);
+                let head = |keys, vals| Head { q: &q, keys, vals, seen, scale: 0.3 };
+                attend_head(head(&k16, &v16), &mut s, &mut a);
+                attend_head(head(&k32, &v32), &mut s, &mut b);
                 assert_eq!(a, b, "d {d}, {seen} positions");
                 // CPUs without F16C widen blocks of 64 positions first: the same bits.
                 let mut c = vec![0f32; d];
-                attend_head_impl(&q, &k16, &v16, seen, 0.3, &mut s, &mut c, false);
+                attend_head_impl(head(&k16, &v16), &mut s, &mut c, false);
                 assert_eq!(c, b, "widening path, d {d}, {seen} positions");
             }
             assert_eq!(k16.bytes() * 2, k32.bytes());
