@@ -89,7 +89,7 @@ sync
 timed "verify (chain and hashes)" "$REPEAT" "$J" provenance verify "$R" --json > "$W/verify.out"
 timed "verify, one checkpoint" "$REPEAT" "$J" provenance verify "$W/run2" --json > "$W/verify1.out"
 timed "verify --replay 1" 1 "$J" provenance verify "$R" --replay 1 --json > "$W/replay.out"
-timed "lineage (two models)" "$(( REPEAT < 2 ? REPEAT : 2 ))" "$J" lineage "$R" "$W/run2" --json > "$W/lineage.out"
+timed "lineage (two models)" "$(( REPEAT < 2 ? REPEAT : 2 ))" "$J" lineage "$R" "$W/run2" --json --references > "$W/lineage.out"
 
 python3 - "$W" "$R" <<'PY'
 import glob, json, os, sys
@@ -119,8 +119,9 @@ print(f"  same model, one checkpoint ({gb1:.2f} GB): {vw1:.2f} s ({'PASS' if v1r
       f"re-drawing the initial weights from the seed, the ledger, the shards")
 rep = [c for c in rp["checks"] if c["name"].startswith("replay")]
 print(f"verify --replay 1: {'PASS' if rrc == 0 else 'FAIL'}; wall {rw:.2f} s ({rep[0]['detail'] if rep else ''}); peak RSS {rr:.0f} MB")
-t = l["timing"]
-print(f"lineage A vs B (independent seeds): verdict {l['verdict']} (score {l['score']:.3f}, references "
-      f"{l['calibration']['unrelated']:.3f} / {l['calibration']['derived']:.3f}); wall {lw:.2f} s "
-      f"(load {t['load_s']:.1f} s, compare {t['compare_s']:.1f} s, references {t['references_s']:.1f} s); peak RSS {lr_:.0f} MB")
+r = l["references"]; t = r["timing"]
+print(f"lineage A vs B (independent seeds): verdict {l['verdict']} (log10 p {l['log10_p']:.2f}, rho_min {l['rho_min']}, "
+      f"test {l['seconds']:.1f} s); context: score {r['score']:.3f}, references {r['calibration']['unrelated']:.3f} / "
+      f"{r['calibration']['derived']:.3f} (load {t['load_s']:.1f} s, compare {t['compare_s']:.1f} s, references "
+      f"{t['references_s']:.1f} s); wall {lw:.2f} s; peak RSS {lr_:.0f} MB")
 PY

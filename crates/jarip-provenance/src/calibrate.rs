@@ -1,4 +1,7 @@
-//! What a similarity score means: references computed in the same run, and the verdict.
+//! What a similarity score means: references computed in the same run. Since the hypothesis
+//! test of [`crate::independence`] this is context only (`jarip lineage --references`): its
+//! verdict places a score between references by fixed fractions, which cannot state a
+//! false-positive rate, and it holds both models as f32.
 //!
 //! A score alone says little: its level depends on the shapes, on the statistics, on how far
 //! training moved the weights. So every `lineage` run computes, at A's shapes:

@@ -117,6 +117,32 @@ pub fn card(path: &Path) -> Result<Card> {
         })
         .map(|e| json!({"seq": e.seq, "stage": e.stage, "time": e.time, "outputs": e.outputs.len()}))
         .collect();
+    // Lineage tests recorded with `jarip lineage … --record RUN`: against which models, with
+    // which result (the JSON report and the per-layer plot are outputs of the entry).
+    let lineage: Vec<Value> = rec
+        .entries
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.stage == "lineage")
+        .map(|e| {
+            let d = &e.details;
+            json!({
+                "seq": e.seq,
+                "time": e.time,
+                "a": d["a"]["path"],
+                "b": d["b"]["path"],
+                "verdict": d["verdict"],
+                "p_value": d["p_value"],
+                "log10_p": d["log10_p"],
+                "alpha": d["alpha"],
+                "power": d["power"],
+                "power_rho": d["power_rho"],
+                "rho_min": d["rho_min"],
+                "method": d["method"],
+                "plot": d["plot"],
+            })
+        })
+        .collect();
     let evidence = vec![
         format!("initial weights: {} — the model rebuilt from seed {} hashes to the step-0 hash the ledger recorded, so every starting tensor is a function of the seed", status(check_of(&report, "initial weights")), p.as_ref().map_or("?".into(), |p| p.config.seed.to_string())),
         format!("training record: {} — each checkpoint continues the one before (steps, data cursor, tokens), from step 0", status(check_of(&report, "training record continuity"))),
@@ -152,6 +178,7 @@ pub fn card(path: &Path) -> Result<Card> {
         },
         "training": p.as_ref().map(|p| training_json(&rec, p)),
         "later_stages": later,
+        "lineage": lineage,
         "from_scratch": {
             "statement": "Architecture, tokenizer and weights were made in this run: the tokenizer was trained on the corpus below, the weights were initialised from the recorded seed and changed only by the recorded training steps. No pretrained tensor was imported.",
             "evidence": evidence,
@@ -309,6 +336,32 @@ fn render_markdown(j: &Value) -> String {
                 s(&e["stage"]),
                 s(&e["time"]),
                 s(&e["outputs"])
+            );
+        }
+    }
+    if let Some(tests) = j["lineage"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(
+            m,
+            "\n## Lineage tests\n\nWas one model built from the other's weights? A permutation test of matched hidden \
+             units (H0: independently initialised); `derived` needs p < α, `unrelated` needs p ≥ 0.01 and power ≥ 0.99 \
+             at ρ_min.\n\n| # | A | B | verdict | log10 p | α | ρ_min | plot |\n|---|---|---|---|---|---|---|---|"
+        );
+        for t in tests {
+            let plot = t["plot"].as_str().map_or("—".to_string(), |p| {
+                let name = Path::new(p).file_name().map_or(p.to_string(), |n| n.to_string_lossy().to_string());
+                format!("![lineage](lineage/{name})")
+            });
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | **{}** | {} | {} | {} | {} |",
+                s(&t["seq"]),
+                s(&t["a"]),
+                s(&t["b"]),
+                s(&t["verdict"]),
+                t["log10_p"].as_f64().map_or("—".into(), |v| format!("{v:.1}")),
+                s(&t["alpha"]),
+                t["rho_min"].as_f64().map_or("—".into(), |v| format!("{v:.4}")),
+                plot
             );
         }
     }

@@ -7,18 +7,26 @@
 //!   recorded checkpoint intervals bit for bit;
 //! - `provenance card` — [`card`]: a model card (Markdown and JSON) stating what was built from
 //!   scratch, with the evidence and the command that re-checks it;
-//! - `lineage` — [`tensors`] loads any safetensors model as f32, [`stats`] holds statistics that
-//!   avoid the raw-cosine trap (mean-centred Pearson, debiased CKA, spectra), [`invariants`]
-//!   reads weight matrices through shared tokens so permuted or rescaled hidden units are still
-//!   recognised, [`lineage`](mod@lineage) matches and compares two models, and [`calibrate`]
-//!   turns a score into a verdict against references computed in the same run.
+//! - `lineage` — [`weights`] streams safetensors models (sharded with an index; f32, bf16, f16,
+//!   FP8 with scales) tensor by tensor with bounds checked against the file, [`independence`]
+//!   tests H0 "A and B were initialised independently" by aligning units on one tensor and
+//!   testing the pairing on another, [`pvalue`] turns that into p-values (exact permutation
+//!   moments, Fisher's combination, power) in log space; [`synth`] writes HF-layout models and
+//!   their disguised derivatives for the tests and `bench/lineage`. The descriptive scores of
+//!   earlier versions stay as context (`--references`): [`tensors`] loads a model as f32,
+//!   [`stats`] (mean-centred Pearson, debiased CKA, spectra), [`invariants`] (token-space
+//!   readings), [`lineage`](mod@lineage) and [`calibrate`] (references computed in the run).
 
 pub mod calibrate;
 pub mod card;
+pub mod independence;
 pub mod invariants;
 pub mod lineage;
+pub mod pvalue;
 pub mod record;
 pub mod replay;
 pub mod stats;
+pub mod synth;
 pub mod tensors;
 pub mod verify;
+pub mod weights;

@@ -37,7 +37,7 @@ enum Command {
     /// Check a run's record (hashes, seed, replay) or write its model card.
     #[command(subcommand)]
     Provenance(jarip::provenance_cmd::ProvenanceCommand),
-    /// Compare two models' weights (calibrated Pearson, CKA, permutation-invariant fingerprints): derived or unrelated?
+    /// Test whether model B was built from model A's weights: a permutation test with p-values, streamed in bounded memory.
     Lineage(jarip::provenance_cmd::LineageArgs),
     /// Score models on benchmark tasks (multiple choice, generative, bits per byte); JSON + table.
     Eval(jarip::eval_cmd::EvalArgs),

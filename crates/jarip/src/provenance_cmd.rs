@@ -1,10 +1,12 @@
 //! `jarip provenance verify|card` and `jarip lineage`: flags onto [`jarip_provenance`], and the
 //! way their results are printed. A failed check is an error, so the process exits non-zero.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use jarip_provenance::calibrate::{lineage_paths, LineageOptions, LineageReport};
+use jarip_provenance::independence::{self, fmt_p, TestOptions, TestReport};
 use jarip_provenance::verify::{Report, VerifyOptions};
+use jarip_provenance::weights::WeightSource;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -56,23 +58,48 @@ pub struct CardArgs {
 
 #[derive(Args, Debug)]
 pub struct LineageArgs {
-    /// Model A: a jarip checkpoint or run directory, an HF-layout model directory, or a
-    /// .safetensors file. References are computed at A's shapes.
+    /// Model A: a jarip checkpoint or run directory, an HF-layout model directory (sharded
+    /// safetensors with model.safetensors.index.json, or single files), or a .safetensors file.
     pub a: PathBuf,
     /// Model B, in any of the same forms.
     pub b: PathBuf,
-    /// Print the full report as JSON (with `verdict`: derived, unrelated or inconclusive).
+    /// Print the full report as JSON (`verdict`: derived, unrelated or inconclusive, with
+    /// `p_value`, `log10_p`, `alpha`, `power`, `rho_min`, per-layer and per-group entries).
     #[arg(long)]
     pub json: bool,
-    /// AdamW steps of the fine-tuned reference (jarip models).
-    #[arg(long, default_value_t = 10)]
-    pub ref_steps: usize,
-    /// Learning rate of the fine-tuned reference.
-    #[arg(long, default_value_t = 1e-4)]
-    pub ref_lr: f64,
-    /// Seed of the reference models.
+    /// False-positive rate of `derived`: the verdict is derived when the combined p < alpha.
+    #[arg(long, default_value_t = 1e-6)]
+    pub alpha: f64,
+    /// Units of A tested per group (a fixed stride over each layer's units).
+    #[arg(long, default_value_t = 512)]
+    pub units: usize,
+    /// Shared tokens in each half (alignment, test) of the residual-channel group.
+    #[arg(long, default_value_t = 8192)]
+    pub tokens: usize,
+    /// Seed of the Monte Carlo permutations (groups of fewer than 64 units).
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
+    /// Also compute the descriptive scores of earlier versions (mean-centred Pearson, CKA,
+    /// token-space invariants) and their references (independent seeds, a fine-tuned copy):
+    /// context only, never the verdict. Loads both models as f32: small models only.
+    #[arg(long)]
+    pub references: bool,
+    /// AdamW steps of the fine-tuned reference (with --references, jarip models).
+    #[arg(long, default_value_t = 10)]
+    pub ref_steps: usize,
+    /// Learning rate of the fine-tuned reference (with --references).
+    #[arg(long, default_value_t = 1e-4)]
+    pub ref_lr: f64,
+    /// Append the result to this run's ledger (RUN/ledger.jsonl), with the JSON report and the
+    /// per-layer plot written to RUN/lineage/, so `provenance card RUN` shows it.
+    #[arg(long, value_name = "RUN")]
+    pub record: Option<PathBuf>,
+    /// Write the per-layer evidence plot (PNG) here.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn print_report(r: &Report) {
@@ -129,13 +156,10 @@ fn fmt(x: Option<f64>) -> String {
     x.map_or("—".into(), |v| format!("{v:.3}"))
 }
 
-fn print_lineage(r: &LineageReport) {
+fn print_references(r: &LineageReport) {
     let c = &r.comparison;
-    println!("A: {}\nB: {}", c.a, c.b);
-    println!(
-        "\n{:<8} {:>7} {:>10} {:>8} {:>8} {:>10}",
-        "layer", "tensors", "similarity", "pearson", "cka", "invariant"
-    );
+    println!("\ncontext (descriptive scores, not the decision; --references):");
+    println!("{:<8} {:>7} {:>10} {:>8} {:>8} {:>10}", "layer", "tensors", "similarity", "pearson", "cka", "invariant");
     for l in &c.layers {
         let name = l.layer.map_or("outer".to_string(), |i| i.to_string());
         println!(
@@ -144,24 +168,57 @@ fn print_lineage(r: &LineageReport) {
             l.tensors,
             l.similarity,
             fmt(l.pearson),
-            fmt(l.cka),
+            fmt(l.invariant.and(l.cka)),
             fmt(l.invariant)
         );
     }
-    println!(
-        "\nmatched {:.0}% of A's parameters; means over weight matrices: |pearson| {}, cka {}, invariant {}, spectrum distance {}",
-        c.matched_fraction * 100.0,
-        fmt(c.mean_pearson),
-        fmt(c.mean_cka),
-        fmt(c.mean_invariant),
-        fmt(c.mean_spectrum_distance)
-    );
-    if let Some(t) = &c.token_alignment {
-        println!("tokens aligned by {} ({} tokens)", t.how, t.tokens);
-    }
-    println!("\nreferences (computed now, at A's shapes):");
+    println!("score {:.3}; references computed now, at A's shapes:", r.score);
     for x in &r.references {
         println!("  {:<9} {:.3}  {}", x.kind, x.score, x.how);
+    }
+    for w in &r.warnings {
+        println!("note: {w}");
+    }
+}
+
+fn print_test(r: &TestReport) {
+    println!("A: {}\nB: {}", r.a, r.b);
+    if let Some(res) = &r.residual {
+        println!(
+            "residual channels: {} of A, {} of B; {}; {:.0}% matched to the same index, mean |r| {:.3}",
+            res.channels_a,
+            res.channels_b,
+            res.how,
+            res.same_index * 100.0,
+            res.mean_match_corr
+        );
+    }
+    println!("\n{:<7} {:>6} {:>11} {:>12}", "layer", "groups", "similarity", "log10 p");
+    for l in &r.layers {
+        let name = l.layer.map_or("outer".to_string(), |i| i.to_string());
+        println!("{:<7} {:>6} {:>11.4} {:>12.2}", name, l.groups, l.similarity, l.log10_p);
+    }
+    println!(
+        "\n{:<36} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "group (tensor of A)", "units", "tested", "matched", "null", "z", "log10 p"
+    );
+    for g in &r.groups {
+        let name = format!("{}{}", g.layer.map_or(String::new(), |l| format!("{l}.")), g.kind);
+        println!(
+            "{:<36} {:>7} {:>7} {:>8.4} {:>8.4} {:>8.2} {:>9.2}",
+            name, g.units_a, g.tested_units, g.matched_corr, g.null_corr, g.z, g.log10_p
+        );
+    }
+    for (who, list) in [("A", &r.unmatched_a), ("B", &r.unmatched_b)] {
+        if !list.is_empty() {
+            let shown: Vec<&str> = list.iter().take(8).map(String::as_str).collect();
+            println!(
+                "\nnot tested in {who} ({}): {}{}",
+                list.len(),
+                shown.join(", "),
+                if list.len() > 8 { ", …" } else { "" }
+            );
+        }
     }
     for w in &r.warnings {
         println!("\nwarning: {w}");
@@ -170,16 +227,170 @@ fn print_lineage(r: &LineageReport) {
     for reason in &r.reasons {
         println!("- {reason}");
     }
-    println!("\nverdict: {}", r.verdict);
+    println!(
+        "\nverdict: {} (α = {:e}, p = {}, log10 p = {:.2}; {:.1} GB read in {:.1} s)",
+        r.verdict,
+        r.alpha,
+        fmt_p(r.log10_p),
+        r.log10_p,
+        r.bytes_read as f64 / 1e9,
+        r.seconds
+    );
+}
+
+/// The per-layer evidence as a PNG: −log10 p of each block next to −log10 α.
+fn plot(r: &TestReport, path: &std::path::Path) -> Result<()> {
+    use jarip_eval::report::charts::{plain, write, Chart, Series};
+    let pts: Vec<(f64, f64)> = r.layers.iter().filter_map(|l| l.layer.map(|i| (i as f64, -l.log10_p))).collect();
+    let pts = if pts.is_empty() { r.layers.iter().map(|l| (0.0, -l.log10_p)).collect() } else { pts };
+    let (x0, x1) = (pts.first().map_or(0.0, |p| p.0), pts.last().map_or(1.0, |p| p.0.max(p.0 + 1.0)));
+    let chart = Chart {
+        title: format!("lineage: {} (log10 p = {:.1})", r.verdict, r.log10_p),
+        x_label: "block".into(),
+        y_label: "−log10 p".into(),
+        series: vec![
+            Series { name: "−log10 p of the block (Fisher over its groups)".into(), points: pts },
+            Series {
+                name: format!("−log10 α (α = {:e})", r.alpha),
+                points: vec![(x0, -r.alpha.log10()), (x1, -r.alpha.log10())],
+            },
+        ],
+        x_format: plain,
+        y_format: plain,
+    };
+    write(path, &chart)
+}
+
+/// Short fingerprint of a model on disk: SHA-256 over its safetensors headers (names, dtypes,
+/// shapes, offsets) and sizes, cheap at any size.
+fn header_fingerprint(src: &WeightSource) -> Result<String> {
+    use std::io::Read;
+    let mut h = jarip_ledger::Sha256Writer::new(std::io::sink());
+    for f in &src.files {
+        let mut file = std::fs::File::open(f)?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)?;
+        let n = u64::from_le_bytes(len).min(100 << 20);
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)?;
+        std::io::Write::write_all(&mut h, &header)?;
+        std::io::Write::write_all(&mut h, &file.metadata()?.len().to_le_bytes())?;
+    }
+    Ok(h.finish().1)
+}
+
+/// Appends the result to RUN's ledger, with the report and plot in RUN/lineage/.
+fn record(run: &std::path::Path, r: &TestReport, a: &WeightSource, b: &WeightSource, args: &LineageArgs) -> Result<()> {
+    use jarip_ledger::{Entry, FileRef, Ledger};
+    let ledger_path = if run.is_file() { run.to_path_buf() } else { run.join("ledger.jsonl") };
+    if !ledger_path.is_file() {
+        bail!("{}: no ledger to record the lineage result in (give the run directory)", ledger_path.display());
+    }
+    let dir = ledger_path.parent().unwrap_or(std::path::Path::new(".")).join("lineage");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ledger = Ledger::at(&ledger_path);
+    let seq = ledger.entries()?.len();
+    let stem = format!("lineage-{seq:04}");
+    let json_path = dir.join(format!("{stem}.json"));
+    jarip_ledger::atomic_write(&json_path, serde_json::to_string_pretty(r)?.as_bytes())?;
+    let png_path = dir.join(format!("{stem}.png"));
+    plot(r, &png_path)?;
+    let mut e = Entry::new("lineage");
+    e.outputs = vec![FileRef::of_file(&json_path)?, FileRef::of_file(&png_path)?];
+    e.config = serde_json::json!({"alpha": args.alpha, "units": args.units, "tokens": args.tokens, "seed": args.seed});
+    let model = |s: &WeightSource| -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "path": s.dir.display().to_string(),
+            "parameters": s.num_params(),
+            "weight_bytes": s.weight_bytes(),
+            "header_sha256": header_fingerprint(s)?,
+        }))
+    };
+    e.details = serde_json::json!({
+        "a": model(a)?,
+        "b": model(b)?,
+        "verdict": r.verdict,
+        "p_value": r.p_value,
+        "log10_p": r.log10_p,
+        "alpha": r.alpha,
+        "power": r.power,
+        "power_rho": r.power_rho,
+        "rho_min": r.rho_min,
+        "groups": r.groups.len(),
+        "method": r.method,
+        "report": json_path.display().to_string(),
+        "plot": png_path.display().to_string(),
+    });
+    ledger.append(e)?;
+    eprintln!("lineage recorded in {} ({} and {})", ledger_path.display(), json_path.display(), png_path.display());
+    Ok(())
 }
 
 pub fn lineage(a: &LineageArgs) -> Result<()> {
-    let opts = LineageOptions { ref_steps: a.ref_steps, ref_lr: a.ref_lr, seed: a.seed, ..Default::default() };
-    let r = lineage_paths(&a.a, &a.b, &opts)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let opts = TestOptions { alpha: a.alpha, units: a.units, tokens: a.tokens, seed: a.seed, ..Default::default() };
+    if !(a.alpha > 0.0 && a.alpha < 1.0) {
+        bail!("--alpha {} must lie strictly between 0 and 1", a.alpha);
+    }
+    if a.units < 2 || a.tokens < 8 {
+        bail!("--units must be at least 2 and --tokens at least 8");
+    }
+    let sa = WeightSource::open(&a.a).with_context(|| format!("model A ({})", a.a.display()))?;
+    let sb = WeightSource::open(&a.b).with_context(|| format!("model B ({})", a.b.display()))?;
+    let bar = (!a.quiet && !a.json).then(|| progress(&sa, &sb));
+    let result = independence::test(&sa, &sb, &opts);
+    if let Some((bar, stop, handle)) = bar {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = handle.join();
+        bar.finish_and_clear();
+    }
+    let r = result?;
+    let context = if a.references {
+        let o = LineageOptions { ref_steps: a.ref_steps, ref_lr: a.ref_lr, seed: a.seed, ..Default::default() };
+        Some(lineage_paths(&a.a, &a.b, &o)?)
     } else {
-        print_lineage(&r);
+        None
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(c) = &context {
+            v["references"] = serde_json::to_value(c)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_test(&r);
+        if let Some(c) = &context {
+            print_references(c);
+        }
+    }
+    if let Some(p) = &a.plot {
+        plot(&r, p)?;
+        eprintln!("plot → {}", p.display());
+    }
+    if let Some(run) = &a.record {
+        record(run, &r, &sa, &sb, a)?;
     }
     Ok(())
+}
+
+type Ticker = (indicatif::ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
+
+/// A progress bar over the bytes read from both models, ticking from their counters.
+fn progress(a: &WeightSource, b: &WeightSource) -> Ticker {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let total = a.weight_bytes() + b.weight_bytes();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} read ({bytes_per_sec})  {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (ca, cb) = (a.progress_counter(), b.progress_counter());
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (bar2, stop2) = (bar.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            bar2.set_position((ca.load(Ordering::Relaxed) + cb.load(Ordering::Relaxed)).min(total));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    (bar, stop, handle)
 }

@@ -323,6 +323,35 @@ fn evaluation_section(md: &mut String, evals: &[EvalDoc], problems: &[String], c
     }
 }
 
+/// Lineage tests recorded in the ledger (`jarip lineage … --record RUN`), each with its verdict,
+/// p-value and per-block plot (written by the test into `RUN/lineage/`).
+fn lineage_section(md: &mut String, ledger: Option<&LedgerView>) {
+    let Some(l) = ledger else { return };
+    let tests: Vec<&jarip_ledger::Entry> = l.entries.iter().filter(|e| e.stage == "lineage").collect();
+    if tests.is_empty() {
+        return;
+    }
+    md.push_str("## Lineage\n\n");
+    for e in tests {
+        let d = &e.details;
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let _ = writeln!(
+            md,
+            "- #{} A `{}` vs B `{}`: **{}** (log10 p = {}, α = {}, ρ_min = {})\n",
+            e.seq,
+            text(&d["a"]["path"]),
+            text(&d["b"]["path"]),
+            text(&d["verdict"]),
+            d["log10_p"].as_f64().map_or("—".into(), |v| format!("{v:.1}")),
+            text(&d["alpha"]),
+            d["rho_min"].as_f64().map_or("—".into(), |v| format!("{v:.4}"))
+        );
+        if let Some(name) = d["plot"].as_str().and_then(|p| Path::new(p).file_name()) {
+            let _ = writeln!(md, "  ![per-block evidence](lineage/{})\n", name.to_string_lossy());
+        }
+    }
+}
+
 /// Writes `RUN/report.md` and its charts; returns the report's path.
 pub fn write_report(run: &Path) -> Result<PathBuf> {
     if !run.is_dir() {
@@ -391,6 +420,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
 
     evaluation_section(&mut md, &evals, &problems, &refs);
     provenance(&mut md, ledger.as_ref());
+    lineage_section(&mut md, ledger.as_ref());
 
     let path = run.join(REPORT_FILE);
     jarip_ledger::atomic_write(&path, md.as_bytes())?;
