@@ -110,10 +110,10 @@ fn main() -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let gb = dir_bytes(&out)? as f64 / 1e9;
     println!(
-        "{}: {} parameters{}, {gb:.3} GB in {secs:.1} s ({:.3} GB/s)",
+        "{}: {}{} parameters, {gb:.3} GB in {secs:.1} s ({:.3} GB/s)",
         out.display(),
+        if derived { format!("derivative ({d:?}) of a model of ") } else { String::new() },
         spec.num_params(),
-        if derived { format!(" (derivative: {d:?})") } else { String::new() },
         gb / secs.max(1e-9)
     );
     Ok(())

@@ -6,11 +6,14 @@
 //! `config.json` with the Hugging Face Llama (or Mixtral) keys and a minimal BPE `tokenizer.json`.
 //!
 //! Weights are random draws from the initial distribution, generated one tensor at a time and never
-//! held as a whole model, so a 7B-shaped model (~13.5 GB) is written in the memory of its largest
-//! tensor (the embedding: 0.5 GB of f32 for Llama-7B, twice that while a derivative permutes it).
+//! held as a whole model (a writer thread streams one tensor while the next is generated), so a
+//! 7B-shaped model (~13.5 GB) is written in the memory of its largest tensors: ~0.8 GB peak for
+//! Llama-7B's A, ~1 GB for a derivative (which gathers the f32 embedding into a second buffer).
 //! Every tensor is cut into chunks of [`CHUNK`] values; chunk `c` of a tensor draws from a ChaCha8
 //! stream keyed by (seed, tensor name) with stream number `c`, so the bytes depend on neither the
-//! number of threads nor the order in which tensors are written.
+//! number of threads nor the order in which tensors are written. Those bytes are a contract: a
+//! derivative is only a derivative of an A written by the same generator, so a change to the
+//! key derivation, the streams or the Gaussian makes every stored synthetic model stale.
 //!
 //! Initial distribution (that of Hugging Face `LlamaPreTrainedModel._init_weights` with
 //! `initializer_range` = 0.02): every linear weight (attention, MLP, experts, the MoE router,

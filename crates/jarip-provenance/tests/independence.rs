@@ -214,8 +214,11 @@ fn tampered_files_are_refused_naming_file_and_tensor() {
     assert!(e.contains(name) && e.contains("non-finite"), "{e}");
 }
 
-/// All tensors of a synthetic model as (shape, f32 values).
-fn load_all(dir: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+/// A tensor's shape and f32 values.
+type Values = (Vec<usize>, Vec<f32>);
+
+/// All tensors of a synthetic model.
+fn load_all(dir: &Path) -> std::collections::BTreeMap<String, Values> {
     let mut out = std::collections::BTreeMap::new();
     for f in shards(dir) {
         let bytes = std::fs::read(&f).unwrap();
@@ -243,7 +246,7 @@ fn transpose(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
 /// `c_attn`, tied head, no gate; one f32 `model.safetensors` and the tokenizer.
 fn as_gpt2(src: &Path, dst: &Path, layers: usize) -> PathBuf {
     let t = load_all(src);
-    let mut out: Vec<(String, (Vec<usize>, Vec<f32>))> = vec![
+    let mut out: Vec<(String, Values)> = vec![
         ("wte.weight".into(), t["model.embed_tokens.weight"].clone()),
         ("ln_f.weight".into(), t["model.norm.weight"].clone()),
     ];
