@@ -31,23 +31,7 @@ pub struct Calibration {
     pub derived: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Derived,
-    Unrelated,
-    Inconclusive,
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Verdict::Derived => "derived",
-            Verdict::Unrelated => "unrelated",
-            Verdict::Inconclusive => "inconclusive",
-        })
-    }
-}
+pub use crate::independence::Verdict;
 
 /// Places `score` between the unrelated and derived reference scores: derived above their
 /// midpoint, unrelated below a quarter of the way, inconclusive between (or when the

@@ -108,7 +108,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// One tested group: a unit axis shared by the alignment and the test entries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GroupResult {
     /// None: outside the blocks (residual channels).
     pub layer: Option<usize>,
@@ -422,17 +422,11 @@ impl<'a> Side<'a> {
             }
         };
         let d = self.d;
-        let mut out = vec![0f32; sel.len() * d];
-        match o {
-            Orient::Rows => {
-                let data = if units.is_none() {
-                    self.src.read(&part.name)?
-                } else {
-                    self.src.read_row_list(&part.name, sel)?
-                };
-                out.copy_from_slice(&data);
-            }
+        let mut out = match o {
+            Orient::Rows if units.is_none() => self.src.read(&part.name)?,
+            Orient::Rows => self.src.read_row_list(&part.name, sel)?,
             Orient::Cols => {
+                let mut out = vec![0f32; sel.len() * d];
                 // Stream the rows (residual channels) in chunks, keeping the selected columns.
                 let chunk = (64 << 20) / (4 * cols.max(1)) + 1;
                 let mut r0 = 0;
@@ -447,8 +441,9 @@ impl<'a> Side<'a> {
                     }
                     r0 = r1;
                 }
+                out
             }
-        }
+        };
         if let Some(g) = self.gain_for(part)? {
             out.par_chunks_mut(d).for_each(|row| row.iter_mut().zip(&g).for_each(|(x, y)| *x *= y));
         }
@@ -460,6 +455,20 @@ impl<'a> Side<'a> {
 fn apply_map(rows: Vec<f32>, d_b: usize, map: Option<&ChannelMap>) -> Vec<f32> {
     let Some(m) = map else { return rows };
     let d_a = m.src.len();
+    if d_a == d_b {
+        // In place, a row at a time (no second buffer the size of the tensor).
+        let mut rows = rows;
+        rows.par_chunks_mut(d_b).for_each_init(
+            || vec![0f32; d_b],
+            |tmp, r| {
+                tmp.copy_from_slice(r);
+                for c in 0..d_a {
+                    r[c] = tmp[m.src[c]] * m.sign[c];
+                }
+            },
+        );
+        return rows;
+    }
     let n = rows.len() / d_b.max(1);
     let mut out = vec![0f32; n * d_a];
     out.par_chunks_mut(d_a).zip(rows.par_chunks(d_b)).for_each(|(o, r)| {
@@ -582,14 +591,7 @@ fn fnv(s: &str) -> u64 {
 /// known and the vocabularies are the same size).
 fn shared_tokens(a: &Side, b: &Side, ea: usize, eb: usize) -> (Vec<(usize, usize)>, String) {
     if let (Some(ta), Some(tb)) = (&a.src.tokenizer, &b.src.tokenizer) {
-        if let (Ok(va), Ok(vb)) = (crate::invariants::vocab(ta), crate::invariants::vocab(tb)) {
-            let mut pairs: Vec<(usize, usize)> = va
-                .iter()
-                .filter_map(|(k, &ia)| vb.get(k).map(|&ib| (ia, ib)))
-                .filter(|&(x, y)| x < ea && y < eb)
-                .collect();
-            pairs.sort_unstable();
-            let how = if va == vb { "identical tokenizers" } else { "tokens shared by the two tokenizers" };
+        if let Some((pairs, how)) = crate::invariants::shared_token_ids(ta, tb, ea, eb) {
             return (pairs, how.to_string());
         }
     }
@@ -874,13 +876,7 @@ fn residual_channels(
         ),
         align_entries: t1.len(),
         test_entries: dy,
-        matched_corr: 0.0,
-        null_corr: 0.0,
-        same_index: 0.0,
-        z: 0.0,
-        log10_p: 0.0,
-        method: String::new(),
-        shape: None,
+        ..Default::default()
     };
     let shape = GroupShape { m, n: b.d, d_align: t1.len(), d_test: dy, residual: false, p_floor: 0.0 };
     let mt = Matched { ya, yb, d: dy, m, partners, tested };
@@ -1116,9 +1112,13 @@ fn mlp_group(
     let m = tested.len();
     let offset = |sel: &[usize], off: usize| sel.iter().map(|i| i + off).collect::<Vec<_>>();
     // Align.
-    let (mut xa, _) = a.units(&al_a.0, Some(&offset(&tested, al_a.1)), None)?;
     let all_b: Vec<usize> = (0..n_b).collect();
-    let (mut xb, _) = b.units(&al_b.0, Some(&offset(&all_b, al_b.1)), map)?;
+    // A's and B's reads overlap: each is I/O and conversion on one core.
+    let (ra, rb) = rayon::join(
+        || a.units(&al_a.0, Some(&offset(&tested, al_a.1)), None),
+        || b.units(&al_b.0, Some(&offset(&all_b, al_b.1)), map),
+    );
+    let ((mut xa, _), (mut xb, _)) = (ra?, rb?);
     standardize(&mut xa, d);
     standardize(&mut xb, d);
     let best = argmax_abs(&cross(xa, m, xb, n_b, d)?, n_b);
@@ -1130,8 +1130,11 @@ fn mlp_group(
     let mut names_a = vec![al_a.0.name.clone()];
     let mut names_b = vec![al_b.0.name.clone()];
     if let (Some(ta), Some(tb)) = (&te_a, &te_b) {
-        let (mut ya, _) = a.units(&ta.0, Some(&offset(&tested, ta.1)), None)?;
-        let (mut yb, _) = b.units(&tb.0, Some(&offset(&partners, tb.1)), map)?;
+        let (ra, rb) = rayon::join(
+            || a.units(&ta.0, Some(&offset(&tested, ta.1)), None),
+            || b.units(&tb.0, Some(&offset(&partners, tb.1)), map),
+        );
+        let ((mut ya, _), (mut yb, _)) = (ra?, rb?);
         standardize(&mut ya, d);
         standardize(&mut yb, d);
         pa.push(ya);
@@ -1142,8 +1145,8 @@ fn mlp_group(
             names_b.push(tb.0.name.clone());
         }
     }
-    let (mut ya, _) = a.units(&down_a, Some(&tested), None)?;
-    let (mut yb, _) = b.units(&down_b, Some(&partners), map)?;
+    let (ra, rb) = rayon::join(|| a.units(&down_a, Some(&tested), None), || b.units(&down_b, Some(&partners), map));
+    let ((mut ya, _), (mut yb, _)) = (ra?, rb?);
     standardize(&mut ya, d);
     standardize(&mut yb, d);
     pa.push(ya);
@@ -1177,13 +1180,7 @@ fn mlp_group(
         test_on,
         align_entries: d,
         test_entries: dy,
-        matched_corr: 0.0,
-        null_corr: 0.0,
-        same_index: 0.0,
-        z: 0.0,
-        log10_p: 0.0,
-        method: String::new(),
-        shape: None,
+        ..Default::default()
     };
     let shape = GroupShape { m, n: n_b, d_align: d, d_test: dy, residual: map.is_some(), p_floor: 0.0 };
     let seed = opts.seed ^ fnv(&down_a.name);
@@ -1213,8 +1210,8 @@ fn split_group(
     let odd: Vec<usize> = (1..d).step_by(2).collect();
     let tested = stride(n_a, opts.units);
     let m = tested.len();
-    let (ua, _) = a.units(pa, Some(&tested), None)?;
-    let (ub, _) = b.units(pb, None, map)?;
+    let (ra, rb) = rayon::join(|| a.units(pa, Some(&tested), None), || b.units(pb, None, map));
+    let ((ua, _), (ub, _)) = (ra?, rb?);
     let (mut xa, mut xb) = (columns(&ua, d, &even), columns(&ub, d, &even));
     standardize(&mut xa, even.len());
     standardize(&mut xb, even.len());
@@ -1251,13 +1248,7 @@ fn split_group(
         test_on: "odd residual channels".into(),
         align_entries: even.len(),
         test_entries: odd.len(),
-        matched_corr: 0.0,
-        null_corr: 0.0,
-        same_index: 0.0,
-        z: 0.0,
-        log10_p: 0.0,
-        method: String::new(),
-        shape: None,
+        ..Default::default()
     };
     let shape = GroupShape { m, n: n_b, d_align: even.len(), d_test: odd.len(), residual: map.is_some(), p_floor: 0.0 };
     let seed = opts.seed ^ fnv(&pa.name);

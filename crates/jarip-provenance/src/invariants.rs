@@ -63,17 +63,20 @@ pub fn embedding(m: &ModelTensors) -> Option<(&str, &Tensor)> {
 
 /// Matches the two models' tokens: by string through their tokenizers when both have one,
 /// else by id when the embeddings have the same number of rows (the same vocabulary assumed).
+/// Ids (in A, in B) of the tokens two tokenizer.json files share, within the embeddings' `ea`
+/// and `eb` rows, in A's id order, and how they were matched. None when either file cannot be read.
+pub fn shared_token_ids(ta: &Path, tb: &Path, ea: usize, eb: usize) -> Option<(Vec<(usize, usize)>, &'static str)> {
+    let (va, vb) = (vocab(ta).ok()?, vocab(tb).ok()?);
+    let mut pairs: Vec<(usize, usize)> =
+        va.iter().filter_map(|(k, &ia)| vb.get(k).map(|&ib| (ia, ib))).filter(|&(x, y)| x < ea && y < eb).collect();
+    pairs.sort_unstable();
+    Some((pairs, if va == vb { "identical tokenizers" } else { "tokens shared by the two tokenizers" }))
+}
+
 pub fn align_tokens(a: &ModelTensors, b: &ModelTensors) -> Option<TokenAlignment> {
     let (ea, eb) = (embedding(a)?.1.rows(), embedding(b)?.1.rows());
     if let (Some(ta), Some(tb)) = (&a.tokenizer, &b.tokenizer) {
-        if let (Ok(va), Ok(vb)) = (vocab(ta), vocab(tb)) {
-            let mut pairs: Vec<(usize, usize)> = va
-                .iter()
-                .filter_map(|(k, &ia)| vb.get(k).map(|&ib| (ia, ib)))
-                .filter(|&(x, y)| x < ea && y < eb)
-                .collect();
-            pairs.sort_unstable();
-            let how = if va == vb { "identical tokenizers" } else { "tokens shared by the two tokenizers" };
+        if let Some((pairs, how)) = shared_token_ids(ta, tb, ea, eb) {
             return Some(TokenAlignment {
                 tokens: pairs.len(),
                 a: pairs.iter().map(|p| p.0).collect(),

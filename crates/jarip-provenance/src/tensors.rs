@@ -140,7 +140,7 @@ fn to_f32(dtype: Dtype, bytes: &[u8], name: &str, file: &Path) -> Result<Vec<f32
 }
 
 /// Looks for `name` beside the weights, then in the run's `tokenizer/` folder (tokenizer only).
-fn find_near(dir: &Path, name: &str, levels: usize) -> Option<PathBuf> {
+pub(crate) fn find_near(dir: &Path, name: &str, levels: usize) -> Option<PathBuf> {
     let mut d = Some(dir);
     for _ in 0..levels {
         let here = d?;

@@ -209,7 +209,7 @@ impl WeightSource {
                 }
             }
         }
-        let tokenizer = find_near(&dir, "tokenizer.json", 3);
+        let tokenizer = crate::tensors::find_near(&dir, "tokenizer.json", 3);
         let config = Some(dir.join("config.json")).filter(|p| p.is_file());
         let mut src = Self {
             dir,
@@ -708,21 +708,6 @@ fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
         out.insert(t.clone(), s.to_string());
     }
     Ok(out)
-}
-
-/// `name` in `dir` or `dir/tokenizer/`, walking up `levels` directories.
-fn find_near(dir: &Path, name: &str, levels: usize) -> Option<PathBuf> {
-    let mut d = Some(dir);
-    for _ in 0..levels {
-        let here = d?;
-        for cand in [here.join(name), here.join("tokenizer").join(name)] {
-            if cand.is_file() {
-                return Some(cand);
-            }
-        }
-        d = here.parent();
-    }
-    None
 }
 
 #[cfg(test)]

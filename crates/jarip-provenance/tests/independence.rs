@@ -265,9 +265,14 @@ fn as_gpt2(src: &Path, dst: &Path, layers: usize) -> PathBuf {
         let down = g("mlp.down_proj");
         out.push((h("mlp.c_proj"), transpose(&down.0, &down.1)));
     }
+    write_f32(dst, out, src)
+}
+
+/// One f32 `model.safetensors` in `dst`, with the tokenizer of `like`.
+fn write_f32(dst: &Path, tensors: Vec<(String, Values)>, like: &Path) -> PathBuf {
     std::fs::create_dir_all(dst).unwrap();
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        out.into_iter().map(|(n, (s, v))| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+        tensors.into_iter().map(|(n, (s, v))| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(n, s, b)| {
@@ -275,7 +280,7 @@ fn as_gpt2(src: &Path, dst: &Path, layers: usize) -> PathBuf {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
-    std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).unwrap();
+    std::fs::copy(like.join("tokenizer.json"), dst.join("tokenizer.json")).unwrap();
     dst.to_path_buf()
 }
 
@@ -318,18 +323,9 @@ fn without_block(src: &Path, dst: &Path, drop: usize) -> PathBuf {
             }
             None => name,
         };
-        out.push((renamed, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        out.push((renamed, (shape, v)));
     }
-    std::fs::create_dir_all(dst).unwrap();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = out
-        .iter()
-        .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
-    std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).unwrap();
-    dst.to_path_buf()
+    write_f32(dst, out, src)
 }
 
 #[test]
