@@ -26,7 +26,8 @@
 //!    `Σᵢ |r(i, σ(π(i)))|` over random re-pairings σ. Whatever structure both models share —
 //!    unit norms, hub units, outlier channels, what the same data teaches — is in every
 //!    re-pairing too. The permutation distribution's mean and variance are exact (Hoeffding);
-//!    groups of ≥ 64 units use its normal limit, smaller ones Monte Carlo or all permutations.
+//!    groups of ≥ 256 units use its normal limit (with a Cornish–Fisher step for the skew of |r|),
+//!    smaller ones Monte Carlo or all permutations.
 //!    Layer and model p-values combine the groups by Fisher's method (independent under H0).
 //! 4. **Power**: for a derivative whose matched weights correlate with A's at ρ, each group's
 //!    expected z follows from its shapes (how often the matching finds the true partner, and the
@@ -60,7 +61,7 @@ pub struct TestOptions {
     pub units: usize,
     /// Shared tokens per half (alignment / test) of the residual-channel group.
     pub tokens: usize,
-    /// Monte Carlo permutations for groups of fewer than 64 units.
+    /// Monte Carlo permutations for groups of fewer than 256 units.
     pub permutations: usize,
     pub seed: u64,
     /// `unrelated` needs p at least this.
@@ -413,6 +414,9 @@ impl<'a> Side<'a> {
             format!("tensor {} [{rows}, {cols}] has no axis of the residual width {}", part.name, self.d)
         })?;
         let n_units = if o == Orient::Rows { rows } else { cols };
+        if let Some(u) = units.and_then(|u| u.iter().copied().max()).filter(|&u| u >= n_units) {
+            bail!("tensor {} [{rows}, {cols}] has {n_units} units; unit {u} was asked for", part.name);
+        }
         let all: Vec<usize>;
         let sel = match units {
             Some(u) => u,
@@ -489,18 +493,44 @@ fn standardize(rows: &mut [f32], d: usize) {
     });
 }
 
+/// Token-space directions removed from each model's channel vectors before they are matched
+/// or tested: what every language model learns about tokens (frequency, length, digits, spaces)
+/// loads on channels of independent models alike, and would otherwise pair them.
+pub const SHARED_COMPONENTS: usize = 32;
+
+/// Removes from the rows of `x` (rows × cols) their top `k` right singular directions (found by
+/// randomized subspace iteration with a fixed start), in place.
+fn remove_top_components(x: &mut [f32], rows: usize, cols: usize, k: usize) -> Result<()> {
+    let k = k.min(rows / 4).min(cols / 4);
+    if k == 0 {
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let t = CTensor::from_slice(x, (rows, cols), &dev)?;
+    let start: Vec<f32> =
+        (0..cols * k).map(|i| (((i as u64).wrapping_mul(2_654_435_761) % 1000) as f32 / 1000.0) - 0.5).collect();
+    let mut v = crate::stats::orthonormalize(&CTensor::from_vec(start, (cols, k), &dev)?)?;
+    for _ in 0..4 {
+        // v ← orth(Xᵀ X v)
+        v = crate::stats::orthonormalize(&t.t()?.matmul(&t.matmul(&v)?)?)?;
+    }
+    let resid = (&t - t.matmul(&v)?.matmul(&v.t()?)?)?;
+    x.copy_from_slice(&resid.flatten_all()?.to_vec1::<f32>()?);
+    Ok(())
+}
+
 /// Columns `keep` of each row.
 fn columns(rows: &[f32], d: usize, keep: &[usize]) -> Vec<f32> {
     rows.chunks_exact(d).flat_map(|r| keep.iter().map(move |&c| r[c])).collect()
 }
 
 /// `a · bᵀ` for row-major a (m×d) and b (n×d).
-fn cross(a: Vec<f32>, m: usize, b: Vec<f32>, n: usize, d: usize) -> Result<Vec<f32>> {
-    if m == 0 || n == 0 {
-        return Ok(vec![]);
+fn cross(a: &[f32], m: usize, b: &[f32], n: usize, d: usize) -> Result<Vec<f32>> {
+    if m == 0 || n == 0 || d == 0 {
+        return Ok(vec![0.0; m * n]);
     }
-    let ta = CTensor::from_vec(a, (m, d), &Device::Cpu)?;
-    let tb = CTensor::from_vec(b, (n, d), &Device::Cpu)?;
+    let ta = CTensor::from_slice(a, (m, d), &Device::Cpu)?;
+    let tb = CTensor::from_slice(b, (n, d), &Device::Cpu)?;
     Ok(ta.matmul(&tb.t()?)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
@@ -517,6 +547,60 @@ fn argmax_abs(sims: &[f32], n: usize) -> Vec<(usize, f32)> {
             best
         })
         .collect()
+}
+
+/// A's residual channels split in two halves whose B channels are disjoint: by the parity of the
+/// B channel each maps to (of its own index without a map). The alignment reads one half and the
+/// test the other, so no stored value enters both, even where several A channels share a B one.
+fn halves(d: usize, map: Option<&ChannelMap>) -> (Vec<usize>, Vec<usize>) {
+    (0..d).partition(|&c| map.map_or(c, |m| m.src[c]).is_multiple_of(2))
+}
+
+/// For each of A's tested units (`xa`, m rows standardised over `cols` of A's channels), the B
+/// unit of `part` (unit indices `offset..offset + n`) of largest |r| over the same channels. B is
+/// read in blocks of units where its units are rows, so memory stays bounded whatever its size.
+#[allow(clippy::too_many_arguments)]
+fn nearest(
+    xa: &[f32],
+    m: usize,
+    b: &Side,
+    part: &Part,
+    offset: usize,
+    n: usize,
+    map: Option<&ChannelMap>,
+    cols: &[usize],
+    d_a: usize,
+) -> Result<Vec<usize>> {
+    if n == 0 {
+        bail!("tensor {} of B has no units", part.name);
+    }
+    let (r, c) = b.shape2(&part.name)?;
+    let block = match orient(part, r, c, b.d) {
+        Some(Orient::Rows) => ((32usize << 20) / (4 * b.d.max(1))).max(1),
+        _ => n,
+    };
+    let k = cols.len();
+    let mut best = vec![(0usize, 0f32); m];
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let idx: Vec<usize> = (start + offset..end + offset).collect();
+        let (u, _) = b.units(part, Some(&idx), map)?;
+        let mut x = columns(&u, d_a, cols);
+        drop(u);
+        standardize(&mut x, k);
+        let sims = cross(xa, m, &x, end - start, k)?;
+        for (i, (bj, bv)) in best.iter_mut().enumerate() {
+            for (j, &v) in sims[i * (end - start)..(i + 1) * (end - start)].iter().enumerate() {
+                if v.abs() > bv.abs() || (start == 0 && j == 0) {
+                    *bj = start + j;
+                    *bv = v;
+                }
+            }
+        }
+        start = end;
+    }
+    Ok(best.into_iter().map(|x| x.0).collect())
 }
 
 /// A fixed stride of at most `m` indices out of `n`.
@@ -559,7 +643,7 @@ struct Matched {
 fn run_test(mt: Matched, mut g: GroupResult, shape: GroupShape, opts: &TestOptions, seed: u64) -> Result<GroupResult> {
     let m = mt.m;
     let same = mt.tested.iter().zip(&mt.partners).filter(|(a, b)| a == b).count();
-    let r32 = cross(mt.ya, m, mt.yb, m, mt.d)?;
+    let r32 = cross(&mt.ya, m, &mt.yb, m, mt.d)?;
     let r: Vec<f64> = r32.iter().map(|v| v.abs() as f64).collect();
     let (ln_p, z, method) = pvalue::permutation_test(&r, m, opts.permutations, seed);
     let diag: f64 = (0..m).map(|i| r[i * m + i]).sum::<f64>() / m.max(1) as f64;
@@ -612,6 +696,9 @@ fn channel_rows(side: &Side, part: &Part, tokens: &[usize]) -> Result<Vec<f32>> 
         side.src.read_row_list(&part.name, tokens)?
     } else if rows == d {
         // stored [d, vocab] (rare): read whole, pick columns
+        if let Some(t) = tokens.iter().find(|&&t| t >= cols) {
+            bail!("tensor {} [{rows}, {cols}] has no token {t}", part.name);
+        }
         let all = side.src.read(&part.name)?;
         let mut t = vec![0f32; tokens.len() * d];
         for c in 0..d {
@@ -652,6 +739,7 @@ pub fn test_paths(a: &Path, b: &Path, opts: &TestOptions) -> Result<TestReport> 
 fn model_type(src: &WeightSource) -> String {
     src.config
         .as_ref()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() < 16 << 20))
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["model_type"].as_str().map(str::to_string))
@@ -679,6 +767,9 @@ fn side(src: &WeightSource) -> Result<Side<'_>> {
     let d = residual_width(src, &layout).with_context(|| {
         format!("{}: no embedding and no norm gains, so the residual width is unknown", src.dir.display())
     })?;
+    if d < 8 {
+        bail!("{}: residual width {d} is too small to test (at least 8)", src.dir.display());
+    }
     let gain_offset = if model_type(src).starts_with("gemma") { 1.0 } else { 0.0 };
     Ok(Side { src, layout, d, gain_offset })
 }
@@ -806,9 +897,14 @@ fn residual_channels(
     let ids = |v: &[(usize, usize)], b: bool| v.iter().map(|p| if b { p.1 } else { p.0 }).collect::<Vec<_>>();
     let mut xa = channel_rows(a, ea, &ids(&t1, false))?;
     let mut xb = channel_rows(b, eb, &ids(&t1, true))?;
+    remove_top_components(&mut xa, a.d, t1.len(), SHARED_COMPONENTS)?;
+    remove_top_components(&mut xb, b.d, t1.len(), SHARED_COMPONENTS)?;
     standardize(&mut xa, t1.len());
     standardize(&mut xb, t1.len());
-    let sims = cross(xa, a.d, xb, b.d, t1.len())?;
+    if a.d.saturating_mul(b.d) > 1 << 28 {
+        bail!("residual widths {} and {} are beyond what the channel alignment handles (2^28 pairs)", a.d, b.d);
+    }
+    let sims = cross(&xa, a.d, &xb, b.d, t1.len())?;
     let best = argmax_abs(&sims, b.d);
     drop(sims);
     let map = ChannelMap {
@@ -829,19 +925,25 @@ fn residual_channels(
     let pick = |rows: Vec<f32>, w: usize, sel: &[usize]| -> Vec<f32> {
         sel.iter().flat_map(|&c| rows[c * w..(c + 1) * w].to_vec()).collect()
     };
-    let mut ya = pick(channel_rows(a, ea, &ids(&t2, false))?, t2.len(), &tested);
-    let mut yb = pick(channel_rows(b, eb, &ids(&t2, true))?, t2.len(), &partners);
+    let test_rows = |side: &Side, part: &Part, tokens: &[usize]| -> Result<Vec<f32>> {
+        let mut x = channel_rows(side, part, tokens)?;
+        remove_top_components(&mut x, side.d, tokens.len(), SHARED_COMPONENTS)?;
+        Ok(x)
+    };
+    let (ea_t2, eb_t2) = (test_rows(a, ea, &ids(&t2, false))?, test_rows(b, eb, &ids(&t2, true))?);
+    let mut ya = pick(ea_t2.clone(), t2.len(), &tested);
+    let mut yb = pick(eb_t2.clone(), t2.len(), &partners);
     standardize(&mut ya, t2.len());
     standardize(&mut yb, t2.len());
     parts_a.push(ya);
     parts_b.push(yb);
     widths.push(t2.len());
+    // The head, on the test tokens only, when it is not the embedding stored twice.
     if let (Some(ha), Some(hb)) = (a.layout.head(), b.layout.head()) {
-        let both: Vec<(usize, usize)> = stride(pairs.len(), 2 * opts.tokens).into_iter().map(|i| pairs[i]).collect();
-        let (all, allb) = (ids(&both, false), ids(&both, true));
-        let ra = channel_rows(a, ha, &all);
-        let rb = channel_rows(b, hb, &allb);
-        if let (Ok(ra), Ok(rb)) = (ra, rb) {
+        let (all, allb) = (ids(&t2, false), ids(&t2, true));
+        let ra = test_rows(a, ha, &all).ok().filter(|r| *r != ea_t2);
+        let rb = test_rows(b, hb, &allb).ok().filter(|r| *r != eb_t2);
+        if let (Some(ra), Some(rb)) = (ra, rb) {
             let w = all.len();
             let mut ha_rows = pick(ra, w, &tested);
             let mut hb_rows = pick(rb, w, &partners);
@@ -1036,7 +1138,10 @@ fn match_experts(
     let (mut xb, nb) = b.units(rb, None, map)?;
     standardize(&mut xa, a.d);
     standardize(&mut xb, a.d);
-    let best = argmax_abs(&cross(xa, na, xb, nb, a.d)?, nb);
+    if nb == 0 {
+        return Ok(None);
+    }
+    let best = argmax_abs(&cross(&xa, na, &xb, nb, a.d)?, nb);
     Ok(Some(best.into_iter().enumerate().map(|(e, (j, _))| (e, j)).collect()))
 }
 
@@ -1107,22 +1212,31 @@ fn mlp_group(
     if te_a.is_some() != te_b.is_some() {
         return Ok(None);
     }
+    // Every input must have the down projection's units (or twice them, fused gate|up).
+    for (s, p, n) in [(a, &al_a, n_a), (b, &al_b, n_b)]
+        .into_iter()
+        .chain(te_a.iter().map(|t| (a, t, n_a)))
+        .chain(te_b.iter().map(|t| (b, t, n_b)))
+    {
+        if units_of(s, &p.0)? < p.1 + n {
+            return Ok(None);
+        }
+    }
     let d = a.d;
+    // Aligned on one half of the residual channels, tested on the other: a unit's gate and up
+    // rows (or its input and output) may point alike, so the same channels must not serve both.
+    let (h1, h2) = halves(d, map);
+    if h1.len() < 4 || h2.len() < 4 {
+        return Ok(None);
+    }
     let tested = stride(n_a, opts.units);
     let m = tested.len();
     let offset = |sel: &[usize], off: usize| sel.iter().map(|i| i + off).collect::<Vec<_>>();
     // Align.
-    let all_b: Vec<usize> = (0..n_b).collect();
-    // A's and B's reads overlap: each is I/O and conversion on one core.
-    let (ra, rb) = rayon::join(
-        || a.units(&al_a.0, Some(&offset(&tested, al_a.1)), None),
-        || b.units(&al_b.0, Some(&offset(&all_b, al_b.1)), map),
-    );
-    let ((mut xa, _), (mut xb, _)) = (ra?, rb?);
-    standardize(&mut xa, d);
-    standardize(&mut xb, d);
-    let best = argmax_abs(&cross(xa, m, xb, n_b, d)?, n_b);
-    let partners: Vec<usize> = best.iter().map(|x| x.0).collect();
+    let (xa, _) = a.units(&al_a.0, Some(&offset(&tested, al_a.1)), None)?;
+    let mut xa = columns(&xa, d, &h1);
+    standardize(&mut xa, h1.len());
+    let partners = nearest(&xa, m, b, &al_b.0, al_b.1, n_b, map, &h1, d)?;
     // Test.
     let mut pa = vec![];
     let mut pb = vec![];
@@ -1134,24 +1248,26 @@ fn mlp_group(
             || a.units(&ta.0, Some(&offset(&tested, ta.1)), None),
             || b.units(&tb.0, Some(&offset(&partners, tb.1)), map),
         );
-        let ((mut ya, _), (mut yb, _)) = (ra?, rb?);
-        standardize(&mut ya, d);
-        standardize(&mut yb, d);
+        let ((ya, _), (yb, _)) = (ra?, rb?);
+        let (mut ya, mut yb) = (columns(&ya, d, &h2), columns(&yb, d, &h2));
+        standardize(&mut ya, h2.len());
+        standardize(&mut yb, h2.len());
         pa.push(ya);
         pb.push(yb);
-        widths.push(d);
+        widths.push(h2.len());
         if ta.0.name != al_a.0.name {
             names_a.push(ta.0.name.clone());
             names_b.push(tb.0.name.clone());
         }
     }
     let (ra, rb) = rayon::join(|| a.units(&down_a, Some(&tested), None), || b.units(&down_b, Some(&partners), map));
-    let ((mut ya, _), (mut yb, _)) = (ra?, rb?);
-    standardize(&mut ya, d);
-    standardize(&mut yb, d);
+    let ((ya, _), (yb, _)) = (ra?, rb?);
+    let (mut ya, mut yb) = (columns(&ya, d, &h2), columns(&yb, d, &h2));
+    standardize(&mut ya, h2.len());
+    standardize(&mut yb, h2.len());
     pa.push(ya);
     pb.push(yb);
-    widths.push(d);
+    widths.push(h2.len());
     names_a.push(down_a.name.clone());
     names_b.push(down_b.name.clone());
     let (ya, dy) = join_parts(pa, &widths, m);
@@ -1176,13 +1292,13 @@ fn mlp_group(
         units_a: n_a,
         units_b: n_b,
         tested_units: m,
-        align_on: format!("{} rows", short(&al_a.0)),
-        test_on,
-        align_entries: d,
+        align_on: format!("{} rows, one half of the residual channels", short(&al_a.0)),
+        test_on: format!("{test_on}, the other half"),
+        align_entries: h1.len(),
         test_entries: dy,
         ..Default::default()
     };
-    let shape = GroupShape { m, n: n_b, d_align: d, d_test: dy, residual: map.is_some(), p_floor: 0.0 };
+    let shape = GroupShape { m, n: n_b, d_align: h1.len(), d_test: dy, residual: map.is_some(), p_floor: 0.0 };
     let seed = opts.seed ^ fnv(&down_a.name);
     Ok(Some(run_test(Matched { ya, yb, d: dy, m, partners, tested }, g, shape, opts, seed)?))
 }
@@ -1206,22 +1322,20 @@ fn split_group(
     if d < 8 || n_a < 2 || n_b < 2 {
         return Ok(None);
     }
-    let even: Vec<usize> = (0..d).step_by(2).collect();
-    let odd: Vec<usize> = (1..d).step_by(2).collect();
+    let (h1, h2) = halves(d, map);
+    if h1.len() < 4 || h2.len() < 4 {
+        return Ok(None);
+    }
     let tested = stride(n_a, opts.units);
     let m = tested.len();
-    let (ra, rb) = rayon::join(|| a.units(pa, Some(&tested), None), || b.units(pb, None, map));
-    let ((ua, _), (ub, _)) = (ra?, rb?);
-    let (mut xa, mut xb) = (columns(&ua, d, &even), columns(&ub, d, &even));
-    standardize(&mut xa, even.len());
-    standardize(&mut xb, even.len());
-    let best = argmax_abs(&cross(xa, m, xb, n_b, even.len())?, n_b);
-    let partners: Vec<usize> = best.iter().map(|x| x.0).collect();
-    let mut ya = columns(&ua, d, &odd);
-    let sel: Vec<f32> = partners.iter().flat_map(|&j| ub[j * d..(j + 1) * d].to_vec()).collect();
-    let mut yb = columns(&sel, d, &odd);
-    standardize(&mut ya, odd.len());
-    standardize(&mut yb, odd.len());
+    let (ua, _) = a.units(pa, Some(&tested), None)?;
+    let mut xa = columns(&ua, d, &h1);
+    standardize(&mut xa, h1.len());
+    let partners = nearest(&xa, m, b, pb, 0, n_b, map, &h1, d)?;
+    let (ub, _) = b.units(pb, Some(&partners), map)?;
+    let (mut ya, mut yb) = (columns(&ua, d, &h2), columns(&ub, d, &h2));
+    standardize(&mut ya, h2.len());
+    standardize(&mut yb, h2.len());
     let kind = match pa.role {
         Role::Q => "attn.q",
         Role::K => "attn.k",
@@ -1244,15 +1358,15 @@ fn split_group(
         units_a: n_a,
         units_b: n_b,
         tested_units: m,
-        align_on: "even residual channels".into(),
-        test_on: "odd residual channels".into(),
-        align_entries: even.len(),
-        test_entries: odd.len(),
+        align_on: "one half of the residual channels".into(),
+        test_on: "the other half".into(),
+        align_entries: h1.len(),
+        test_entries: h2.len(),
         ..Default::default()
     };
-    let shape = GroupShape { m, n: n_b, d_align: even.len(), d_test: odd.len(), residual: map.is_some(), p_floor: 0.0 };
+    let shape = GroupShape { m, n: n_b, d_align: h1.len(), d_test: h2.len(), residual: map.is_some(), p_floor: 0.0 };
     let seed = opts.seed ^ fnv(&pa.name);
-    Ok(Some(run_test(Matched { ya, yb, d: odd.len(), m, partners, tested }, g, shape, opts, seed)?))
+    Ok(Some(run_test(Matched { ya, yb, d: h2.len(), m, partners, tested }, g, shape, opts, seed)?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ pub struct TokenAlignment {
 
 /// Token string → id of a tokenizer.json: the model vocabulary and the added (special) tokens.
 pub fn vocab(path: &Path) -> Result<BTreeMap<String, usize>> {
+    // An untrusted file: refuse sizes no tokenizer has before reading it whole.
+    let len = std::fs::metadata(path)?.len();
+    if len > 1 << 30 {
+        anyhow::bail!("{}: {len} bytes is too large for a tokenizer.json", path.display());
+    }
     let text = std::fs::read_to_string(path)?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let map = v["model"]["vocab"].as_object().ok_or_else(|| anyhow::anyhow!("{}: no model.vocab", path.display()))?;

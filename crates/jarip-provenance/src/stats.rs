@@ -186,7 +186,7 @@ pub fn spectrum_distance(a: &[f32], b: &[f32]) -> f64 {
     la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).sum::<f64>() / n as f64
 }
 
-fn orthonormalize(q: &CTensor) -> Result<CTensor> {
+pub(crate) fn orthonormalize(q: &CTensor) -> Result<CTensor> {
     let (n, k) = q.dims2()?;
     let mut cols: Vec<Vec<f32>> = (0..k)
         .map(|j| q.narrow(1, j, 1).and_then(|c| c.flatten_all()?.to_vec1::<f32>()))

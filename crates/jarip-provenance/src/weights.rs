@@ -629,6 +629,11 @@ fn gguf_refusal(path: &Path, found: &str) -> anyhow::Error {
 
 /// The weights directory and files a model path names.
 fn resolve(path: &Path) -> Result<(PathBuf, Layout)> {
+    resolve_at(path, false)
+}
+
+/// [`resolve`], descending into a run's newest `ckpt-*` only when not `nested` already.
+fn resolve_at(path: &Path, nested: bool) -> Result<(PathBuf, Layout)> {
     if !path.exists() {
         bail!("{}: no such model directory or file", path.display());
     }
@@ -664,8 +669,10 @@ fn resolve(path: &Path) -> Result<(PathBuf, Layout)> {
             Some((step, p.clone()))
         })
         .max();
-    if let Some((_, ckpt)) = newest {
-        return resolve(&ckpt);
+    if let Some((_, ckpt)) = newest.filter(|_| !nested) {
+        // One level only: a checkpoint holds weights, not further checkpoints (and a `ckpt-1 -> .`
+        // link must not recurse).
+        return resolve_at(&ckpt, true);
     }
     let names = |keep: &dyn Fn(&Path) -> bool| -> Vec<String> {
         entries

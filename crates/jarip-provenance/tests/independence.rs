@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Small enough for debug builds, large enough for the test to have power (ρ_min ≈ 0.1).
 fn spec() -> Spec {
-    Spec { layers: 2, hidden: 128, intermediate: 512, heads: 4, kv_heads: 2, head_dim: 32, vocab: 1000, ..Spec::tiny() }
+    Spec { layers: 2, hidden: 256, intermediate: 768, heads: 4, kv_heads: 2, head_dim: 64, vocab: 1000, ..Spec::tiny() }
 }
 
 fn write(dir: &Path, name: &str, spec: &Spec, seed: u64, derive: Option<&Derive>) -> PathBuf {
@@ -341,4 +341,19 @@ fn a_dropped_block_is_paired_past() {
     assert_eq!(last.layer_b, Some(1), "A's block 2 is B's block 1");
     assert!(last.log10_p < -6.0, "{}", last.log10_p);
     assert!(r.warnings.iter().any(|w| w.contains("different depths")), "{:?}", r.warnings);
+}
+
+#[test]
+fn tied_embeddings_and_a_head_on_one_side_only() {
+    let d = tempfile::tempdir().unwrap();
+    let tied = Spec { tied: true, ..spec() };
+    let a = write(d.path(), "a", &tied, 51, None);
+    let derive = Derive { noise: 2.0, permute_channels: true, permute_units: true, seed: 2, ..Default::default() };
+    let b = write(d.path(), "b", &tied, 51, Some(&derive));
+    assert_derived(&test(&a, &b), "tied embeddings");
+    // An untied model against a tied one: the head has no partner and is listed, not dropped.
+    let untied = write(d.path(), "u", &spec(), 52, None);
+    let r = test(&untied, &a);
+    assert_ne!(r.verdict, Verdict::Derived);
+    assert!(r.unmatched_a.iter().any(|n| n == "lm_head.weight"), "{:?}", r.unmatched_a);
 }

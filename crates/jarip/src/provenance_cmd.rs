@@ -76,7 +76,7 @@ pub struct LineageArgs {
     /// Shared tokens in each half (alignment, test) of the residual-channel group.
     #[arg(long, default_value_t = 8192)]
     pub tokens: usize,
-    /// Seed of the Monte Carlo permutations (groups of fewer than 64 units).
+    /// Seed of the Monte Carlo permutations (groups of fewer than 256 units).
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
     /// Also compute the descriptive scores of earlier versions (mean-centred Pearson, CKA,
@@ -282,6 +282,8 @@ fn header_fingerprint(src: &WeightSource) -> Result<String> {
 /// Appends the result to RUN's ledger, with the report and plot in RUN/lineage/.
 fn record(run: &std::path::Path, r: &TestReport, a: &WeightSource, b: &WeightSource, args: &LineageArgs) -> Result<()> {
     use jarip_ledger::{Entry, FileRef, Ledger};
+    // Absolute paths in the entry: a copy of the run is then checked against its own files.
+    let run = &std::fs::canonicalize(run).with_context(|| format!("--record {}: no such run", run.display()))?;
     let ledger_path = if run.is_file() { run.to_path_buf() } else { run.join("ledger.jsonl") };
     if !ledger_path.is_file() {
         bail!("{}: no ledger to record the lineage result in (give the run directory)", ledger_path.display());
