@@ -357,3 +357,48 @@ fn tied_embeddings_and_a_head_on_one_side_only() {
     assert_ne!(r.verdict, Verdict::Derived);
     assert!(r.unmatched_a.iter().any(|n| n == "lm_head.weight"), "{:?}", r.unmatched_a);
 }
+
+/// `src` with `features` token features shared by every model (the same values per token, like
+/// frequency or length) added to its embedding, each loading on the channels with weights drawn
+/// from `seed` (so each model encodes them in its own channels), at `strength` × the init spread.
+fn with_shared_features(src: &Path, dst: &Path, features: usize, strength: f32, seed: u64) -> PathBuf {
+    use rand::{Rng, SeedableRng};
+    let mut t = load_all(src);
+    let (shape, e) = t.get_mut("model.embed_tokens.weight").unwrap();
+    let (vocab, d) = (shape[0], shape[1]);
+    let mut shared = rand_chacha::ChaCha8Rng::seed_from_u64(777); // the same for every model
+    let f: Vec<Vec<f32>> = (0..features).map(|_| (0..vocab).map(|_| shared.gen::<f32>() * 2.0 - 1.0).collect()).collect();
+    let mut own = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for feat in &f {
+        let w: Vec<f32> = (0..d).map(|_| (own.gen::<f32>() * 2.0 - 1.0) * strength * 0.02 * 3f32.sqrt()).collect();
+        for (tok, &ft) in feat.iter().enumerate() {
+            for c in 0..d {
+                e[tok * d + c] += ft * 3f32.sqrt() * w[c];
+            }
+        }
+    }
+    write_f32(dst, t.into_iter().collect(), src)
+}
+
+#[test]
+fn token_features_every_model_learns_do_not_look_like_shared_weights() {
+    // Two independent models whose embeddings carry the same four token features (each at the
+    // init's own spread, in channels of each model's choosing): the residual channels of A and B
+    // then correlate through the features, and matching would pair channels that load alike.
+    let d = tempfile::tempdir().unwrap();
+    let a = with_shared_features(&write(d.path(), "a", &spec(), 61, None), &d.path().join("fa"), 4, 1.0, 1);
+    let b = with_shared_features(&write(d.path(), "b", &spec(), 62, None), &d.path().join("fb"), 4, 1.0, 2);
+    let r = test(&a, &b);
+    assert_ne!(r.verdict, Verdict::Derived, "{:#?}", r.reasons);
+    let residual = r.groups.iter().find(|g| g.kind == "residual").unwrap();
+    assert!(residual.log10_p > -3.0, "residual channels: z {} log10 p {}", residual.z, residual.log10_p);
+    // The features do not hide a real derivative.
+    let c = with_shared_features(
+        &write(d.path(), "c", &spec(), 61, Some(&Derive { noise: 2.0, permute_channels: true, seed: 5, ..Default::default() })),
+        &d.path().join("fc"),
+        4,
+        1.0,
+        3,
+    );
+    assert_derived(&test(&a, &c), "a derivative whose embedding also carries the features");
+}
