@@ -10,14 +10,18 @@
 //!
 //! 1. **Residual channels** are anchored on tokens, which a copier cannot permute: each A channel
 //!    is the vector of its embedding entries over one half of the tokens both tokenizers share,
-//!    and is matched to the B channel with the largest |correlation| (sign kept: flipping a
-//!    channel and its norm gain is a symmetry). Every B tensor is then read in A's channel order,
+//!    less the model's top [`SHARED_COMPONENTS`] token-space components (features every language
+//!    model learns, which would pair channels of independent models), and is matched to the B
+//!    channel with the largest |correlation| (sign kept: flipping a channel and its norm gain is a
+//!    symmetry). Every B tensor is then read in A's channel order,
 //!    with norm gains folded into the matrices that read after them (undoing gain rescaling).
 //! 2. **Each group** of tensors that share a unit axis is tested on its own, aligning on one
 //!    tensor and testing on another: an MLP's units are matched on the gate (or up) rows and
-//!    tested on the up rows and down columns; attention, router and other matrices are matched on
-//!    one half of their residual channels and tested on the other half; residual channels are
-//!    matched on one half of the tokens and tested on the other (and the head). Each of A's
+//!    tested on the up rows and down columns; attention, router and other matrices are matched and
+//!    tested on the same tensor. Alignment and test always read disjoint halves of the residual
+//!    channels (split by the B channel each A channel maps to, so no stored value of B enters
+//!    both). Residual channels are matched on one half of the tokens and tested on the other (and
+//!    the head, on the test tokens). Each of A's
 //!    sampled units is matched to the B unit of largest |correlation| (so pruned, grown and
 //!    permuted widths need nothing special), and the statistic is `T = Σᵢ |r(i, π(i))|` on the
 //!    test entries.
@@ -809,11 +813,14 @@ pub fn test(sa: &WeightSource, sb: &WeightSource, opts: &TestOptions) -> Result<
         layer_groups(&a, &b, (la, lb), map, opts, &mut groups, &mut used_a, &mut used_b)?;
     }
 
-    // Gains are folded into the matrices, not tested on their own (no unit axis).
+    // Norm gains have no unit axis: they are folded into the matrices that read after them, and
+    // counted as such rather than listed as untested.
+    let mut folded_gains = 0;
     for (side, used) in [(&a, &mut used_a), (&b, &mut used_b)] {
         for p in &side.layout.parts {
             if matches!(p.role, Role::AttnNorm | Role::MlpNorm | Role::PreFfnNorm | Role::FinalNorm) {
                 used.insert(p.name.clone());
+                folded_gains += 1;
             }
         }
     }
@@ -822,6 +829,21 @@ pub fn test(sa: &WeightSource, sb: &WeightSource, opts: &TestOptions) -> Result<
     };
     let unmatched_a = unmatched(&a, &used_a);
     let unmatched_b = unmatched(&b, &used_b);
+    let numel = |s: &WeightSource, names: &[String]| -> u64 {
+        names.iter().filter_map(|n| s.info(n)).map(|i| i.numel() as u64).sum()
+    };
+    let untested = numel(sa, &unmatched_a) as f64 / sa.num_params().max(1) as f64;
+    if untested > 0.2 {
+        warnings.push(format!(
+            "{:.0}% of A's parameters were not tested (listed below: no partner in B, or a layout the test does \
+             not read, such as experts fused into one 3-D tensor); the verdict speaks for the rest",
+            untested * 100.0
+        ));
+    }
+    warnings.push(format!(
+        "{folded_gains} norm gains of the two models are folded into the matrices that read after them, not tested on \
+         their own (they have no unit axis; raw cosine of gains is no evidence)"
+    ));
     if groups.is_empty() {
         bail!(
             "no tensor of {} could be paired with a tensor of {} (no shared roles such as embedding, attention or \

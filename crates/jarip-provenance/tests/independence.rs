@@ -367,7 +367,8 @@ fn with_shared_features(src: &Path, dst: &Path, features: usize, strength: f32, 
     let (shape, e) = t.get_mut("model.embed_tokens.weight").unwrap();
     let (vocab, d) = (shape[0], shape[1]);
     let mut shared = rand_chacha::ChaCha8Rng::seed_from_u64(777); // the same for every model
-    let f: Vec<Vec<f32>> = (0..features).map(|_| (0..vocab).map(|_| shared.gen::<f32>() * 2.0 - 1.0).collect()).collect();
+    let f: Vec<Vec<f32>> =
+        (0..features).map(|_| (0..vocab).map(|_| shared.gen::<f32>() * 2.0 - 1.0).collect()).collect();
     let mut own = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for feat in &f {
         let w: Vec<f32> = (0..d).map(|_| (own.gen::<f32>() * 2.0 - 1.0) * strength * 0.02 * 3f32.sqrt()).collect();
@@ -394,7 +395,13 @@ fn token_features_every_model_learns_do_not_look_like_shared_weights() {
     assert!(residual.log10_p > -3.0, "residual channels: z {} log10 p {}", residual.z, residual.log10_p);
     // The features do not hide a real derivative.
     let c = with_shared_features(
-        &write(d.path(), "c", &spec(), 61, Some(&Derive { noise: 2.0, permute_channels: true, seed: 5, ..Default::default() })),
+        &write(
+            d.path(),
+            "c",
+            &spec(),
+            61,
+            Some(&Derive { noise: 2.0, permute_channels: true, seed: 5, ..Default::default() }),
+        ),
         &d.path().join("fc"),
         4,
         1.0,
