@@ -238,21 +238,24 @@ fn print_test(r: &TestReport) {
     );
 }
 
-/// The per-layer evidence as a PNG: −log10 p of each block next to −log10 α.
+/// The per-layer evidence as a PNG: −log10 p of each block next to −log10 α, on a log axis
+/// (log10 of 1 + −log10 p), so blocks at 10⁻⁴⁰⁰⁰⁰ and blocks at 0.3 both read.
 fn plot(r: &TestReport, path: &std::path::Path) -> Result<()> {
     use jarip_eval::report::charts::{plain, write, Chart, Series};
-    let pts: Vec<(f64, f64)> = r.layers.iter().filter_map(|l| l.layer.map(|i| (i as f64, -l.log10_p))).collect();
-    let pts = if pts.is_empty() { r.layers.iter().map(|l| (0.0, -l.log10_p)).collect() } else { pts };
-    let (x0, x1) = (pts.first().map_or(0.0, |p| p.0), pts.last().map_or(1.0, |p| p.0.max(p.0 + 1.0)));
+    let y = |log10_p: f64| (1.0 - log10_p.min(0.0)).log10();
+    let pts: Vec<(f64, f64)> = r.layers.iter().filter_map(|l| l.layer.map(|i| (i as f64, y(l.log10_p)))).collect();
+    let pts = if pts.is_empty() { r.layers.iter().map(|l| (0.0, y(l.log10_p))).collect() } else { pts };
+    let x0 = pts.first().map_or(0.0, |p| p.0);
+    let x1 = pts.last().map_or(1.0, |p| p.0).max(x0 + 1.0);
     let chart = Chart {
         title: format!("lineage: {} (log10 p = {:.1})", r.verdict, r.log10_p),
         x_label: "block".into(),
-        y_label: "−log10 p".into(),
+        y_label: "log10(1 + (−log10 p))".into(),
         series: vec![
-            Series { name: "−log10 p of the block (Fisher over its groups)".into(), points: pts },
+            Series { name: "block (Fisher over its groups)".into(), points: pts },
             Series {
-                name: format!("−log10 α (α = {:e})", r.alpha),
-                points: vec![(x0, -r.alpha.log10()), (x1, -r.alpha.log10())],
+                name: format!("α = {:e}", r.alpha),
+                points: vec![(x0, y(r.alpha.log10())), (x1, y(r.alpha.log10()))],
             },
         ],
         x_format: plain,
