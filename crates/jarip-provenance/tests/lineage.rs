@@ -166,6 +166,16 @@ fn rescaled(m: &Gpt) -> Gpt {
     rebuild(w)
 }
 
+/// The hypothesis test's verdict on the same pair (see `independence`), printed with its p.
+fn test_verdict(a: &Path, b: &Path) -> Verdict {
+    let r = jarip_provenance::independence::test_paths(a, b, &Default::default()).unwrap();
+    eprintln!("test: {} log10 p {:.2} rho_min {:?}", r.verdict, r.log10_p, r.rho_min);
+    for g in &r.groups {
+        eprintln!("  {:?} {} z {:.2} log10 p {:.2}", g.layer, g.kind, g.z, g.log10_p);
+    }
+    r.verdict
+}
+
 fn assert_verdict(r: &LineageReport, want: Verdict) {
     eprintln!(
         "{want:?}? score {:.3} (pearson {:.3}, cka {:.3}, invariant {:.3}), references {:?}",
@@ -195,6 +205,8 @@ fn independent_seeds_are_unrelated_even_though_norm_gains_have_cosine_near_one()
     let b = save(&trained(2, 200), d.path(), "b");
     let r = lineage(&a, &b);
     assert_verdict(&r, Verdict::Unrelated);
+    // Trained 200 steps on the same stream from different seeds: shared data is not shared weights.
+    assert_eq!(test_verdict(&a, &b), Verdict::Unrelated);
     let gains: Vec<_> =
         r.comparison.pairs.iter().filter(|p| p.kind.ends_with("norm") && p.raw_cosine.is_some()).collect();
     assert!(!gains.is_empty());
@@ -221,6 +233,7 @@ fn a_fine_tuned_copy_is_derived() {
     assert_ne!(before, eval_loss(&m));
     let b = save(&m, d.path(), "b");
     assert_verdict(&lineage(&a, &b), Verdict::Derived);
+    assert_eq!(test_verdict(&a, &b), Verdict::Derived);
 }
 
 #[test]
@@ -229,7 +242,9 @@ fn a_permuted_copy_is_derived() {
     let m = trained(1, 100);
     let p = permuted(&m);
     assert!((eval_loss(&m) - eval_loss(&p)).abs() < 1e-4, "the permutation must preserve the function");
-    let r = lineage(&save(&m, d.path(), "a"), &save(&p, d.path(), "p"));
+    let (pa, pp) = (save(&m, d.path(), "a"), save(&p, d.path(), "p"));
+    assert_eq!(test_verdict(&pa, &pp), Verdict::Derived);
+    let r = lineage(&pa, &pp);
     assert!(
         r.comparison.mean_pearson.unwrap() < 0.3,
         "permuting hides the model from Pearson: {:?}",
@@ -245,5 +260,7 @@ fn a_rescaled_copy_is_derived() {
     let s = rescaled(&m);
     let (la, ls) = (eval_loss(&m), eval_loss(&s));
     assert!((la - ls).abs() < 1e-3 * la.abs().max(1.0), "rescaling must preserve the function: {la} vs {ls}");
-    assert_verdict(&lineage(&save(&m, d.path(), "a"), &save(&s, d.path(), "s")), Verdict::Derived);
+    let (pa, ps) = (save(&m, d.path(), "a"), save(&s, d.path(), "s"));
+    assert_verdict(&lineage(&pa, &ps), Verdict::Derived);
+    assert_eq!(test_verdict(&pa, &ps), Verdict::Derived);
 }
