@@ -1265,15 +1265,17 @@ fn mlp_group(
     let mut widths = vec![];
     let mut names_a = vec![al_a.0.name.clone()];
     let mut names_b = vec![al_b.0.name.clone()];
-    if let (Some(ta), Some(tb)) = (&te_a, &te_b) {
-        let (ra, rb) = rayon::join(
-            || a.units(&ta.0, Some(&offset(&tested, ta.1)), None),
-            || b.units(&tb.0, Some(&offset(&partners, tb.1)), map),
-        );
+    // A's tested units and their partners in B, on the test half of the channels (reads overlap).
+    let test_part = |pa: &Part, sel_a: &[usize], pb: &Part, sel_b: &[usize]| -> Result<(Vec<f32>, Vec<f32>)> {
+        let (ra, rb) = rayon::join(|| a.units(pa, Some(sel_a), None), || b.units(pb, Some(sel_b), map));
         let ((ya, _), (yb, _)) = (ra?, rb?);
         let (mut ya, mut yb) = (columns(&ya, d, &h2), columns(&yb, d, &h2));
         standardize(&mut ya, h2.len());
         standardize(&mut yb, h2.len());
+        Ok((ya, yb))
+    };
+    if let (Some(ta), Some(tb)) = (&te_a, &te_b) {
+        let (ya, yb) = test_part(&ta.0, &offset(&tested, ta.1), &tb.0, &offset(&partners, tb.1))?;
         pa.push(ya);
         pb.push(yb);
         widths.push(h2.len());
@@ -1282,11 +1284,7 @@ fn mlp_group(
             names_b.push(tb.0.name.clone());
         }
     }
-    let (ra, rb) = rayon::join(|| a.units(&down_a, Some(&tested), None), || b.units(&down_b, Some(&partners), map));
-    let ((ya, _), (yb, _)) = (ra?, rb?);
-    let (mut ya, mut yb) = (columns(&ya, d, &h2), columns(&yb, d, &h2));
-    standardize(&mut ya, h2.len());
-    standardize(&mut yb, h2.len());
+    let (ya, yb) = test_part(&down_a, &tested, &down_b, &partners)?;
     pa.push(ya);
     pb.push(yb);
     widths.push(h2.len());
