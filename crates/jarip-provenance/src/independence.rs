@@ -562,7 +562,9 @@ fn halves(d: usize, map: Option<&ChannelMap>) -> (Vec<usize>, Vec<usize>) {
 
 /// For each of A's tested units (`xa`, m rows standardised over `cols` of A's channels), the B
 /// unit of `part` (unit indices `offset..offset + n`) of largest |r| over the same channels. B is
-/// read in blocks of units where its units are rows, so memory stays bounded whatever its size.
+/// read in blocks of units where its units are rows, so memory stays bounded whatever its size;
+/// where it is read whole in one pass (units are columns), that read is returned too, so the
+/// partners' entries need not be read again.
 #[allow(clippy::too_many_arguments)]
 fn nearest(
     xa: &[f32],
@@ -574,7 +576,7 @@ fn nearest(
     map: Option<&ChannelMap>,
     cols: &[usize],
     d_a: usize,
-) -> Result<Vec<usize>> {
+) -> Result<(Vec<usize>, Option<Vec<f32>>)> {
     if n == 0 {
         bail!("tensor {} of B has no units", part.name);
     }
@@ -585,13 +587,16 @@ fn nearest(
     };
     let k = cols.len();
     let mut best = vec![(0usize, 0f32); m];
+    let mut whole = None;
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
         let idx: Vec<usize> = (start + offset..end + offset).collect();
         let (u, _) = b.units(part, Some(&idx), map)?;
         let mut x = columns(&u, d_a, cols);
-        drop(u);
+        if block >= n && offset == 0 {
+            whole = Some(u);
+        }
         standardize(&mut x, k);
         let sims = cross(xa, m, &x, end - start, k)?;
         for (i, (bj, bv)) in best.iter_mut().enumerate() {
@@ -604,7 +609,7 @@ fn nearest(
         }
         start = end;
     }
-    Ok(best.into_iter().map(|x| x.0).collect())
+    Ok((best.into_iter().map(|x| x.0).collect(), whole))
 }
 
 /// A fixed stride of at most `m` indices out of `n`.
@@ -1258,7 +1263,7 @@ fn mlp_group(
     let (xa, _) = a.units(&al_a.0, Some(&offset(&tested, al_a.1)), None)?;
     let mut xa = columns(&xa, d, &h1);
     standardize(&mut xa, h1.len());
-    let partners = nearest(&xa, m, b, &al_b.0, al_b.1, n_b, map, &h1, d)?;
+    let (partners, _) = nearest(&xa, m, b, &al_b.0, al_b.1, n_b, map, &h1, d)?;
     // Test.
     let mut pa = vec![];
     let mut pb = vec![];
@@ -1351,8 +1356,11 @@ fn split_group(
     let (ua, _) = a.units(pa, Some(&tested), None)?;
     let mut xa = columns(&ua, d, &h1);
     standardize(&mut xa, h1.len());
-    let partners = nearest(&xa, m, b, pb, 0, n_b, map, &h1, d)?;
-    let (ub, _) = b.units(pb, Some(&partners), map)?;
+    let (partners, whole) = nearest(&xa, m, b, pb, 0, n_b, map, &h1, d)?;
+    let ub = match whole {
+        Some(all) => partners.iter().flat_map(|&j| all[j * d..(j + 1) * d].iter().copied()).collect(),
+        None => b.units(pb, Some(&partners), map)?.0,
+    };
     let (mut ya, mut yb) = (columns(&ua, d, &h2), columns(&ub, d, &h2));
     standardize(&mut ya, h2.len());
     standardize(&mut yb, h2.len());
