@@ -107,7 +107,7 @@ def tiktoken_encodings():
 
     meta = json.loads(
         subprocess.run(
-            ["cargo", "metadata", "--format-version", "1", "--manifest-path", str(ROOT / "Cargo.toml")],
+            ["cargo", "metadata", "--format-version", "1", "--manifest-path", str(ROOT / "bench" / "tokenizer" / "tiktoken-assets" / "Cargo.toml")],
             capture_output=True,
             check=True,
         ).stdout

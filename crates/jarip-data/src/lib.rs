@@ -15,6 +15,8 @@
 //! Every output directory is built with [`jarip_ledger::AtomicDir`] and described by a
 //! [`jarip_ledger::Manifest`]; the same inputs and seed always give the same bytes out.
 
+#![forbid(unsafe_code)]
+
 pub mod baseline;
 pub mod clean;
 pub mod conversations;

@@ -22,7 +22,7 @@
 
 use crate::shard::{Dtype, ShardHeader, Split, HEADER_LEN, SHARDS_KIND};
 use anyhow::{bail, ensure, Context, Result};
-use memmap2::Mmap;
+use jarip_kernels::mmap::Mmap;
 use rand::RngCore;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -256,9 +256,9 @@ impl ShardSet {
 
 fn open_shard(path: &Path, split: Split, index: u32) -> Result<(Shard, ShardHeader)> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: shard files are written once into a temporary directory and never modified after
-    // the directory is renamed into place; nothing in jarip writes to them while mapped.
-    let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+    // Shard files are written once into a temporary directory and never modified after the
+    // directory is renamed into place; nothing in jarip writes to them while mapped.
+    let map = jarip_kernels::mmap::map_readonly(&file, path)?;
     let header = ShardHeader::parse(&map, path)?;
     let len = map.len() as u64;
     ensure!(

@@ -33,7 +33,7 @@ pub struct EvalOptions {
     /// The weight format scored: f32, or q8_0 (then every score goes through the quantized
     /// decode path, measuring what serving that format gives).
     #[serde(default)]
-    pub weights: jarip_model::WeightFormat,
+    pub weights: jarip_infer::WeightFormat,
 }
 
 impl Default for EvalOptions {
@@ -47,7 +47,7 @@ impl Default for EvalOptions {
             max_gen_tokens: 64,
             temperature: 0.0,
             progress: false,
-            weights: jarip_model::WeightFormat::F32,
+            weights: jarip_infer::WeightFormat::F32,
         }
     }
 }

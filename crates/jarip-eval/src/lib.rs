@@ -15,6 +15,8 @@
 //! - [`sanity`]: built-in sanity tasks generated from the demo corpus;
 //! - [`report`]: `jarip report RUN`, the Markdown report card with PNG charts.
 
+#![forbid(unsafe_code)]
+
 pub mod evaluate;
 pub mod layouts;
 pub mod lm;

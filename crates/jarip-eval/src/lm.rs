@@ -2,7 +2,7 @@
 //! checked against a toy model with known log-likelihoods, and its implementation for the
 //! jarip transformer ([`GptLm`]):
 //! - multiple choice reads each context once and every choice after a copy of its cache, through
-//!   the decode-layout model (`jarip_model::DecodeModel`, ragged and batch-invariant);
+//!   the decode-layout model (`jarip_infer::DecodeModel`, ragged and batch-invariant);
 //! - bits per byte and single requests run right-padded batches, longest first, through the
 //!   training kernels (the fused head + cross-entropy for log-likelihoods);
 //! - generation goes through `jarip_infer`'s engine (the one `jarip generate` and the server use).
@@ -10,7 +10,8 @@
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 use jarip_infer::{Engine, Request};
-use jarip_model::{Gpt, SeqCache, SeqInput, WeightFormat};
+use jarip_infer::{SeqCache, SeqInput, WeightFormat};
+use jarip_model::Gpt;
 use jarip_tokenizer::Tokenizer;
 use std::sync::OnceLock;
 
@@ -138,7 +139,7 @@ impl<'a> GptLm<'a> {
             return Ok(e);
         }
         let tok = Tokenizer::from_json(self.tokenizer.to_json().to_string())?;
-        let e = Engine::with_format(self.model, tok, self.weights, jarip_model::KvFormat::F32)?;
+        let e = Engine::with_format(self.model, tok, self.weights, jarip_infer::KvFormat::F32)?;
         Ok(self.engine.get_or_init(|| e))
     }
 

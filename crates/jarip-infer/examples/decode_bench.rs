@@ -6,7 +6,8 @@
 
 use anyhow::Result;
 use jarip_infer::{Batcher, Request, SamplingParams};
-use jarip_model::{DecodeModel, Gpt, KvFormat, ModelConfig, WeightFormat};
+use jarip_infer::{DecodeModel, KvFormat, WeightFormat};
+use jarip_model::{Gpt, ModelConfig};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::sync::Arc;

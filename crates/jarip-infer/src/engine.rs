@@ -9,11 +9,12 @@
 //! Each sequence turns tokens into text through a UTF-8 buffer (a character split across
 //! tokens is held until complete) and a [`StopMatcher`] (stop strings are never returned).
 
+use crate::decode::{DecodeModel, KvFormat, SeqCache, SeqInput, WeightFormat};
 use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
-use jarip_model::{DecodeModel, Gpt, KvFormat, SeqCache, SeqInput, WeightFormat};
+use jarip_model::Gpt;
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;

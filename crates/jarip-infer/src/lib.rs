@@ -3,20 +3,25 @@
 //!
 //! - [`engine`]: requests → streamed text; a [`Batcher`] decodes many sequences per forward pass
 //!   and admits or cancels them between steps (continuous batching);
-//! - [`model_dir`]: a checkpoint or run directory → model + tokenizer, checked against each other;
+//! - [`decode`]: the network for CPU inference on ragged batches with per-sequence KV caches
+//!   (continuous batching), batch-invariant, with f32 or Q8_0 weights and an f32 or f16 cache;
+//! - [`model_dir`] (from jarip-interop, re-exported): a checkpoint, run, HF export or GGUF file →
+//!   model + tokenizer, checked against each other;
 //! - [`sampling`]: temperature, top-k, top-p, min-p, repetition/presence/frequency penalties,
 //!   seeded draws and log-probabilities;
 //! - [`stop`]: stop strings that end generation without ever being returned, even when they
 //!   arrive split across tokens.
 
+#![forbid(unsafe_code)]
+
+pub mod decode;
 pub mod engine;
-pub mod model_dir;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod stop;
 
+pub use decode::{DecodeModel, KvFormat, SeqCache, SeqInput, WeightFormat};
 pub use engine::{Batcher, Completion, Delta, Engine, Event, FinishReason, Request};
-pub use jarip_model::{KvFormat, WeightFormat};
-pub use model_dir::{load_model, resolve_checkpoint, LoadedModel};
+pub use jarip_interop::model_dir::{self, load_model, resolve_checkpoint, LoadedModel};
 pub use sampling::{Sampler, SamplingParams, TokenLogprob};
 pub use stop::{StopMatcher, StopOutcome};

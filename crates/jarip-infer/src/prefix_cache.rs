@@ -6,7 +6,7 @@
 //! decode path computes them in the same order whatever the chunking or batch), so a reused prefix
 //! gives exactly the tokens and log-probabilities a fresh prefill would.
 
-use jarip_model::SeqCache;
+use crate::decode::SeqCache;
 
 /// Finished sequences' caches under the tokens they hold, least recently used evicted first once
 /// they hold more than the budget.
@@ -91,8 +91,9 @@ impl PrefixCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::{DecodeModel, SeqInput};
     use candle_core::Device;
-    use jarip_model::{DecodeModel, Gpt, ModelConfig, SeqInput};
+    use jarip_model::{Gpt, ModelConfig};
 
     fn filled(dm: &DecodeModel, tokens: &[u32]) -> SeqCache {
         let mut c = SeqCache::new();

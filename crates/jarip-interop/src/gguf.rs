@@ -21,7 +21,7 @@
 //! rows]`; [`GgufWriter::add_tensor`] takes the row-major shape and reverses it,
 //! [`TensorInfo::shape`] reverses it back.
 //!
-//! Tensor types handled: `F32`, `F16`, `BF16` and `Q8_0` (see [`jarip_model::quant`]). Arrays of
+//! Tensor types handled: `F32`, `F16`, `BF16` and `Q8_0` (see [`jarip_kernels::quant`]). Arrays of
 //! arrays, which the spec allows but llama.cpp refuses, are refused here too.
 //!
 //! The reader treats the file as untrusted: every malformed input is an error naming the file
@@ -30,7 +30,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
-use jarip_model::quant::{dequantize_q8_0, q8_0_from_bytes, q8_0_to_bytes, quantize_q8_0, QK8_0};
+use jarip_kernels::quant::{dequantize_q8_0, q8_0_from_bytes, q8_0_to_bytes, quantize_q8_0, QK8_0};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
@@ -356,7 +356,7 @@ fn n_elements(dims: &[u64]) -> Option<u64> {
 }
 
 /// Encodes f32 values (in row-major order) as the bytes of a `ty` tensor: F16 and BF16 round to
-/// nearest, `Q8_0` quantizes each run of 32 (see [`jarip_model::quant`]).
+/// nearest, `Q8_0` quantizes each run of 32 (see [`jarip_kernels::quant`]).
 pub fn encode_f32(values: &[f32], ty: GgmlType) -> Result<Vec<u8>> {
     Ok(match ty {
         GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -572,7 +572,7 @@ impl GgufWriter {
 }
 
 enum Storage {
-    Mmap(memmap2::Mmap),
+    Mmap(jarip_kernels::mmap::Mmap),
     Owned(Vec<u8>),
 }
 
@@ -620,10 +620,8 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: the map is read-only. As with every mmap-based loader, another process
-        // truncating or rewriting the file while it is mapped is outside what we can guard
-        // against; jarip itself only ever replaces files by rename.
-        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        // Read-only; jarip itself only ever replaces files by rename (see `map_readonly`).
+        let map = jarip_kernels::mmap::map_readonly(&file, path)?;
         Self::parse(Storage::Mmap(map), path.display().to_string())
     }
 

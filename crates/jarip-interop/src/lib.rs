@@ -1,5 +1,8 @@
-//! Model formats other tools read, so a jarip model can leave jarip without losing its record:
+//! Models on disk: jarip's own checkpoints and the formats other tools read, so a jarip model can
+//! leave jarip without losing its record:
 //!
+//! - [`model_dir`]: a checkpoint or run directory, an HF export or a GGUF file → model +
+//!   tokenizer, every file checked against its manifest and the tokenizer against the model;
 //! - [`hf`]: the Hugging Face layout (`config.json`, `model.safetensors`, tokenizer files with the
 //!   chat template), exported from a checkpoint and loaded back;
 //! - [`gguf`]: the GGUF container (llama.cpp's format), read and written, with `F32`, `F16`,
@@ -8,9 +11,12 @@
 //! Every export carries the source checkpoint's weight hash and a manifest, so `jarip lineage`
 //! and `jarip provenance` can tie it back to the training run.
 
+#![forbid(unsafe_code)]
+
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf;
+pub mod model_dir;
 
 /// How exported weight matrices are stored: the float types both formats take, and Q8_0 blocks
 /// (GGUF only). Norm weights are always f32.

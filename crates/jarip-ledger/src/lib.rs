@@ -6,6 +6,8 @@
 //! - [`manifest`]: the `manifest.json` that describes an artifact directory;
 //! - [`chain`]: `ledger.jsonl`, an append-only hash chain of stage entries.
 
+#![forbid(unsafe_code)]
+
 pub mod atomic;
 pub mod chain;
 pub mod hash;

@@ -15,9 +15,9 @@
 
 use crate::config::{MlpKind, ModelConfig};
 use crate::init::{normal, tensor_rng};
-use crate::ops::{self, rope::RopeTables, Kernels};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
 use std::collections::HashMap;
 
 /// What a parameter is, for the optimizer's groups (weight decay, Muon vs AdamW).
@@ -342,6 +342,12 @@ impl Gpt {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
     fn batch(b: usize, t: usize, vocab: u32, salt: u32) -> (Tensor, Tensor) {
         let toks: Vec<u32> =
             (0..b * (t + 1)).map(|i| ((i as u32).wrapping_mul(2654435761u32) ^ salt) % vocab).collect();
@@ -390,7 +396,7 @@ mod tests {
         assert!((l0 - l1).abs() < 1e-5, "{l0} vs {l1}");
         for ((name, _), (a, b)) in m.params().iter().zip(g0.iter().zip(&g1)) {
             let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-            let d = crate::ops::testing::max_abs_diff(a, b);
+            let d = max_abs_diff(a, b);
             assert!(d <= 1e-3 * scale, "{name}: grads differ by {d} (scale {scale})");
         }
     }
@@ -408,7 +414,7 @@ mod tests {
         for p in 6..10 {
             last = m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap();
         }
-        let d = crate::ops::testing::max_abs_diff(&full.narrow(1, 9, 1).unwrap(), &last);
+        let d = max_abs_diff(&full.narrow(1, 9, 1).unwrap(), &last);
         assert!(d < 1e-4, "decode differs from full forward by {d}");
     }
 

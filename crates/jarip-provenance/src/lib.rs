@@ -17,6 +17,8 @@
 //!   [`stats`] (mean-centred Pearson, debiased CKA, spectra), [`invariants`] (token-space
 //!   readings), [`lineage`](mod@lineage) and [`calibrate`] (references computed in the run).
 
+#![forbid(unsafe_code)]
+
 pub mod calibrate;
 pub mod card;
 pub mod independence;

@@ -12,6 +12,8 @@
 //! - [`provenance`]: the model's origin (seed, tokenizer and data hashes, ledger) for `/info`;
 //! - the web page, `web/index.html`, compiled into the binary.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod metrics;
 pub mod provenance;

@@ -8,6 +8,8 @@
 //! `manifest.json` recording what it was trained on. Ids: 0–255 are the bytes, then merges in
 //! rank order, then the [`SPECIAL_TOKENS`] as the last ids.
 
+#![forbid(unsafe_code)]
+
 mod bytes_map;
 pub mod chat;
 pub mod corpus;

@@ -15,7 +15,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_FILE: &str = "trainer.json";
 pub const CHECKPOINT_KIND: &str = "checkpoint";
 /// A copy of the tokenizer travels in every checkpoint, so a checkpoint alone is a usable model.
-pub const TOKENIZER_FILE: &str = jarip_infer::model_dir::TOKENIZER_FILE;
+pub const TOKENIZER_FILE: &str = jarip_interop::model_dir::TOKENIZER_FILE;
 
 /// Everything besides weights and moments needed to continue exactly where a run stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

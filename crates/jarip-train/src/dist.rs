@@ -269,8 +269,8 @@ mod mpi_backend {
 mod nccl_backend {
     use super::{Collective, Mpi};
     use anyhow::{bail, Context, Result};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
-    use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use candle_core::{DType, Device, Tensor};
+    use jarip_kernels::nccl::{all_reduce_sum, Comm, Id};
     use std::cell::OnceCell;
     use std::ffi::c_char;
 
@@ -334,31 +334,6 @@ mod nccl_backend {
         }
     }
 
-    /// `x` summed over ranks by `ncclAllReduce` into a new buffer.
-    struct AllReduce<'a>(&'a Comm);
-    // SAFETY: candle applies the op synchronously on the calling thread, the main one, which is
-    // the only thread that ever uses the communicator.
-    unsafe impl Send for AllReduce<'_> {}
-    unsafe impl Sync for AllReduce<'_> {}
-
-    impl CustomOp1 for AllReduce<'_> {
-        fn name(&self) -> &'static str {
-            "nccl-all-reduce"
-        }
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("NCCL sums CUDA tensors only")
-        }
-        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-            let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("NCCL all-reduce: not contiguous") };
-            let src = s.as_cuda_slice::<f32>()?.slice(a..b);
-            let mut dst = s.device.alloc_zeros::<f32>(b - a)?;
-            self.0
-                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
-                .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
-            Ok((CudaStorage::wrap_cuda_slice(dst, s.device.clone()), l.shape().clone()))
-        }
-    }
-
     impl Collective for Nccl {
         fn rank(&self) -> usize {
             self.mpi.rank()
@@ -381,7 +356,7 @@ mod nccl_backend {
             let comm = self.comm(first.device())?;
             let flat: Vec<Tensor> =
                 tensors.iter().map(|t| t.flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
-            let summed = Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduce(comm)).context("gradient all-reduce")?;
+            let summed = all_reduce_sum(comm, &Tensor::cat(&flat, 0)?).context("gradient all-reduce")?;
             let mut at = 0;
             tensors
                 .iter()

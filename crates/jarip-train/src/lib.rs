@@ -1,7 +1,8 @@
 //! jarip-train: pretraining a [`jarip_model::Gpt`] on token shards, and fine-tuning it on conversations.
 //!
 //! It owns the training loop and everything a run leaves behind:
-//! - [`optim`]: AdamW with decoupled weight decay (fused on CPU) and optional Muon, gradient clipping;
+//! - [`optim`]: AdamW with decoupled weight decay (fused on CPU: [`adamw`]) and optional Muon,
+//!   gradient clipping;
 //! - [`schedule`]: warmup then cosine or warmup-stable-decay;
 //! - [`step`]: one optimizer step over accumulated micro-batches;
 //! - [`dist`]: data-parallel replicas over MPI (or one process standing in for them);
@@ -12,6 +13,9 @@
 //!
 //! The CLI calls [`pretrain()`] with [`PretrainOptions`] and [`sft()`] with [`SftOptions`].
 
+#![forbid(unsafe_code)]
+
+pub mod adamw;
 pub mod checkpoint;
 pub mod dist;
 pub mod eval;

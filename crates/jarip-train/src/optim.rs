@@ -2,13 +2,13 @@
 //! optionally Muon for the matrices inside the blocks. Gradient clipping by global norm is
 //! folded into the update as a gradient scale.
 //!
-//! On CPU fp32 the AdamW step is the fused in-place kernel of `jarip_model::ops::adamw`;
+//! On CPU fp32 the AdamW step is the fused in-place kernel of [`crate::adamw`];
 //! elsewhere the composed tensor version. State (moments) is saved as safetensors so a
 //! resumed run continues bit for bit.
 
+use crate::adamw::{adamw_composed, adamw_inplace, AdamWStep};
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use jarip_model::ops::adamw::{adamw_composed, adamw_inplace, AdamWStep};
 use jarip_model::ParamRole;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -138,7 +138,8 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     }
     let leader = dp.is_leader();
     let (device, compute_dtype) = device_for(&opts.device)?;
-    let base = jarip_infer::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
+    let base =
+        jarip_interop::model_dir::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
     let base_sha = base.model.weights_sha256()?;
     let tokenizer = base.tokenizer;
     let convs = read_conversations(&opts.data)?;
@@ -175,7 +176,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
     let metrics = MetricsLog::at(&opts.out);
     let latest = latest_checkpoint(&opts.out)?;
-    let tok_file = base.dir.join(jarip_infer::model_dir::TOKENIZER_FILE);
+    let tok_file = base.dir.join(jarip_interop::model_dir::TOKENIZER_FILE);
     let (mut model, mut optim, mut state, resumed_from) = if opts.resume {
         let (_, dir) =
             latest.with_context(|| format!("--resume: {} has no checkpoint to resume from", opts.out.display()))?;

@@ -5,7 +5,7 @@ use crate::pretrain_cmd::{on_ranks, DistArg, KernelsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_infer::{Engine, Request, SamplingParams};
-use jarip_model::{KvFormat, WeightFormat};
+use jarip_infer::{KvFormat, WeightFormat};
 use jarip_tokenizer::{Message, Role};
 use jarip_train::{SftOptions, SftSummary};
 use std::io::{BufRead, Write};

@@ -49,7 +49,7 @@ pub struct EvalArgs {
     pub quiet: bool,
     /// Score the model with its weight matrices as f32 or q8_0 (what `serve --weights` serves).
     #[arg(long, default_value = "f32")]
-    pub weights: jarip_model::WeightFormat,
+    pub weights: jarip_infer::WeightFormat,
 }
 
 impl EvalArgs {

@@ -11,6 +11,8 @@
 //!   entry to the run's hash-chained ledger;
 //! - [`speedrun`]: every stage in order on the demo corpus.
 
+#![forbid(unsafe_code)]
+
 pub mod chat_cmd;
 pub mod demo;
 pub mod eval_cmd;

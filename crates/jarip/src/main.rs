@@ -1,6 +1,8 @@
 //! `jarip`: the command line. It parses arguments and calls the stage crates; the logic
 //! lives in the library (`jarip::…`) and the crates it wires.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use jarip::stages;

@@ -1,10 +1,10 @@
 //! Forward+backward time of each building block at the benchmark shape (batch 8, context
 //! 256, width 384, 6 heads, vocab 8192), fused kernel vs composed candle ops; best of 5.
 //!
-//! cargo run --release -p jarip-model --example op_bench
+//! cargo run --release -p jarip-kernels --example op_bench
 
 use candle_core::{Device, Tensor, Var};
-use jarip_model::ops::{self, rope::RopeTables, Kernels};
+use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
 use std::time::Instant;
 
 /// One benchmark case: runs the op's forward with the given kernels.

@@ -91,6 +91,11 @@ impl Dims {
 }
 
 /// `dst[m×n] (= or +=) scale · lhs[m×k] · rhs[k×n]`, strides in elements.
+///
+/// # Safety
+/// Every element the strides address must lie inside its allocation: `lhs + i·lhs_rs + p·lhs_cs`
+/// for `i < m`, `p < k`; `rhs + p·rhs_rs + j·rhs_cs` for `p < k`, `j < n`; `dst + i·dst_rs + j`
+/// for `i < m`, `j < n`. No other thread may read or write the `dst` elements meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,
@@ -105,27 +110,31 @@ unsafe fn mm(
     (rhs_rs, rhs_cs): (usize, usize),
     scale: f32,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
+    // SAFETY: the caller upholds the bounds and exclusivity stated above, which is all
+    // `gemm::gemm` reads and writes (row/column strides as given, no parallelism of its own).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -161,6 +170,8 @@ impl CustomOp3 for FusedAttention {
             for i0 in (0..t).step_by(BLOCK_Q) {
                 let m = BLOCK_Q.min(t - i0);
                 let nk = i0 + m;
+                // SAFETY: rows i0..i0+m of head hi (q) and positions 0..nk of KV head kvh (k)
+                // lie inside q and k (`Dims::of` checked the shapes); `s` holds m·nk values.
                 unsafe {
                     let qp = q.as_ptr().add(q_base + i0 * qs);
                     mm(m, nk, d, s.as_mut_ptr(), nk, false, qp, (qs, 1), k.as_ptr().add(k_base), (1, ks), scale);
@@ -177,6 +188,9 @@ impl CustomOp3 for FusedAttention {
                     hidden.iter_mut().for_each(|x| *x = 0.0);
                     lse_row[i0 + r] = max + sum.ln();
                 }
+                // SAFETY: `out` has q's shape, so rows i0..i0+m of head hi are in bounds; each
+                // task (batch, head) writes only its own head's columns of those rows, so no two
+                // threads write the same element, and `out` outlives the parallel loop.
                 unsafe {
                     let op = out_ptr.get().add(q_base + i0 * qs);
                     mm(m, d, nk, op, qs, false, s.as_ptr(), (nk, 1), v.as_ptr().add(k_base), (ks, 1), 1.0);
@@ -223,10 +237,17 @@ impl CustomOp3 for FusedAttention {
                 for i0 in (0..t).step_by(BLOCK_Q) {
                     let m = BLOCK_Q.min(t - i0);
                     let nk = i0 + m;
+                    // SAFETY: offsets of row i0 of head hi and of position 0 of KV
+                    // head kvh, inside q/dout and k/v whose shapes `Dims::of` checked.
                     let qp = unsafe { q.as_ptr().add(q_base + i0 * qs) };
+                    // SAFETY: as above.
                     let dop = unsafe { dout.as_ptr().add(q_base + i0 * qs) };
+                    // SAFETY: as above.
                     let kp = unsafe { k.as_ptr().add(k_base) };
+                    // SAFETY: as above.
                     let vp = unsafe { v.as_ptr().add(k_base) };
+                    // SAFETY: m query rows and nk ≤ t key rows of one head are in bounds; p and
+                    // ds hold m·nk values and are this task's own.
                     unsafe {
                         mm(m, nk, d, p.as_mut_ptr(), nk, false, qp, (qs, 1), kp, (1, ks), scale);
                         mm(m, nk, d, ds.as_mut_ptr(), nk, false, dop, (qs, 1), vp, (1, ks), 1.0);
@@ -245,6 +266,9 @@ impl CustomOp3 for FusedAttention {
                             *dj = pj * (*dj - di) * scale;
                         }
                     }
+                    // SAFETY: dv_loc/dk_loc (t·d, this task's own) receive nk ≤ t rows; dq rows
+                    // i0..i0+m of head hi belong to this task alone (a task owns KV head kvh and
+                    // so query heads kvh·rep..(kvh+1)·rep), and dq outlives the loop.
                     unsafe {
                         // dV[0..nk] += Pᵀ·dO
                         mm(nk, d, m, dv_loc.as_mut_ptr(), d, true, p.as_ptr(), (1, nk), dop, (qs, 1), 1.0);
@@ -257,6 +281,8 @@ impl CustomOp3 for FusedAttention {
                 }
             }
             for j in 0..t {
+                // SAFETY: position j of KV head kvh in batch bi: d values inside dk/dv (k's
+                // shape), written by this task alone; the local buffers hold t·d values.
                 unsafe {
                     let at = k_base + j * ks;
                     std::ptr::copy_nonoverlapping(dk_loc.as_ptr().add(j * d), dk_ptr.get().add(at), d);

@@ -37,7 +37,7 @@ impl std::str::FromStr for KvFormat {
 
 /// One head's keys or values, `[pos, D]`.
 #[derive(Debug, Clone)]
-pub(crate) enum KvRows {
+pub enum KvRows {
     F32(Vec<f32>),
     F16(Vec<f16>),
 }
@@ -169,7 +169,7 @@ impl SeqCache {
 
     /// Lays out `heads` empty row sets of `format`, or checks that the cache already holds that
     /// format (a cache filled by one model continues only with a model caching alike).
-    pub(crate) fn prepare(&mut self, heads: usize, format: KvFormat) -> Result<()> {
+    pub fn prepare(&mut self, heads: usize, format: KvFormat) -> Result<()> {
         if let Some(have) = self.k.first().map(KvRows::format) {
             if have != format {
                 bail!("this KV cache holds {have:?} keys and values; the model caches {format:?}");
@@ -181,20 +181,39 @@ impl SeqCache {
     }
 }
 
+impl SeqCache {
+    /// Appends one position's key and value rows to row set `slot` (`layer · Hkv + head`); the
+    /// position counts once [`SeqCache::advance`] is called for it.
+    pub fn push(&mut self, slot: usize, key: &[f32], value: &[f32]) {
+        self.k[slot].push(key);
+        self.v[slot].push(value);
+    }
+
+    /// Counts `n` more positions as held (after their rows were pushed to every slot).
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// The keys and values of row set `slot`.
+    pub fn slot(&self, slot: usize) -> (&KvRows, &KvRows) {
+        (&self.k[slot], &self.v[slot])
+    }
+}
+
 /// Positions widened from f16 at a time (a 64-position block of 128-wide rows is 32 KiB of f32,
 /// which stays in L1/L2 while the kernel reads it).
 const BLOCK: usize = 64;
 
 /// Per-thread buffers of [`attend_head`].
 #[derive(Default)]
-pub(crate) struct Scratch {
+pub struct Scratch {
     scores: Vec<f32>,
     rows: Vec<f32>,
 }
 
 /// What one query row of one head attends over: its first `seen` cached positions.
 #[derive(Clone, Copy)]
-pub(crate) struct Head<'a> {
+pub struct Head<'a> {
     pub q: &'a [f32],
     pub keys: &'a KvRows,
     pub vals: &'a KvRows,
@@ -203,7 +222,7 @@ pub(crate) struct Head<'a> {
 }
 
 /// softmax(q·Kᵀ·scale)·V for one query row of one head, into `out`.
-pub(crate) fn attend_head(h: Head, s: &mut Scratch, out: &mut [f32]) {
+pub fn attend_head(h: Head, s: &mut Scratch, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
@@ -216,6 +235,10 @@ pub(crate) fn attend_head(h: Head, s: &mut Scratch, out: &mut [f32]) {
     attend_head_impl(h, s, out, f16_fused());
 }
 
+/// [`attend_head`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2 (and F16C/FMA when `fused`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_head_avx2(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
@@ -295,6 +318,10 @@ mod f16_x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Eight f16 values at `p`, widened to f32.
+    ///
+    /// # Safety
+    /// The CPU must support F16C and AVX; `p..p+8` must be readable.
     #[inline(always)]
     unsafe fn load8(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
@@ -302,6 +329,9 @@ mod f16_x86 {
 
     /// `scores[p] = q · keys[p]` for each row `p` of `keys` (`[scores.len(), q.len()]`), four rows
     /// at a time so that four independent sums are in flight.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (the lengths are asserted).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores(q: &[f32], keys: &[f16], scores: &mut [f32]) {
         const ROWS: usize = 4;
@@ -332,6 +362,9 @@ mod f16_x86 {
     }
 
     /// `out += Σ_p w[p] · vals[p]` (`vals`: `[w.len(), d]`), 64 then 8 columns in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (the lengths are asserted).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn weighted_sum(w: &[f32], vals: &[f16], d: usize, out: &mut [f32]) {
         assert!(vals.len() >= w.len() * d && out.len() >= d);
@@ -470,10 +503,12 @@ mod tests {
             let mut wide = Vec::new();
             widen(&rows, &mut wide);
             let (mut a, mut b) = (vec![0f32; seen], vec![0f32; seen]);
+            // SAFETY: F16C/AVX2/FMA were detected above; `rows` holds `seen` rows of d, `a` seen.
             unsafe { f16_x86::scores(&q, &rows, &mut a) };
             Kernel::detect().run(&q, 1, &wide, seen, d, &mut b);
             assert_eq!(a, b, "scores, d {d}");
             let (mut a, mut b) = (vec![0.5f32; d], vec![0.5f32; d]);
+            // SAFETY: as above; `w` holds `seen` weights and `a` d values.
             unsafe { f16_x86::weighted_sum(&w, &rows, d, &mut a) };
             weighted_sum(&w, &wide, d, &mut b);
             assert_eq!(a, b, "weighted values, d {d}");

@@ -1,79 +1,23 @@
-//! The same network as [`crate::model`], for inference on the CPU: no autograd, plain `f32`
+//! The same network as [`jarip_model::model`], for inference on the CPU: no autograd, plain `f32`
 //! slices, and *ragged* batches — every sequence brings its own KV cache and any number of new
 //! tokens (a whole prompt when it is admitted, one token per decode step afterwards), and all
 //! new tokens of all sequences go through each weight matrix together. That is what lets a
 //! server decode many conversations in one pass over the weights (continuous batching).
 //!
 //! Decoding is memory-bound: each step streams every weight once, so the matrix kernel
-//! ([`matmul_wt`], in [`crate::decode_matmul`]) reads a weight row once for all activation rows of
+//! ([`matmul_wt`], in [`jarip_kernels::decode_matmul`]) reads a weight row once for all activation rows of
 //! the step. Each output element is reduced in one fixed order whatever the batch holds, so a
 //! sequence's logits (and hence its sampled text) do not depend on which other sequences shared
 //! its steps.
 
-use crate::config::MlpKind;
-use crate::model::Gpt;
-use crate::ModelConfig;
 use anyhow::{bail, Result};
+use jarip_model::{Gpt, MlpKind, ModelConfig};
 use rayon::prelude::*;
 
-pub use crate::decode_matmul::matmul_wt;
-use crate::decode_matmul::{matmul_q8, Q8Matrix};
-use crate::kv_cache::{attend_head, Head, Scratch};
-pub use crate::kv_cache::{KvFormat, SeqCache};
-
-/// A weight matrix `[n × k]` as the decode kernel reads it.
-enum Mat {
-    F32 { w: Vec<f32>, n: usize, k: usize },
-    Q8(Q8Matrix),
-}
-
-impl Mat {
-    fn new(w: Vec<f32>, n: usize, k: usize, quant: WeightFormat) -> Self {
-        match quant {
-            WeightFormat::Q8_0 if k.is_multiple_of(crate::quant::QK8_0) => Mat::Q8(Q8Matrix::quantize(&w, n, k)),
-            _ => Mat::F32 { w, n, k },
-        }
-    }
-
-    /// `out[m × n] = x[m × k] · wᵀ`.
-    fn apply(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        match self {
-            Mat::F32 { w, n, k } => matmul_wt(x, m, w, *n, *k, out),
-            Mat::Q8(q) => matmul_q8(x, m, q, out),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Mat::F32 { w, .. } => 4 * w.len(),
-            Mat::Q8(q) => q.bytes(),
-        }
-    }
-}
-
-/// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32, and so
-/// does a matrix whose rows are not a multiple of 32 values, which Q8_0 blocks cannot tile).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightFormat {
-    #[default]
-    F32,
-    /// llama.cpp's Q8_0 blocks: 3.6× fewer bytes per decode step, each weight within half a
-    /// step (1/254 of its block's largest magnitude, plus the f16 rounding of the block's scale)
-    /// of the f32 value.
-    Q8_0,
-}
-
-impl std::str::FromStr for WeightFormat {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "q8_0" => Ok(Self::Q8_0),
-            _ => bail!("unknown weight format {s:?}: use f32 or q8_0"),
-        }
-    }
-}
+pub use jarip_kernels::decode_matmul::matmul_wt;
+pub use jarip_kernels::decode_matmul::{Mat, WeightFormat};
+use jarip_kernels::kv_cache::{attend_head, Head, Scratch};
+pub use jarip_kernels::kv_cache::{KvFormat, SeqCache};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -215,7 +159,7 @@ impl DecodeModel {
             if s.tokens.is_empty() {
                 bail!("sequence {i} of the batch has no new tokens");
             }
-            let end = s.cache.len + s.tokens.len();
+            let end = s.cache.len() + s.tokens.len();
             if end > cfg.max_seq_len {
                 bail!("sequence of {end} tokens exceeds the model's context of {} tokens", cfg.max_seq_len);
             }
@@ -224,7 +168,7 @@ impl DecodeModel {
                     bail!("token id {t} is outside the vocabulary of {}", cfg.vocab_size);
                 }
                 owner.push(i);
-                pos.push(s.cache.len + j);
+                pos.push(s.cache.len() + j);
             }
         }
         let n = owner.len();
@@ -258,8 +202,7 @@ impl DecodeModel {
                 for row in r..r + s.tokens.len() {
                     for head in 0..hkv {
                         let at = row * kv + head * d;
-                        s.cache.k[li * hkv + head].push(&k[at..at + d]);
-                        s.cache.v[li * hkv + head].push(&v[at..at + d]);
+                        s.cache.push(li * hkv + head, &k[at..at + d], &v[at..at + d]);
                     }
                 }
                 r += s.tokens.len();
@@ -282,7 +225,7 @@ impl DecodeModel {
             add_into(&mut x, &tmp);
         }
         for s in seqs.iter_mut() {
-            s.cache.len += s.tokens.len();
+            s.cache.advance(s.tokens.len());
         }
         // Only the rows whose logits are wanted go through the (large) head.
         let rows: Vec<usize> = if all_positions {
@@ -350,7 +293,8 @@ impl DecodeModel {
             let cache = &seqs[owner[r]].cache;
             let kh = layer * hkv + head / rep;
             let qv = &q[r * h * d + head * d..r * h * d + (head + 1) * d];
-            let head = Head { q: qv, keys: &cache.k[kh], vals: &cache.v[kh], seen: pos[r] + 1, scale };
+            let (keys, vals) = cache.slot(kh);
+            let head = Head { q: qv, keys, vals, seen: pos[r] + 1, scale };
             attend_head(head, scratch, out);
         });
     }

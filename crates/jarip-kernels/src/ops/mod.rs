@@ -9,7 +9,6 @@
 //! [`Kernels`] picks one; [`Kernels::Fused`] falls back to composed wherever the input is not
 //! a CPU fp32 tensor (e.g. CUDA with bf16), so the switch is always safe.
 
-pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod fastmath;
@@ -41,7 +40,7 @@ impl Kernels {
 }
 
 /// Contiguous f32 view of a custom op's CPU input.
-pub(crate) fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -50,7 +49,7 @@ pub(crate) fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor (used by backward passes).
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
     match &*s {
@@ -62,7 +61,11 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
 /// A raw pointer that worker threads may share when each writes a disjoint region.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: a `SendPtr` only carries an address between threads; every dereference is in an
+// `unsafe` block whose comment shows that the threads write disjoint regions of a buffer that
+// outlives them.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: sharing the address itself is harmless; the writes are disjoint.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -77,8 +80,9 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
+/// Helpers for the kernels' tests (and the optimizer's, in jarip-train).
+#[doc(hidden)]
+pub mod testing {
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
 

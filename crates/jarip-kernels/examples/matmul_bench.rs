@@ -1,7 +1,7 @@
 //! Throughput of the decode matrix kernel (`matmul_wt`) on the shapes of a ~100M model, at 1 to 8
 //! activation rows, for each kernel this CPU runs and for f32 and Q8_0 weights: GFLOP/s, and GB/s
 //! of weights streamed. `matmul_bench [avx512|avx2|portable] [f32|q8]` picks one.
-use jarip_model::decode_matmul::{matmul_q8_with, matmul_wt_with, Kernel, Q8Matrix};
+use jarip_kernels::decode_matmul::{matmul_q8_with, matmul_wt_with, Kernel, Q8Matrix};
 use std::time::Instant;
 
 fn main() {

@@ -17,6 +17,60 @@
 use crate::quant::{BlockQ8_0, QK8_0};
 use rayon::prelude::*;
 
+/// A weight matrix `[n × k]` as the decode kernel reads it.
+pub enum Mat {
+    F32 { w: Vec<f32>, n: usize, k: usize },
+    Q8(Q8Matrix),
+}
+
+impl Mat {
+    pub fn new(w: Vec<f32>, n: usize, k: usize, quant: WeightFormat) -> Self {
+        match quant {
+            WeightFormat::Q8_0 if k.is_multiple_of(crate::quant::QK8_0) => Mat::Q8(Q8Matrix::quantize(&w, n, k)),
+            _ => Mat::F32 { w, n, k },
+        }
+    }
+
+    /// `out[m × n] = x[m × k] · wᵀ`.
+    pub fn apply(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match self {
+            Mat::F32 { w, n, k } => matmul_wt(x, m, w, *n, *k, out),
+            Mat::Q8(q) => matmul_q8(x, m, q, out),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Mat::F32 { w, .. } => 4 * w.len(),
+            Mat::Q8(q) => q.bytes(),
+        }
+    }
+}
+
+/// How [`DecodeModel`] holds its weight matrices (norms and the embedding table stay f32, and so
+/// does a matrix whose rows are not a multiple of 32 values, which Q8_0 blocks cannot tile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// llama.cpp's Q8_0 blocks: 3.6× fewer bytes per decode step, each weight within half a
+    /// step (1/254 of its block's largest magnitude, plus the f16 rounding of the block's scale)
+    /// of the f32 value.
+    Q8_0,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8_0" => Ok(Self::Q8_0),
+            _ => anyhow::bail!("unknown weight format {s:?}: use f32 or q8_0"),
+        }
+    }
+}
+
 /// Accumulator lanes of one dot product (one 256-bit register).
 pub(crate) const LANES: usize = 8;
 /// Weight rows per parallel task: enough work per task, and a block small enough to stay in L2
@@ -306,7 +360,10 @@ macro_rules! simd_kernel {
             use std::arch::x86_64::*;
 
             /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+G`.
-            #[target_feature(enable = $features)]
+            ///
+            /// # Safety
+            /// The CPU must support `$features`; `x` must hold rows `i0..i0+R` of `k` values, `w`
+            /// rows `j0..j0+G` of `k` values, and `part` row `i0+R-1` of `nb` columns (`j0+G ≤ nb`).
             #[inline]
             unsafe fn tile<const R: usize, const G: usize>(
                 x: &[f32], i0: usize, w: &[f32], j0: usize, nb: usize, k: usize, part: &mut [f32],
@@ -349,7 +406,9 @@ macro_rules! simd_kernel {
             }
 
             /// Rows `i0..i0+R` against every weight row: tiles of `G`, then single rows.
-            #[target_feature(enable = $features)]
+            ///
+            /// # Safety
+            /// As for `tile`, for every weight row `0..nb`.
             #[inline]
             unsafe fn rows<const R: usize, const G: usize>(
                 x: &[f32], i0: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32],
@@ -365,6 +424,11 @@ macro_rules! simd_kernel {
                 }
             }
 
+            /// `part[m × nb] = x[m × k] · w[nb × k]ᵀ`.
+            ///
+            /// # Safety
+            /// The CPU must support `$features`; `x` must hold `m·k` values, `w` `nb·k` and
+            /// `part` `m·nb`.
             #[target_feature(enable = $features)]
             pub unsafe fn kernel(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
                 let mut i0 = 0;
@@ -393,6 +457,11 @@ macro_rules! q8_kernel {
             use super::{reduce, Q8Activations, Q8Rows, LANES, QK8_0};
             use std::arch::x86_64::*;
 
+            /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+G`, block by block.
+            ///
+            /// # Safety
+            /// The CPU must support `$features`; rows `i0..i0+R` must exist in `x` and rows
+            /// `j0..j0+G` in `w` (same `k`), and `part` must hold row `i0+R-1` of `w.rows` columns.
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn tile<const R: usize, const G: usize>(
@@ -435,6 +504,10 @@ macro_rules! q8_kernel {
                 }
             }
 
+            /// Rows `i0..i0+R` against every weight row.
+            ///
+            /// # Safety
+            /// As for `tile`, for every weight row.
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn rows<const R: usize, const G: usize>(x: &Q8Activations, i0: usize, w: &Q8Rows<'_>, part: &mut [f32]) {
@@ -449,6 +522,11 @@ macro_rules! q8_kernel {
                 }
             }
 
+            /// `part[x.m × w.rows] = x · wᵀ` over Q8_0 blocks.
+            ///
+            /// # Safety
+            /// The CPU must support `$features`; `x` and `w` must share `k`, and `part` must hold
+            /// `x.m · w.rows` values.
             #[target_feature(enable = $features)]
             pub unsafe fn kernel(x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
                 let mut i0 = 0;

@@ -34,12 +34,20 @@ pub fn tanh_inplace(xs: &mut [f32]) {
     }
 }
 
+/// [`exp_body`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_avx512(xs: &mut [f32]) {
     exp_body(xs)
 }
 
+/// [`exp_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn exp_avx2(xs: &mut [f32]) {

@@ -4,8 +4,8 @@
 //! With `ĝ = g·grad_scale` (the clipping factor folded in), step `t` (from 1):
 //! `m ← β₁m + (1−β₁)ĝ`, `v ← β₂v + (1−β₂)ĝ²`, `p ← p·(1 − lr·wd) − lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)`.
 
-use super::with_f32;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor, Var};
+use jarip_kernels::ops::with_f32;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -106,7 +106,7 @@ pub fn adamw_composed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::*;
+    use jarip_kernels::ops::testing::*;
 
     #[test]
     fn fused_matches_composed() {

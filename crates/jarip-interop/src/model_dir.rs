@@ -4,9 +4,10 @@
 //! model, so a mismatched pair is refused rather than producing fluent nonsense.
 
 use anyhow::{bail, Context, Result};
+use jarip_kernels::decode_matmul::WeightFormat;
 use jarip_ledger::manifest::MANIFEST_FILE;
 use jarip_ledger::Manifest;
-use jarip_model::{Gpt, WeightFormat};
+use jarip_model::Gpt;
 use jarip_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +76,7 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
         return load_gguf(path, device);
     }
-    if path.is_dir() && jarip_interop::hf::is_hf_export(path) {
+    if path.is_dir() && crate::hf::is_hf_export(path) {
         return load_hf_export(path, device);
     }
     let dir = resolve_checkpoint(path)?;
@@ -100,11 +101,11 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
     let manifest = Manifest::read(dir).with_context(|| {
         format!("{} is in the HF layout but was not exported by jarip (no manifest)", dir.display())
     })?;
-    if manifest.kind != jarip_interop::hf::EXPORT_KIND {
+    if manifest.kind != crate::hf::EXPORT_KIND {
         bail!("{} is a {:?}, not an export", dir.display(), manifest.kind);
     }
     manifest.verify(dir)?;
-    let model = jarip_interop::hf::load_hf(dir, device)?;
+    let model = crate::hf::load_hf(dir, device)?;
     let tok_file = dir.join(TOKENIZER_FILE);
     let tokenizer =
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
@@ -115,7 +116,7 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
 /// A GGUF file `jarip export` wrote: its weights are checked against the hash recorded in it; the
 /// manifest is made from its metadata (the file is its own record).
 fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
-    let g = jarip_interop::gguf_model::load_gguf(path, device)?;
+    let g = crate::gguf_model::load_gguf(path, device)?;
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
     let mut files = std::collections::BTreeMap::new();
     let bytes = std::fs::metadata(path)?.len();

@@ -4,10 +4,11 @@
 //! rounds so that a noisy host affects both alike. Prints the best ms per step of each and the
 //! cache bytes a step reads.
 //!
-//! cargo run --release -p jarip-model --example attention_bench -- [--context 1000] [--batch 8]
+//! cargo run --release -p jarip-infer --example attention_bench -- [--context 1000] [--batch 8]
 
 use candle_core::Device;
-use jarip_model::{DecodeModel, Gpt, KvFormat, ModelConfig, SeqCache, SeqInput};
+use jarip_infer::{DecodeModel, KvFormat, SeqCache, SeqInput};
+use jarip_model::{Gpt, ModelConfig};
 use std::time::Instant;
 
 fn arg(name: &str, default: usize) -> usize {
