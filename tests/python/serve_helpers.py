@@ -4,6 +4,7 @@ The model goes through the real pipeline (prepare → tokenizer → shards → a
 steps), so the server loads exactly what users serve, manifest and ledger included.
 """
 
+import json
 import os
 import re
 import shlex
@@ -29,8 +30,12 @@ def run(*args):
     subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True)
 
 
-def tiny_model(root: Path) -> Path:
-    """A depth-1 model pretrained for a few steps; returns its run directory."""
+def tiny_model(root: Path, model: dict | None = None) -> Path:
+    """A model pretrained for a few steps; returns its run directory.
+
+    Depth 1 by default; `model` sets every field of a jarip model config instead (written as the
+    file `pretrain --config` reads) but vocab_size, which is the trained tokenizer's.
+    """
     corpus = root / "corpus"
     corpus.mkdir(parents=True)
     for i in range(40):
@@ -39,8 +44,14 @@ def tiny_model(root: Path) -> Path:
     run("data", "prepare", corpus, "--out", run_dir / "prepared")
     run("tokenizer", "train", run_dir / "prepared", "--vocab-size", "400", "--out", run_dir / "tokenizer")
     run("data", "shard", run_dir / "prepared", "--tokenizer", run_dir / "tokenizer", "--out", run_dir / "shards")
+    shape = ["--depth", "1"]
+    if model is not None:
+        manifest = json.loads((run_dir / "tokenizer" / "manifest.json").read_text())
+        config = root / "model.json"
+        config.write_text(json.dumps({"vocab_size": manifest["settings"]["vocab_size"], **model}))
+        shape = ["--config", config]
     run(
-        "pretrain", "--data", run_dir / "shards", "--out", run_dir, "--depth", "1", "--max-steps", "10",
+        "pretrain", "--data", run_dir / "shards", "--out", run_dir, *shape, "--max-steps", "10",
         "--seq-len", "32", "--batch-size", "4", "--eval-every", "0", "--eval-tokens", "256",
         "--sample-every", "0", "--warmup-steps", "2", "--no-progress",
     )

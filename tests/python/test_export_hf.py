@@ -4,12 +4,22 @@
   (no jarip code) gives the logits jarip computes for the same tokens.
 - tokenizer_config.json's chat template, rendered with Jinja2 (as transformers does) and encoded
   by HF `tokenizers`, gives jarip's chat ids.
-- With PyTorch and transformers installed (not in CI: the wheels are gigabytes), the exported
-  `modeling_jarip.py` loads through `AutoModelForCausalLM(trust_remote_code=True)` and agrees too.
+- The exported `modeling_jarip.py` and `configuration_jarip.py` run, as written to the export
+  directory, on NumPy stand-ins for the parts of torch and transformers they use
+  (numpy_torch/: every op written plainly with PyTorch's semantics, NotImplementedError for any
+  other), in a subprocess that has them first on sys.path: loaded through config.json's auto_map
+  as `AutoModelForCausalLM(trust_remote_code=True)` loads them, they give jarip's logits, and
+  their KV-cache decoding gives jarip's greedy continuation. This runs in CI, for a ReLU² model
+  and a SwiGLU model with grouped-query attention.
+- With the real PyTorch and transformers installed (not in CI: the wheels are gigabytes), the same
+  file loads through `AutoModelForCausalLM(trust_remote_code=True)` and agrees too.
 """
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import jinja2
 import numpy as np
@@ -20,6 +30,13 @@ from safetensors.numpy import load_file
 from serve_helpers import jarip_cmd, run, tiny_model
 
 PROMPT = "대한민국의 주권은 국민에게 있고 All the world"
+NUMPY_TORCH = Path(__file__).resolve().parent / "numpy_torch"
+# SwiGLU, grouped-query attention (4 query heads over 2 KV heads), two layers, and a rope base and
+# logit cap away from the config's defaults, so that each must be read from config.json.
+SWIGLU_GQA = {
+    "n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "mlp_hidden": 96, "mlp": "swi_glu",
+    "max_seq_len": 64, "rope_base": 500.0, "logit_softcap": 5.0, "norm_eps": 1e-6,
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +45,17 @@ def exported(tmp_path_factory):
     run_dir = tiny_model(root)
     out = root / "hf"
     run("export", "--model", run_dir, "--out", out)
+    return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def exported_swiglu_gqa(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-swiglu")
+    run_dir = tiny_model(root, SWIGLU_GQA)
+    out = root / "hf"
+    run("export", "--model", run_dir, "--out", out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["mlp_type"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == ("swiglu", 4, 2)
     return run_dir, out
 
 
@@ -161,3 +189,47 @@ def test_transformers_loads_the_export_with_its_modeling_code(exported):
         first = model(torch.tensor([ids[:-1]]), use_cache=True)
         step = model(torch.tensor([ids[-1:]]), past_key_values=first.past_key_values).logits[0, -1].numpy()
     assert np.abs(step - logits).max() < 1e-9
+
+
+def run_on_numpy_torch(out, dtype, prompt, continuation):
+    """The export's own modeling code, run by numpy_torch/run_modeling.py in its own interpreter."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(NUMPY_TORCH), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(
+        [sys.executable, str(NUMPY_TORCH / "run_modeling.py"), str(out), dtype],
+        input=json.dumps({"prompt": prompt, "continuation": continuation}),
+        capture_output=True, text=True, env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert Path(res["torch"]).is_relative_to(NUMPY_TORCH)  # the stand-in ran, not a real torch
+    return res
+
+
+@pytest.mark.parametrize("export", ["exported", "exported_swiglu_gqa"])
+def test_exported_modeling_code_on_numpy_torch_matches_jarip(export, request):
+    _, out = request.getfixturevalue(export)
+    ids = prompt_ids(out, PROMPT)
+    got = jarip_json("generate", "--model", out, "--prompt", PROMPT, "--max-tokens", "8",
+                     "--temperature", "0", "--logprobs", "5", "--json")
+    cont = got["tokens"]
+    assert got["usage"]["prompt_tokens"] == len(ids) and len(cont) > 1
+    ref = numpy_logits(out, ids)
+    for dtype in ("float64", "float32"):
+        r = run_on_numpy_torch(out, dtype, ids, cont)
+        logits = np.array(r["logits"])
+        assert logits.shape == (len(ids), len(ref))
+        # Logits leave the model in float32 (as jarip's); the rest runs in `dtype`.
+        assert np.abs(logits[-1] - ref).max() < (1e-6 if dtype == "float64" else 1e-4), dtype
+        lp = logits - logits.max(-1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        assert abs(r["loss"] + lp[np.arange(len(ids) - 1), ids[1:]].mean()) < 1e-5  # next-token loss
+        # Cached decoding along jarip's greedy continuation: each step's distribution is jarip's.
+        assert len(r["steps"]) == len(cont)
+        for k, (step, tok, lps) in enumerate(zip(r["steps"], cont, got["logprobs"])):
+            step = np.array(step)
+            if dtype == "float64":  # the cache gives what recomputing the whole sequence gives
+                assert np.abs(step - numpy_logits(out, ids + cont[:k])).max() < 1e-6, k
+            step = log_softmax(step)
+            assert lps["token"] == tok and step.max() - step[tok] < 1e-4, (k, tok)  # greedy, up to ties
+            for t, lp_jarip in lps["top"]:
+                assert abs(lp_jarip - step[t]) < 1e-4, (dtype, k, t, lp_jarip, step[t])
