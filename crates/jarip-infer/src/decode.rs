@@ -11,7 +11,11 @@
 //! its steps.
 
 use anyhow::{bail, Result};
-use jarip_model::{Gpt, MlpKind, ModelConfig};
+use jarip_kernels::ops::fastmath::tanh_one_exp as tanh;
+use jarip_kernels::ops::rms_norm::rms_norm_row;
+use jarip_kernels::ops::rope::{rope_angles, rope_rows_inplace};
+use jarip_model::layout::{Block, EMBED, FINAL_NORM, LM_HEAD};
+use jarip_model::{Gpt, ModelConfig};
 use rayon::prelude::*;
 
 pub use jarip_kernels::decode_matmul::matmul_wt;
@@ -19,19 +23,8 @@ pub use jarip_kernels::decode_matmul::{Mat, WeightFormat};
 use jarip_kernels::kv_cache::{attend_head, Head, Scratch};
 pub use jarip_kernels::kv_cache::{KvFormat, SeqCache};
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Mat,
-    wk: Mat,
-    wv: Mat,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
-    wo: Mat,
-    mlp_norm: Vec<f32>,
-    w_gate: Option<Mat>,
-    w_up: Mat,
-    w_down: Mat,
-}
+/// A block as decoding reads it: gains as f32 rows, matrices as the decode kernel holds them.
+type Layer = Block<Vec<f32>, Mat>;
 
 /// A read-only copy of a [`Gpt`]'s weights laid out for CPU inference.
 pub struct DecodeModel {
@@ -62,47 +55,21 @@ impl DecodeModel {
     /// A copy whose weight matrices are held in `format`.
     pub fn with_format(model: &Gpt, format: WeightFormat) -> Result<Self> {
         let cfg = model.config().clone();
-        let (c, kv, hid) = (cfg.n_embd, cfg.kv_dim(), cfg.mlp_hidden);
+        let c = cfg.n_embd;
         let mat = |w: Vec<f32>, n: usize, k: usize| Mat::new(w, n, k, format);
         let t = model.tensors();
         let get = |name: &str| -> Result<Vec<f32>> {
             let x = t.get(name).ok_or_else(|| anyhow::anyhow!("model has no tensor {name}"))?;
             Ok(x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        let l = |i: usize, rest: &str| format!("model.layers.{i}.{rest}");
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            layers.push(Layer {
-                attn_norm: get(&l(i, "input_layernorm.weight"))?,
-                wq: mat(get(&l(i, "self_attn.q_proj.weight"))?, c, c),
-                wk: mat(get(&l(i, "self_attn.k_proj.weight"))?, kv, c),
-                wv: mat(get(&l(i, "self_attn.v_proj.weight"))?, kv, c),
-                q_norm: get(&l(i, "self_attn.q_norm.weight"))?,
-                k_norm: get(&l(i, "self_attn.k_norm.weight"))?,
-                wo: mat(get(&l(i, "self_attn.o_proj.weight"))?, c, c),
-                mlp_norm: get(&l(i, "post_attention_layernorm.weight"))?,
-                w_gate: if cfg.mlp == MlpKind::SwiGlu {
-                    Some(mat(get(&l(i, "mlp.gate_proj.weight"))?, hid, c))
-                } else {
-                    None
-                },
-                w_up: mat(get(&l(i, "mlp.up_proj.weight"))?, hid, c),
-                w_down: mat(get(&l(i, "mlp.down_proj.weight"))?, c, hid),
-            });
-        }
-        let (half, d) = (cfg.head_dim() / 2, cfg.head_dim());
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for p in 0..cfg.max_seq_len {
-            for i in 0..half {
-                let angle = p as f64 * cfg.rope_base.powf(-(2.0 * i as f64) / d as f64);
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let layers = (0..cfg.n_layer)
+            .map(|i| Block::load(&cfg, i, get, |name, n, k| Ok(mat(get(name)?, n, k))))
+            .collect::<Result<Vec<Layer>>>()?;
+        let (cos, sin) = rope_angles(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base);
         Ok(Self {
-            embed: get("model.embed_tokens.weight")?,
-            final_norm: get("model.norm.weight")?,
-            lm_head: mat(get("lm_head.weight")?, cfg.vocab_size, c),
+            embed: get(EMBED)?,
+            final_norm: get(FINAL_NORM)?,
+            lm_head: mat(get(LM_HEAD)?, cfg.vocab_size, c),
             format,
             kv: KvFormat::F32,
             layers,
@@ -138,9 +105,7 @@ impl DecodeModel {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_up, &l.w_down].iter().map(|m| m.bytes()).sum::<usize>()
-                    + l.w_gate.as_ref().map_or(0, Mat::bytes)
-                    + 4 * (l.attn_norm.len() * 2 + l.q_norm.len() * 2)
+                l.matrices().map(Mat::bytes).sum::<usize>() + 4 * l.norms().iter().map(|g| g.len()).sum::<usize>()
             })
             .sum();
         l + self.lm_head.bytes() + 4 * (self.final_norm.len() + self.cfg.n_embd)
@@ -194,8 +159,8 @@ impl DecodeModel {
             rms_norm_rows(&qn, &lw.q_norm, cfg.norm_eps as f32, &mut q);
             let kn = k.clone();
             rms_norm_rows(&kn, &lw.k_norm, cfg.norm_eps as f32, &mut k);
-            self.rotate(&mut q, &pos, h);
-            self.rotate(&mut k, &pos, hkv);
+            rope_rows_inplace(&mut q, &pos, h, d, &self.cos, &self.sin);
+            rope_rows_inplace(&mut k, &pos, hkv, d, &self.cos, &self.sin);
             // Append the new keys/values to their sequences' caches, head by head.
             let mut r = 0;
             for s in seqs.iter_mut() {
@@ -264,23 +229,6 @@ impl DecodeModel {
         Ok(out)
     }
 
-    /// Rotary embedding of `x: [N, heads, D]` in place, row r at position `pos[r]`.
-    fn rotate(&self, x: &mut [f32], pos: &[usize], heads: usize) {
-        let d = self.cfg.head_dim();
-        let half = d / 2;
-        x.par_chunks_mut(heads * d).zip(pos).for_each(|(row, &p)| {
-            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
-            for hd in row.chunks_mut(d) {
-                let (x1, x2) = hd.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (x1[i], x2[i]);
-                    x1[i] = a * cos[i] - b * sin[i];
-                    x2[i] = a * sin[i] + b * cos[i];
-                }
-            }
-        });
-    }
-
     /// Causal attention of each new row over its own sequence's cache (which already holds the
     /// row's own key), writing `y: [N, H·D]`.
     fn attend(&self, seqs: &[SeqInput<'_>], layer: usize, q: &[f32], owner: &[usize], pos: &[usize], y: &mut [f32]) {
@@ -300,14 +248,6 @@ impl DecodeModel {
     }
 }
 
-/// `tanh` through one `exp` (libm's `tanhf` costs two at batch 8 × the vocabulary per step):
-/// `(1 − e^{−2|y|}) / (1 + e^{−2|y|})` with the sign of `y`, which never overflows; within
-/// 1e-7 of `tanh` in absolute terms.
-fn tanh(y: f32) -> f32 {
-    let e = (-2.0 * y.abs()).exp();
-    ((1.0 - e) / (1.0 + e)).copysign(y)
-}
-
 fn add_into(x: &mut [f32], y: &[f32]) {
     x.par_iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
@@ -315,13 +255,7 @@ fn add_into(x: &mut [f32], y: &[f32]) {
 /// RMSNorm of each row of `x` (row length = `w.len()`) into `out`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let c = w.len();
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
-        let ss: f32 = r.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / c as f32 + eps).sqrt();
-        for ((o, v), g) in o.iter_mut().zip(r).zip(w) {
-            *o = v * inv * g;
-        }
-    });
+    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| rms_norm_row(r, w, eps, o));
 }
 
 #[cfg(test)]
@@ -423,17 +357,6 @@ mod tests {
         // A cache filled as f16 does not continue with an f32-caching model.
         let err = f32m.forward(&mut [SeqInput { tokens: &[3], cache: &mut ca }], false).unwrap_err();
         assert!(err.to_string().contains("F16"), "{err}");
-    }
-
-    #[test]
-    fn one_exp_tanh_matches_libm() {
-        for i in -4000..=4000 {
-            let y = i as f32 * 2.5e-3;
-            assert!((tanh(y) - y.tanh()).abs() < 2e-7, "tanh({y}): {} vs {}", tanh(y), y.tanh());
-        }
-        assert_eq!(tanh(100.0), 1.0);
-        assert_eq!(tanh(-1e30), -1.0);
-        assert_eq!(tanh(0.0), 0.0);
     }
 
     #[test]

@@ -75,34 +75,7 @@ impl WeightType {
     }
 }
 
-/// jarip (HF-style) tensor name → llama.cpp name.
-pub fn gguf_name(name: &str) -> Result<String> {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(n, _)| *n == name) {
-        return Ok(g.to_string());
-    }
-    let rest = name.strip_prefix("model.layers.").with_context(|| format!("no GGUF name for tensor {name}"))?;
-    let (layer, part) = rest.split_once('.').with_context(|| format!("no GGUF name for tensor {name}"))?;
-    let g = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.q_norm.weight" => "attn_q_norm.weight",
-        "self_attn.k_norm.weight" => "attn_k_norm.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => bail!("no GGUF name for tensor {name}"),
-    };
-    Ok(format!("blk.{layer}.{g}"))
-}
+pub use jarip_model::layout::gguf_name;
 
 /// What an export wrote: the canonical hash of the stored weights (dequantized to f32).
 #[derive(Debug, Clone)]

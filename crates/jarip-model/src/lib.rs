@@ -2,6 +2,8 @@
 //!
 //! It owns:
 //! - [`config`]: the model's shape ([`ModelConfig`]), the `depth` dial, validation, TOML/JSON files;
+//! - [`layout`]: the network's tensors named once (HF and GGUF names, shapes, roles, one block's
+//!   tensors), used by training, decoding, exports and loaders;
 //! - [`init`]: seeded, documented initialisation (same seed → same weights, bit for bit);
 //! - [`model`]: [`Gpt`] — forward (with an optional [`KvCache`] for decoding), loss, parameters;
 //! - [`weights`]: `model.safetensors` + `config.json` I/O and [`Gpt::weights_sha256`];
@@ -12,10 +14,12 @@
 
 pub mod config;
 pub mod init;
+pub mod layout;
 pub mod model;
 pub mod weights;
 
 pub use config::{MlpKind, ModelConfig};
 pub use jarip_kernels::{ops, Kernels};
-pub use model::{param_shapes, Gpt, KvCache, ParamRole};
+pub use layout::{param_shapes, ParamRole};
+pub use model::{Gpt, KvCache};
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

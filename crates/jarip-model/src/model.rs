@@ -13,52 +13,13 @@
 //! No biases anywhere. Weights are fp32 master copies (candle `Var`s); with a bf16 compute
 //! dtype (CUDA) each forward casts them, and the gradient flows back to the fp32 copy.
 
-use crate::config::{MlpKind, ModelConfig};
+use crate::config::ModelConfig;
+use crate::layout::{param_shapes, Block, ParamRole, EMBED, FINAL_NORM, LM_HEAD};
 use crate::init::{normal, tensor_rng};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
 use std::collections::HashMap;
-
-/// What a parameter is, for the optimizer's groups (weight decay, Muon vs AdamW).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamRole {
-    Embedding,
-    /// A 2-D weight inside a block (attention or MLP projection).
-    Matrix,
-    /// RMSNorm gains.
-    Norm,
-    /// The output head.
-    Head,
-}
-
-impl ParamRole {
-    pub fn of(name: &str) -> Self {
-        if name.contains("embed_tokens") {
-            ParamRole::Embedding
-        } else if name.starts_with("lm_head") {
-            ParamRole::Head
-        } else if name.contains("norm") {
-            ParamRole::Norm
-        } else {
-            ParamRole::Matrix
-        }
-    }
-}
-
-struct Block {
-    attn_norm: Var,
-    wq: Var,
-    wk: Var,
-    wv: Var,
-    q_norm: Var,
-    k_norm: Var,
-    wo: Var,
-    mlp_norm: Var,
-    w_gate: Option<Var>,
-    w_up: Var,
-    w_down: Var,
-}
 
 /// Cached keys and values of earlier positions, per layer (`[B, T_past, Hkv, D]`, after rotary).
 #[derive(Default, Clone)]
@@ -94,43 +55,12 @@ pub struct Gpt {
     compute_dtype: DType,
     kernels: Kernels,
     embed: Var,
-    blocks: Vec<Block>,
+    blocks: Vec<Block<Var, Var>>,
     final_norm: Var,
     lm_head: Var,
     rope: RopeTables,
     /// Every parameter, sorted by name (the canonical order for hashing and saving).
     params: Vec<(String, Var)>,
-}
-
-fn layer(i: usize, rest: &str) -> String {
-    format!("model.layers.{i}.{rest}")
-}
-
-/// Names and shapes of every tensor of a model with config `cfg`, sorted by name.
-pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (c, d, kv, hid) = (cfg.n_embd, cfg.head_dim(), cfg.kv_dim(), cfg.mlp_hidden);
-    let mut v = vec![
-        ("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, c]),
-        ("model.norm.weight".to_string(), vec![c]),
-        ("lm_head.weight".to_string(), vec![cfg.vocab_size, c]),
-    ];
-    for i in 0..cfg.n_layer {
-        v.push((layer(i, "input_layernorm.weight"), vec![c]));
-        v.push((layer(i, "self_attn.q_proj.weight"), vec![c, c]));
-        v.push((layer(i, "self_attn.k_proj.weight"), vec![kv, c]));
-        v.push((layer(i, "self_attn.v_proj.weight"), vec![kv, c]));
-        v.push((layer(i, "self_attn.q_norm.weight"), vec![d]));
-        v.push((layer(i, "self_attn.k_norm.weight"), vec![d]));
-        v.push((layer(i, "self_attn.o_proj.weight"), vec![c, c]));
-        v.push((layer(i, "post_attention_layernorm.weight"), vec![c]));
-        if cfg.mlp == MlpKind::SwiGlu {
-            v.push((layer(i, "mlp.gate_proj.weight"), vec![hid, c]));
-        }
-        v.push((layer(i, "mlp.up_proj.weight"), vec![hid, c]));
-        v.push((layer(i, "mlp.down_proj.weight"), vec![c, hid]));
-    }
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// The initial values of tensor `name` (see [`crate::init`] for the scheme).
@@ -182,28 +112,16 @@ impl Gpt {
             params[i].1.clone()
         };
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block {
-                attn_norm: get(&layer(i, "input_layernorm.weight")),
-                wq: get(&layer(i, "self_attn.q_proj.weight")),
-                wk: get(&layer(i, "self_attn.k_proj.weight")),
-                wv: get(&layer(i, "self_attn.v_proj.weight")),
-                q_norm: get(&layer(i, "self_attn.q_norm.weight")),
-                k_norm: get(&layer(i, "self_attn.k_norm.weight")),
-                wo: get(&layer(i, "self_attn.o_proj.weight")),
-                mlp_norm: get(&layer(i, "post_attention_layernorm.weight")),
-                w_gate: (cfg.mlp == MlpKind::SwiGlu).then(|| get(&layer(i, "mlp.gate_proj.weight"))),
-                w_up: get(&layer(i, "mlp.up_proj.weight")),
-                w_down: get(&layer(i, "mlp.down_proj.weight")),
-            })
-            .collect();
+            .map(|i| Block::load(cfg, i, |n| Ok(get(n)), |n, _, _| Ok(get(n))))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             device: device.clone(),
             compute_dtype: DType::F32,
             kernels: if device.is_cpu() { Kernels::Fused } else { Kernels::Composed },
-            embed: get("model.embed_tokens.weight"),
-            final_norm: get("model.norm.weight"),
-            lm_head: get("lm_head.weight"),
+            embed: get(EMBED),
+            final_norm: get(FINAL_NORM),
+            lm_head: get(LM_HEAD),
             blocks,
             rope: RopeTables::new(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base, device)?,
             params,
@@ -341,6 +259,7 @@ impl Gpt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MlpKind;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -1,5 +1,8 @@
-//! Vectorised `exp` and `tanh` over slices, for the fused kernels' hot loops (libm's scalar
-//! `expf`/`tanhf` dominated the soft-capped cross-entropy).
+//! Fast `exp` and `tanh`, the only ones jarip's kernels use besides candle's own (the composed
+//! reference path): vectorised over slices for the fused training kernels' hot loops (libm's
+//! scalar `expf`/`tanhf` dominated the soft-capped cross-entropy), and [`tanh_one_exp`], the
+//! scalar form the decode path soft-caps its logits with. The two differ in the last bits, and
+//! each path keeps its own so that training and decoding results stay what they are.
 //!
 //! `exp(x) = 2ⁿ · p(r)` with `n = round(x·log₂e)`, `r = x − n·ln2` (Cody–Waite split) and a
 //! degree-6 polynomial for `p` (relative error ≈ 2e-7 for x ≤ 88; the kernels only pass x ≤ 0). Written without
@@ -81,9 +84,29 @@ fn exp1(x: f32) -> f32 {
     p * scale
 }
 
+/// `tanh` through one libm `exp` (libm's `tanhf` costs two at batch 8 × the vocabulary per decode
+/// step): `(1 − e^{−2|y|}) / (1 + e^{−2|y|})` with the sign of `y`, which never overflows; within
+/// 1e-7 of `tanh` in absolute terms.
+pub fn tanh_one_exp(y: f32) -> f32 {
+    let e = (-2.0 * y.abs()).exp();
+    ((1.0 - e) / (1.0 + e)).copysign(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_exp_tanh_matches_libm() {
+        for i in -4000..=4000 {
+            let y = i as f32 * 2.5e-3;
+            let t = tanh_one_exp(y);
+            assert!((t - y.tanh()).abs() < 2e-7, "tanh({y}): {t} vs {}", y.tanh());
+        }
+        assert_eq!(tanh_one_exp(100.0), 1.0);
+        assert_eq!(tanh_one_exp(-1e30), -1.0);
+        assert_eq!(tanh_one_exp(0.0), 0.0);
+    }
 
     #[test]
     fn matches_libm() {

@@ -29,6 +29,15 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
     1.0 / (ss / row.len() as f32 + eps).sqrt()
 }
 
+/// One row's forward, `out = x · r · w` with `r = 1/sqrt(mean(x²) + eps)`: the fused kernel's
+/// and the decode path's (one definition, so both give the same bits).
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let r = inv_rms(x, eps);
+    for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * r * wi;
+    }
+}
+
 impl CustomOp2 for FusedRmsNorm {
     fn name(&self) -> &'static str {
         "fused-rms-norm"
@@ -42,10 +51,7 @@ impl CustomOp2 for FusedRmsNorm {
         let rows = rows_per_task(c);
         y.par_chunks_mut(c * rows).zip(x.par_chunks(c * rows)).for_each(|(yb, xb)| {
             for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
-                let r = inv_rms(xr, self.eps);
-                for ((yi, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
-                    *yi = xi * r * wi;
-                }
+                rms_norm_row(xr, w, self.eps, yr);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

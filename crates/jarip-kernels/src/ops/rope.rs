@@ -21,19 +21,49 @@ pub struct RopeTables {
     half: usize,
 }
 
+/// `cos` and `sin` of `p · base^(−2i/D)` for positions `p < max_seq_len` and `i < D/2`, row by
+/// row (`[max_seq_len, D/2]`), computed in f64 and rounded once: the one table training and
+/// decoding both rotate with.
+pub fn rope_angles(max_seq_len: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(max_seq_len * half);
+    let mut sin = Vec::with_capacity(max_seq_len * half);
+    for p in 0..max_seq_len {
+        for i in 0..half {
+            let inv_freq = base.powf(-(2.0 * i as f64) / head_dim as f64);
+            let angle = p as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// The rotation of one pair: `(x₁·cos − x₂·sin, x₁·sin + x₂·cos)`.
+#[inline(always)]
+pub fn rotate_pair(x1: f32, x2: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+}
+
+/// Rotary embedding in place of `x: [N, heads, D]`, row `r` at position `pos[r]`, with the
+/// tables of [`rope_angles`] (the decode path's form of the fused forward).
+pub fn rope_rows_inplace(x: &mut [f32], pos: &[usize], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    x.par_chunks_mut(heads * d).zip(pos).for_each(|(row, &p)| {
+        let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for hd in row.chunks_mut(d) {
+            let (x1, x2) = hd.split_at_mut(half);
+            for i in 0..half {
+                (x1[i], x2[i]) = rotate_pair(x1[i], x2[i], cos[i], sin[i]);
+            }
+        }
+    });
+}
+
 impl RopeTables {
     pub fn new(max_seq_len: usize, head_dim: usize, base: f64, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_seq_len * half);
-        let mut sin = Vec::with_capacity(max_seq_len * half);
-        for p in 0..max_seq_len {
-            for i in 0..half {
-                let inv_freq = base.powf(-(2.0 * i as f64) / head_dim as f64);
-                let angle = p as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_angles(max_seq_len, head_dim, base);
         Ok(Self {
             cos: Tensor::from_vec(cos.clone(), (max_seq_len, half), device)?,
             sin: Tensor::from_vec(sin.clone(), (max_seq_len, half), device)?,
@@ -100,9 +130,7 @@ impl CustomOp1 for FusedRope {
                     let (x1, x2) = xh.split_at(half);
                     let (y1, y2) = yh.split_at_mut(half);
                     for i in 0..half {
-                        let s = sign * sin[i];
-                        y1[i] = x1[i] * cos[i] - x2[i] * s;
-                        y2[i] = x1[i] * s + x2[i] * cos[i];
+                        (y1[i], y2[i]) = rotate_pair(x1[i], x2[i], cos[i], sign * sin[i]);
                     }
                 }
             }
