@@ -225,7 +225,7 @@ impl LanguageModel for GptLm<'_> {
         let mut out = vec![LlScore { logprob: 0.0, is_greedy: false }; requests.len()];
         for batch in self.batches(&lens) {
             let inputs: Vec<&[u32]> = batch.iter().map(|&i| &seqs[i][..lens[i]]).collect();
-            let logits = self.model.forward(&self.padded(&inputs)?, 0, None)?; // [B, T, V]
+            let logits = self.model.forward(&self.padded(&inputs)?)?; // [B, T, V]
             for (row, &i) in batch.iter().enumerate() {
                 let n = requests[i].continuation.len();
                 let start = lens[i] - n;

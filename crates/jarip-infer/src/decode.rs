@@ -271,7 +271,7 @@ mod tests {
 
     fn full_logits(model: &Gpt, ids: &[u32]) -> Vec<f32> {
         let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
-        model.forward(&t, 0, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        model.forward(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -7,8 +7,8 @@
 //!   (continuous batching), batch-invariant, with f32 or Q8_0 weights and an f32 or f16 cache;
 //! - [`model_dir`] (from jarip-interop, re-exported): a checkpoint, run, HF export or GGUF file →
 //!   model + tokenizer, checked against each other;
-//! - [`sampling`]: temperature, top-k, top-p, min-p, repetition/presence/frequency penalties,
-//!   seeded draws and log-probabilities;
+//! - [`sampling`] (jarip-model's, re-exported): temperature, top-k, top-p, min-p,
+//!   repetition/presence/frequency penalties, seeded draws and log-probabilities;
 //! - [`stop`]: stop strings that end generation without ever being returned, even when they
 //!   arrive split across tokens.
 
@@ -17,11 +17,10 @@
 pub mod decode;
 pub mod engine;
 pub mod prefix_cache;
-pub mod sampling;
 pub mod stop;
 
 pub use decode::{DecodeModel, KvFormat, SeqCache, SeqInput, WeightFormat};
 pub use engine::{Batcher, Completion, Delta, Engine, Event, FinishReason, Request};
 pub use jarip_interop::model_dir::{self, load_model, resolve_checkpoint, LoadedModel};
-pub use sampling::{Sampler, SamplingParams, TokenLogprob};
+pub use jarip_model::sampling::{self, Sampler, SamplingParams, TokenLogprob};
 pub use stop::{StopMatcher, StopOutcome};

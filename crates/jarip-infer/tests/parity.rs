@@ -67,7 +67,7 @@ fn q8_rounded(model: &Gpt) -> Gpt {
 fn training_logits(model: &mut Gpt, ids: &[u32], kernels: Kernels) -> Vec<f32> {
     model.set_kernels(kernels);
     let x = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
-    model.forward(&x, 0, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 /// Every position's logits: a prefill of `split` tokens, then one token at a time.

@@ -5,7 +5,9 @@
 //! - [`layout`]: the network's tensors named once (HF and GGUF names, shapes, roles, one block's
 //!   tensors), used by training, decoding, exports and loaders;
 //! - [`init`]: seeded, documented initialisation (same seed → same weights, bit for bit);
-//! - [`model`]: [`Gpt`] — forward (with an optional [`KvCache`] for decoding), loss, parameters;
+//! - [`model`]: [`Gpt`] — the training forward, loss, parameters (decoding is jarip-infer's);
+//! - [`sampling`]: the one sampler turning a row of logits into a token (temperature, top-k/p,
+//!   min-p, penalties, seeded draws, log-probabilities), for inference and training samples alike;
 //! - [`weights`]: `model.safetensors` + `config.json` I/O and [`Gpt::weights_sha256`];
 //! - the building blocks it composes come from [`jarip_kernels::ops`] (composed candle ops, or
 //!   fused CPU kernels with explicit backward passes).
@@ -16,10 +18,12 @@ pub mod config;
 pub mod init;
 pub mod layout;
 pub mod model;
+pub mod sampling;
 pub mod weights;
 
 pub use config::{MlpKind, ModelConfig};
 pub use jarip_kernels::{ops, Kernels};
 pub use layout::{param_shapes, ParamRole};
-pub use model::{Gpt, KvCache};
+pub use model::Gpt;
+pub use sampling::{Sampler, SamplingParams, TokenLogprob};
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

@@ -21,34 +21,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
 use std::collections::HashMap;
 
-/// Cached keys and values of earlier positions, per layer (`[B, T_past, Hkv, D]`, after rotary).
-#[derive(Default, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of positions held.
-    pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
-            _ => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.clear();
-    }
-}
-
 pub struct Gpt {
     cfg: ModelConfig,
     device: Device,
@@ -181,33 +153,22 @@ impl Gpt {
         ops::rms_norm::rms_norm(x, &self.w(w)?, self.cfg.norm_eps, self.kernels)
     }
 
-    /// Final hidden states `[B·T, C]` of `ids: [B, T]` (u32) whose first position is `pos_offset`.
-    fn hidden(&self, ids: &Tensor, pos_offset: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// Final hidden states `[B·T, C]` of `ids: [B, T]` (u32), positions `0..T`.
+    fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.cfg.check_seq_len(pos_offset + t)?;
+        self.cfg.check_seq_len(t)?;
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
         let n = b * t;
         let k_ops = self.kernels;
         let mut x = self.w(&self.embed)?.embedding(&ids.flatten_all()?)?; // [N, C]
-        if let Some(c) = cache.as_deref_mut() {
-            c.layers.resize(cfg.n_layer, None);
-        }
-        for (li, blk) in self.blocks.iter().enumerate() {
+        for blk in &self.blocks {
             let hn = self.norm(&x, &blk.attn_norm)?;
             let q = self.linear(&hn, &blk.wq, (b, t, h, d))?;
             let k = self.linear(&hn, &blk.wk, (b, t, hkv, d))?;
             let v = self.linear(&hn, &blk.wv, (b, t, hkv, d))?;
-            let q = ops::rope::rope(&self.norm(&q, &blk.q_norm)?, &self.rope, pos_offset, k_ops)?;
-            let mut k = ops::rope::rope(&self.norm(&k, &blk.k_norm)?, &self.rope, pos_offset, k_ops)?;
-            let mut v = v;
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 1)?;
-                    v = Tensor::cat(&[pv, &v], 1)?;
-                }
-                c.layers[li] = Some((k.clone(), v.clone()));
-            }
+            let q = ops::rope::rope(&self.norm(&q, &blk.q_norm)?, &self.rope, 0, k_ops)?;
+            let k = ops::rope::rope(&self.norm(&k, &blk.k_norm)?, &self.rope, 0, k_ops)?;
             let y = ops::attention::causal_attention(&q, &k, &v, k_ops)?;
             x = (x + self.linear(&y, &blk.wo, (n, cfg.n_embd))?)?;
 
@@ -228,18 +189,18 @@ impl Gpt {
         Ok(self.linear(hidden, &self.lm_head, (n, self.cfg.vocab_size))?.to_dtype(DType::F32)?)
     }
 
-    /// Soft-capped fp32 logits `[B, T, V]` for `ids: [B, T]` (u32) starting at position
-    /// `pos_offset`; with a cache, the keys/values of these positions are appended to it and
-    /// attention also sees the cached ones.
-    pub fn forward(&self, ids: &Tensor, pos_offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// Soft-capped fp32 logits `[B, T, V]` for `ids: [B, T]` (u32) at positions `0..T`.
+    /// (Decoding one token at a time with a KV cache is jarip-infer's `DecodeModel`, which the
+    /// parity grid there checks against this forward.)
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let logits = self.raw_logits(&self.hidden(ids, pos_offset, cache)?)?;
+        let logits = self.raw_logits(&self.hidden(ids)?)?;
         Ok(ops::cross_entropy::softcap(&logits, self.cfg.logit_softcap)?.reshape((b, t, self.cfg.vocab_size))?)
     }
 
     /// Per-token cross-entropy (nats, fp32) `[B·T]` of predicting `targets: [B, T]` from `ids`.
     pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let hidden = self.hidden(ids, 0, None)?;
+        let hidden = self.hidden(ids)?;
         let targets = targets.flatten_all()?;
         let cap = self.cfg.logit_softcap;
         Ok(ops::head_ce::head_cross_entropy(&hidden, &self.w(&self.lm_head)?, &targets, cap, self.kernels)?)
@@ -321,28 +282,11 @@ mod tests {
     }
 
     #[test]
-    fn kv_cache_decode_matches_full_forward() {
-        let cfg = ModelConfig::tiny(300);
-        let m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
-        let (x, _) = batch(1, 10, 300, 1);
-        let full = m.forward(&x, 0, None).unwrap();
-        let mut cache = KvCache::new();
-        let pre = m.forward(&x.narrow(1, 0, 6).unwrap(), 0, Some(&mut cache)).unwrap();
-        assert_eq!(cache.len(), 6);
-        let mut last = pre.narrow(1, 5, 1).unwrap();
-        for p in 6..10 {
-            last = m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap();
-        }
-        let d = max_abs_diff(&full.narrow(1, 9, 1).unwrap(), &last);
-        assert!(d < 1e-4, "decode differs from full forward by {d}");
-    }
-
-    #[test]
     fn context_longer_than_rotary_tables_is_an_error() {
         let cfg = ModelConfig::tiny(300);
         let m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
         let (x, _) = batch(1, 40, 300, 1);
-        let err = m.forward(&x, 0, None).unwrap_err().to_string();
+        let err = m.forward(&x).unwrap_err().to_string();
         assert!(err.contains("rotary"), "{err}");
     }
 }

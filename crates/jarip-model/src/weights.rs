@@ -90,8 +90,8 @@ mod tests {
         assert_eq!(b.config(), &cfg);
         assert_eq!(a.weights_sha256().unwrap(), b.weights_sha256().unwrap());
         let ids = Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap();
-        let la = a.forward(&ids, 0, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let lb = b.forward(&ids, 0, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let la = a.forward(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let lb = b.forward(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(la, lb);
         // A config that does not match the weights is refused with the tensor's name.
         let mut other = cfg.clone();

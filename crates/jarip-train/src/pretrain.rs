@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor};
 use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
 use jarip_ledger::{Entry, FileRef, Ledger, Manifest};
 use jarip_model::{Gpt, ModelConfig};
-use rand::SeedableRng;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -366,10 +365,8 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                 last_eval = Some(ev);
             }
             if opts.sample_every > 0 && step % opts.sample_every == 0 {
-                let mut rng =
-                    rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let ids =
-                    generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, &mut rng)?;
+                let seed = opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let ids = generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, seed)?;
                 let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
                 eprint(&pb, format!("step {step} sample: {text:?}"));
                 line["sample"] = json!(text);
