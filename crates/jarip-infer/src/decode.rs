@@ -104,9 +104,7 @@ impl DecodeModel {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| {
-                l.matrices().map(Mat::bytes).sum::<usize>() + 4 * l.norms().iter().map(|g| g.len()).sum::<usize>()
-            })
+            .map(|l| l.matrices().map(Mat::bytes).sum::<usize>() + 4 * l.norms().iter().map(|g| g.len()).sum::<usize>())
             .sum();
         l + self.lm_head.bytes() + 4 * (self.final_norm.len() + self.cfg.n_embd)
     }

@@ -34,7 +34,8 @@ fn varied(cfg: &ModelConfig) -> Gpt {
         let t = match ParamRole::of(&name) {
             ParamRole::Norm => {
                 let n = t.elem_count();
-                let v: Vec<f32> = (0..n).map(|j| 1.0 + 0.5 * (((j * 7919 + salt) % 1000) as f32 / 500.0 - 1.0)).collect();
+                let v: Vec<f32> =
+                    (0..n).map(|j| 1.0 + 0.5 * (((j * 7919 + salt) % 1000) as f32 / 500.0 - 1.0)).collect();
                 Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
             }
             ParamRole::Head => (t * 300.0).unwrap(),

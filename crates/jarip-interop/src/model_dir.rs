@@ -96,6 +96,11 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
     Ok(LoadedModel { model, tokenizer, dir, manifest, stored_format: WeightFormat::F32 })
 }
 
+/// [`load_model`] onto the CPU, where inference runs.
+pub fn load_model_cpu(path: &Path) -> Result<LoadedModel> {
+    load_model(path, &candle_core::Device::Cpu)
+}
+
 /// An HF-layout export: its manifest must verify (it names the source checkpoint and tokenizer).
 fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
     let manifest = Manifest::read(dir).with_context(|| {

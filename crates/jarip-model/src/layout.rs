@@ -137,7 +137,8 @@ impl ParamRole {
 /// order for hashing and saving).
 pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (c, v) = (cfg.n_embd, cfg.vocab_size);
-    let mut out = vec![(EMBED.to_string(), vec![v, c]), (FINAL_NORM.to_string(), vec![c]), (LM_HEAD.to_string(), vec![v, c])];
+    let mut out =
+        vec![(EMBED.to_string(), vec![v, c]), (FINAL_NORM.to_string(), vec![c]), (LM_HEAD.to_string(), vec![v, c])];
     for i in 0..cfg.n_layer {
         for part in Part::ALL.into_iter().filter(|p| p.present(cfg)) {
             out.push((part.name(i), part.shape(cfg)));
@@ -206,7 +207,10 @@ impl<N, M> Block<N, M> {
 
     /// The block's matrices (gate included where present).
     pub fn matrices(&self) -> impl Iterator<Item = &M> {
-        [&self.wq, &self.wk, &self.wv, &self.wo].into_iter().chain(self.w_gate.as_ref()).chain([&self.w_up, &self.w_down])
+        [&self.wq, &self.wk, &self.wv, &self.wo]
+            .into_iter()
+            .chain(self.w_gate.as_ref())
+            .chain([&self.w_up, &self.w_down])
     }
 
     /// The block's norm gains.

@@ -21,6 +21,8 @@ pub mod model;
 pub mod sampling;
 pub mod weights;
 
+/// The device a model lives on (candle's), so callers need not name the tensor library.
+pub use candle_core::Device;
 pub use config::{MlpKind, ModelConfig};
 pub use jarip_kernels::{ops, Kernels};
 pub use layout::{param_shapes, ParamRole};

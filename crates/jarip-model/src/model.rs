@@ -14,8 +14,8 @@
 //! dtype (CUDA) each forward casts them, and the gradient flows back to the fp32 copy.
 
 use crate::config::ModelConfig;
-use crate::layout::{param_shapes, Block, ParamRole, EMBED, FINAL_NORM, LM_HEAD};
 use crate::init::{normal, tensor_rng};
+use crate::layout::{param_shapes, Block, ParamRole, EMBED, FINAL_NORM, LM_HEAD};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use jarip_kernels::ops::{self, rope::RopeTables, Kernels};

@@ -5,7 +5,7 @@
 //! cargo run --release -p jarip-serve --example random_model -- TOKENIZER_JSON DEPTH OUT_DIR [SEED]
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use jarip_model::Device;
 use jarip_model::{Gpt, ModelConfig};
 use std::path::PathBuf;
 

@@ -79,7 +79,7 @@ pub fn default_model_name(path: &Path) -> String {
 
 /// Loads the model and starts the scheduler: everything but the socket.
 pub fn build_state(opts: &ServeOptions) -> Result<Shared> {
-    let loaded = jarip_infer::load_model(&opts.model, &candle_core::Device::Cpu)?;
+    let loaded = jarip_infer::load_model_cpu(&opts.model)?;
     let name = opts.served_model_name.clone().unwrap_or_else(|| default_model_name(&opts.model));
     let info = provenance::summary(&name, &loaded);
     let format = opts.weights.unwrap_or(loaded.stored_format);

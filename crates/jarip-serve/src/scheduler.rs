@@ -310,8 +310,8 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
     use jarip_infer::SamplingParams;
+    use jarip_model::Device;
     use jarip_model::{Gpt, ModelConfig};
     use std::time::Duration;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};

@@ -95,7 +95,8 @@ fn extract_zip(archive: &Path, into: &Path, files: &mut Vec<String>) -> Result<(
     let mut z = zip::ZipArchive::new(f).with_context(|| format!("{} is not a zip archive", archive.display()))?;
     for i in 0..z.len() {
         let mut entry = z.by_index(i)?;
-        if let Some(dest) = destination(entry.name()) {
+        let name = entry.name().with_context(|| format!("{}: member {i} has an unreadable name", archive.display()))?;
+        if let Some(dest) = destination(&name) {
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes)?;
             write_member(into, &dest, &bytes)?;
