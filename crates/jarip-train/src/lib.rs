@@ -7,6 +7,7 @@
 //! - [`dist`]: data-parallel replicas over MPI (or one process standing in for them);
 //! - [`eval`]: validation loss and bits per byte; [`sample`]: generations during training;
 //! - [`checkpoint`]: atomic `ckpt-STEP/` directories with manifests, keep-last-K, exact resume;
+//! - [`records`]: the ledger records and metrics lines training writes, with its own types inside;
 //! - [`metrics`]: `metrics.jsonl`; [`pretrain`](mod@pretrain): the run itself, with its ledger entries;
 //! - [`sft`](mod@sft): supervised fine-tuning with assistant-only loss, from a base checkpoint.
 //!
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod optim;
 pub mod options;
 pub mod pretrain;
+pub mod records;
 pub mod sample;
 pub mod schedule;
 pub mod sft;

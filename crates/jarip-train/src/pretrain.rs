@@ -7,6 +7,7 @@ use crate::eval::{evaluate, token_byte_lengths, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::optim::Optimizer;
 use crate::options::{PretrainOptions, PretrainSummary};
+use crate::records::{CheckpointDetails, DataRange, PretrainConfig, PretrainStart, Processes, StepMetrics};
 use crate::sample::generate;
 use crate::step::train_step_parallel;
 use anyhow::{bail, Context, Result};
@@ -15,7 +16,6 @@ use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
 use jarip_ledger::{Entry, FileRef, Ledger, Manifest};
 use jarip_model::{Gpt, ModelConfig};
 use rand::SeedableRng;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -224,12 +224,20 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
 
     let num_params = model.num_params();
     let flops_per_token = cfg.train_flops_per_token(opts.seq_len);
-    let settings = json!({
-        "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
-        "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
-        "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
-        "kernels": opts.kernels, "device": device_kind(&opts.device), "replicas": dp.replicas,
-    });
+    let settings = serde_json::to_value(PretrainConfig {
+        model: cfg.clone(),
+        seed: opts.seed,
+        seq_len: opts.seq_len,
+        batch_size: opts.batch_size,
+        batch_tokens,
+        optimizer: opts.optimizer.clone(),
+        schedule: opts.schedule,
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        shards_merkle_root: shards_root.clone(),
+        kernels: opts.kernels,
+        device: device_kind(&opts.device).to_string(),
+        replicas: dp.replicas,
+    })?;
     let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
     let inputs = {
         let mut v = Vec::new();
@@ -249,17 +257,17 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         e.inputs = inputs.clone();
         e.config = settings.clone();
         e.seed = Some(opts.seed);
-        e.details = json!({
-            "step": step,
-            "weights_sha256": model.weights_sha256()?,
-            "initial_weights": step == 0,
-            "num_params": num_params,
-            "tokenizer_sha256": tokenizer.sha256(),
-            "shards_merkle_root": shards_root,
-            "sampler": sampler.state(),
-            "resumed_from": last_ckpt.as_ref().map(|d| d.display().to_string()),
-            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
-        });
+        e.set_details(&PretrainStart {
+            step,
+            weights_sha256: model.weights_sha256()?,
+            initial_weights: Some(step == 0),
+            num_params: Some(num_params as u64),
+            tokenizer_sha256: Some(tokenizer.sha256().to_string()),
+            shards_merkle_root: shards_root.clone(),
+            sampler: Some(sampler.state()),
+            resumed_from: last_ckpt.as_ref().map(|d| d.display().to_string()),
+            processes: Some(Processes { backend: comm.backend().into(), world_size: comm.world_size() }),
+        })?;
         if leader {
             ledger.append(e)?;
         }
@@ -344,14 +352,19 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         tps_ema = if tps_ema == 0.0 { tps } else { 0.9 * tps_ema + 0.1 * tps };
         let mfu = flops_per_token * tps / opts.peak_flops;
         last_loss = Some(out.loss);
-        let mut line = json!({
-            "step": step, "loss": out.loss, "lr": opts.optimizer.lr * lr_factor, "grad_norm": out.grad_norm,
-            "tokens": tokens_seen, "tokens_per_s": tps, "mfu": mfu, "step_ms": dt * 1e3,
-            "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
-        });
-        if comm.world_size() > 1 {
-            line["exchange_ms"] = json!(out.exchange_s * 1e3);
-        }
+        let mut line = StepMetrics {
+            step,
+            loss: Some(out.loss),
+            lr: Some(opts.optimizer.lr * lr_factor),
+            grad_norm: Some(out.grad_norm),
+            tokens: Some(tokens_seen),
+            tokens_per_s: Some(tps),
+            mfu: Some(mfu),
+            step_ms: Some(dt * 1e3),
+            elapsed_s: Some(elapsed_before + run_start.elapsed().as_secs_f64()),
+            exchange_ms: (comm.world_size() > 1).then_some(out.exchange_s * 1e3),
+            ..Default::default()
+        };
         let last_step = total_steps == Some(step) || opts.stop_at_step == Some(step);
         // Evaluation, samples and metrics are rank 0's; the other ranks learn whether they failed.
         let mut bookkeeping = || -> Result<()> {
@@ -360,8 +373,8 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
             }
             if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
                 let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
-                line["val_loss"] = json!(ev.loss);
-                line["val_bpb"] = json!(ev.bpb);
+                line.val_loss = Some(ev.loss);
+                line.val_bpb = Some(ev.bpb);
                 eprint(&pb, format!("step {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
                 last_eval = Some(ev);
             }
@@ -372,7 +385,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                     generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, &mut rng)?;
                 let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
                 eprint(&pb, format!("step {step} sample: {text:?}"));
-                line["sample"] = json!(text);
+                line.sample = Some(text);
             }
             metrics.append(&line)
         };
@@ -401,15 +414,18 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                 save_checkpoint(&opts.out, &model, &optim, &ts, &tok_file, settings.clone(), opts.keep_checkpoints)
                     .and_then(|dir| {
                         let mut e = crate::checkpoint::checkpoint_entry("checkpoint", &dir, opts.seed)?;
-                        e.details = json!({
-                            "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen,
-                            "total_steps": total_steps,
-                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
-                            "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
-                        });
-                        if comm.world_size() > 1 {
-                            e.details["replicas_agree"] = json!(comm.world_size());
-                        }
+                        e.set_details(&CheckpointDetails {
+                            step,
+                            weights_sha256: ts.weights_sha256.clone(),
+                            tokens_seen: Some(tokens_seen),
+                            total_steps,
+                            base_weights_sha256: None,
+                            data: Some(DataRange { sampler_before: cursor_at_ckpt, sampler_after: ts.sampler }),
+                            loss: Some(out.loss),
+                            val_loss: last_eval.map(|e| e.loss),
+                            val_bpb: last_eval.map(|e| e.bpb),
+                            replicas_agree: (comm.world_size() > 1).then_some(comm.world_size()),
+                        })?;
                         ledger.append(e)?;
                         Ok(dir)
                     })

@@ -12,6 +12,7 @@ use crate::eval::{evaluate_batches, token_byte_lengths, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::optim::{Optimizer, OptimizerOptions};
 use crate::pretrain::{device_for, device_kind, progress_bar, LEDGER_FILE};
+use crate::records::{CheckpointDetails, DataRange, Processes, SftConfig, SftStart, StepMetrics};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::step::train_step_masked_parallel;
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,6 @@ use jarip_data::{Batch, SamplerState};
 use jarip_ledger::{Entry, FileRef, Ledger};
 use jarip_model::Kernels;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -159,18 +159,27 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         (None, Some(e)) => ((e * steps_per_epoch as f64).ceil() as u64).max(1),
         (None, None) => bail!("give a limit: --max-steps or --epochs"),
     };
-    let mut settings = json!({
-        "stage": "sft", "model": base.model.config(), "seed": opts.seed, "seq_len": opts.seq_len,
-        "batch_size": opts.batch_size, "batch_tokens": opts.seq_len * opts.batch_size,
-        "optimizer": opts.optimizer, "schedule": opts.schedule, "total_steps": total_steps,
-        "val_fraction": opts.val_fraction, "kernels": opts.kernels, "device": device_kind(&opts.device),
-        "tokenizer_sha256": tokenizer.sha256(), "base_checkpoint": base.dir.display().to_string(),
-        "base_weights_sha256": base_sha, "data": opts.data.display().to_string(), "data_sha256": data_sha,
-    });
-    if dp.replicas > 1 {
+    let settings = serde_json::to_value(SftConfig {
+        stage: "sft".into(),
+        model: base.model.config().clone(),
+        seed: opts.seed,
+        seq_len: opts.seq_len,
+        batch_size: opts.batch_size,
+        batch_tokens: opts.seq_len * opts.batch_size,
+        optimizer: opts.optimizer.clone(),
+        schedule: opts.schedule,
+        total_steps,
+        val_fraction: opts.val_fraction,
+        kernels: opts.kernels,
+        device: device_kind(&opts.device).to_string(),
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        base_checkpoint: base.dir.display().to_string(),
+        base_weights_sha256: base_sha.clone(),
+        data: opts.data.display().to_string(),
+        data_sha256: data_sha,
         // Absent for one replica, so runs recorded before the setting existed still resume.
-        settings["replicas"] = json!(dp.replicas);
-    }
+        replicas: (dp.replicas > 1).then_some(dp.replicas),
+    })?;
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
     let metrics = MetricsLog::at(&opts.out);
@@ -235,13 +244,17 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         }
         e.config = settings.clone();
         e.seed = Some(opts.seed);
-        e.details = json!({
-            "step": state.step, "base_weights_sha256": base_sha, "weights_sha256": model.weights_sha256()?,
-            "train_conversations": data.train.conversations, "val_conversations": data.val.conversations,
-            "train_windows": windows, "sampler": state.sampler,
-            "resumed_from": resumed_from.as_ref().map(|d| d.display().to_string()),
-            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
-        });
+        e.set_details(&SftStart {
+            step: state.step,
+            base_weights_sha256: base_sha.clone(),
+            weights_sha256: model.weights_sha256()?,
+            train_conversations: data.train.conversations,
+            val_conversations: data.val.conversations,
+            train_windows: windows,
+            sampler: state.sampler,
+            resumed_from: resumed_from.as_ref().map(|d| d.display().to_string()),
+            processes: Some(Processes { backend: comm.backend().into(), world_size: comm.world_size() }),
+        })?;
         ledger.append(e)?;
     }
 
@@ -280,11 +293,16 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         state.step += 1;
         state.tokens_seen += counted;
         last_loss = Some(out.loss);
-        let mut line = json!({
-            "step": state.step, "loss": out.loss, "lr": opts.optimizer.lr * lr_factor, "grad_norm": out.grad_norm,
-            "tokens": state.tokens_seen, "epoch": state.sampler.epoch,
-            "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
-        });
+        let mut line = StepMetrics {
+            step: state.step,
+            loss: Some(out.loss),
+            lr: Some(opts.optimizer.lr * lr_factor),
+            grad_norm: Some(out.grad_norm),
+            tokens: Some(state.tokens_seen),
+            epoch: Some(state.sampler.epoch),
+            elapsed_s: Some(elapsed_before + run_start.elapsed().as_secs_f64()),
+            ..Default::default()
+        };
         let last_step = state.step == total_steps || opts.stop_at_step == Some(state.step);
         // Evaluation and metrics are rank 0's; the other ranks learn whether they failed.
         let mut bookkeeping = || -> Result<()> {
@@ -293,8 +311,8 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
             }
             if (opts.eval_every > 0 && state.step % opts.eval_every == 0) || last_step {
                 if let Some(ev) = val(&model)? {
-                    line["val_loss"] = json!(ev.loss);
-                    line["val_bpb"] = json!(ev.bpb);
+                    line.val_loss = Some(ev.loss);
+                    line.val_bpb = Some(ev.bpb);
                     say(format!("sft step {}: val loss {:.4}, val bpb {:.4}", state.step, ev.loss, ev.bpb));
                     last_eval = Some(ev);
                 }
@@ -313,17 +331,18 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
                 save_checkpoint(&opts.out, &model, &optim, &state, &tok_file, settings.clone(), opts.keep_checkpoints)
                     .and_then(|dir| {
                         let mut e = checkpoint_entry("sft-checkpoint", &dir, opts.seed)?;
-                        e.details = json!({
-                            "step": state.step, "weights_sha256": state.weights_sha256,
-                            "tokens_seen": state.tokens_seen, "total_steps": total_steps,
-                            "base_weights_sha256": base_sha,
-                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": state.sampler},
-                            "loss": out.loss, "val_loss": last_eval.map(|e: EvalResult| e.loss),
-                            "val_bpb": last_eval.map(|e: EvalResult| e.bpb),
-                        });
-                        if comm.world_size() > 1 {
-                            e.details["replicas_agree"] = json!(comm.world_size());
-                        }
+                        e.set_details(&CheckpointDetails {
+                            step: state.step,
+                            weights_sha256: state.weights_sha256.clone(),
+                            tokens_seen: Some(state.tokens_seen),
+                            total_steps: Some(total_steps),
+                            base_weights_sha256: Some(base_sha.clone()),
+                            data: Some(DataRange { sampler_before: cursor_at_ckpt, sampler_after: state.sampler }),
+                            loss: Some(out.loss),
+                            val_loss: last_eval.map(|e: EvalResult| e.loss),
+                            val_bpb: last_eval.map(|e: EvalResult| e.bpb),
+                            replicas_agree: (comm.world_size() > 1).then_some(comm.world_size()),
+                        })?;
                         ledger.append(e)?;
                         Ok(dir)
                     })
