@@ -4,6 +4,8 @@
 //! - [`optim`]: AdamW with decoupled weight decay (fused on CPU) and optional Muon, gradient clipping;
 //! - [`schedule`]: warmup then cosine or warmup-stable-decay;
 //! - [`step`]: one optimizer step over accumulated micro-batches;
+//! - `driver`: the training loop pretraining and fine-tuning share (device, ledger entries,
+//!   progress, bookkeeping, checkpoints, data-parallel agreement);
 //! - [`dist`]: data-parallel replicas over MPI (or one process standing in for them);
 //! - [`eval`]: validation loss and bits per byte; [`sample`]: generations during training;
 //! - [`checkpoint`]: atomic `ckpt-STEP/` directories with manifests, keep-last-K, exact resume;
@@ -15,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod dist;
+pub(crate) mod driver;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
