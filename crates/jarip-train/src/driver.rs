@@ -175,11 +175,10 @@ impl Run<'_> {
         resumed_from: Option<PathBuf>,
         start: StartEntry,
     ) -> Result<Outcome> {
-        let metrics = MetricsLog::at(self.out);
         if self.leader() {
             // A resumed run rewrites what the interrupted one logged past its last checkpoint;
             // a new one drops lines left by an attempt that died before its first checkpoint.
-            metrics.truncate_after(state.step)?;
+            MetricsLog::at(self.out).truncate_after(state.step)?;
             std::fs::create_dir_all(self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
             let mut e = Entry::new(start.stage);
             e.inputs = start.inputs;
@@ -257,7 +256,7 @@ impl Run<'_> {
             let message = stage.annotate(&mut line, &out, dt);
             let last_step = p.total == Some(step) || self.stop_at_step == Some(step);
             // Evaluation, samples and metrics are rank 0's; the other ranks learn whether they failed.
-            let done = self.bookkeeping(stage, model, &pb, &metrics, &mut line, &mut p.last_eval, last_step);
+            let done = self.bookkeeping(stage, model, &pb, &mut line, &mut p.last_eval, last_step);
             agree_ok(self.comm, done)?;
             pb.set_position(step);
             pb.set_message(message);
@@ -279,13 +278,11 @@ impl Run<'_> {
     }
 
     /// Rank 0 evaluates, samples and appends the metrics line; other ranks do nothing.
-    #[allow(clippy::too_many_arguments)]
     fn bookkeeping<S: Stage>(
         &self,
         stage: &S,
         model: &Gpt,
         pb: &indicatif::ProgressBar,
-        metrics: &MetricsLog,
         line: &mut StepMetrics,
         last_eval: &mut Option<EvalResult>,
         last_step: bool,
@@ -307,7 +304,7 @@ impl Run<'_> {
             self.say(pb, format!("step {step} sample: {text:?}"));
             line.sample = Some(text);
         }
-        metrics.append(line)
+        MetricsLog::at(self.out).append(line)
     }
 
     /// Checks that the replicas agree, then rank 0 writes the checkpoint and its ledger entry;
