@@ -260,7 +260,7 @@ impl Run<'_> {
             agree_ok(self.comm, done)?;
             pb.set_position(step);
             pb.set_message(message);
-            if (self.checkpoint_every > 0 && step % self.checkpoint_every == 0) || last_step {
+            if (self.checkpoint_every > 0 && step.is_multiple_of(self.checkpoint_every)) || last_step {
                 self.checkpoint(stage, model, optim, &mut p, out.loss)?;
             }
             if self.step_delay_ms > 0 {
@@ -291,7 +291,7 @@ impl Run<'_> {
             return Ok(());
         }
         let step = line.step;
-        if (self.eval_every > 0 && step % self.eval_every == 0) || last_step {
+        if (self.eval_every > 0 && step.is_multiple_of(self.eval_every)) || last_step {
             if let Some(ev) = stage.evaluate(model)? {
                 line.val_loss = Some(ev.loss);
                 line.val_bpb = Some(ev.bpb);

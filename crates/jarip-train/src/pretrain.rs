@@ -176,7 +176,7 @@ impl Stage for Pretraining<'_> {
 
     fn sample(&self, model: &Gpt, step: u64) -> Result<Option<String>> {
         let o = self.opts;
-        if o.sample_every == 0 || step % o.sample_every != 0 {
+        if o.sample_every == 0 || !step.is_multiple_of(o.sample_every) {
             return Ok(None);
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
