@@ -8,6 +8,7 @@ use crate::lm::GptLm;
 use crate::task::{Task, TaskSpec};
 use anyhow::{bail, Context, Result};
 use jarip_infer::LoadedModel;
+use jarip_ledger::records::{CheckpointSettings, EvalDetails, EvalModel};
 use jarip_ledger::{Entry, FileRef, Ledger};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ impl ModelInfo {
         let trainer = std::fs::read_to_string(m.dir.join(jarip_infer::model_dir::TRAINER_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let settings_stage = m.manifest.settings.get("stage").and_then(Value::as_str).unwrap_or_default();
+        let settings_stage = CheckpointSettings::of(&m.manifest.settings).stage.unwrap_or_default();
         let in_sft_dir = m.dir.parent().and_then(Path::file_name).is_some_and(|n| n == "sft");
         Self {
             dir: m.dir.clone(),
@@ -49,17 +50,22 @@ impl ModelInfo {
         }
     }
 
+    /// As recorded in the ledger and in `jarip eval --json`.
+    pub fn record(&self) -> EvalModel {
+        EvalModel {
+            dir: self.dir.display().to_string(),
+            step: self.step,
+            stage: self.stage.clone(),
+            weights_sha256: self.weights_sha256.clone(),
+            safetensors_sha256: self.safetensors_sha256.clone(),
+            tokenizer_sha256: self.tokenizer_sha256.clone(),
+            params: self.params,
+            max_seq_len: self.max_seq_len,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({
-            "dir": self.dir.display().to_string(),
-            "step": self.step,
-            "stage": self.stage,
-            "weights_sha256": self.weights_sha256,
-            "safetensors_sha256": self.safetensors_sha256,
-            "tokenizer_sha256": self.tokenizer_sha256,
-            "params": self.params,
-            "max_seq_len": self.max_seq_len,
-        })
+        serde_json::to_value(self.record()).expect("model info serialises")
     }
 }
 
@@ -193,7 +199,7 @@ fn ledger_entry(report: &EvalReport, tasks: &[Task], json_out: Option<&Path>) ->
     e.config = serde_json::to_value(&report.options)?;
     e.seed = Some(report.options.seed);
     let doc = report.to_json();
-    e.details = json!({ "model": doc["model"], "results": doc["results"] });
+    e.set_details(&EvalDetails { model: report.model.record(), results: doc["results"].clone() })?;
     Ok(e)
 }
 

@@ -4,7 +4,8 @@
 //! - [`hash`]: SHA-256 of bytes, files and directories (Merkle root over a file list);
 //! - [`atomic`]: writes that either complete or leave nothing behind (temp file + rename);
 //! - [`manifest`]: the `manifest.json` that describes an artifact directory;
-//! - [`chain`]: `ledger.jsonl`, an append-only hash chain of stage entries.
+//! - [`chain`]: `ledger.jsonl`, an append-only hash chain of stage entries;
+//! - [`records`]: the typed `config` and `details` of each stage's entry, and `metrics.jsonl` lines.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod atomic;
 pub mod chain;
 pub mod hash;
 pub mod manifest;
+pub mod records;
 
 pub use atomic::{atomic_write, AtomicDir, AtomicFile};
 pub use chain::{Entry, FileRef, Ledger};

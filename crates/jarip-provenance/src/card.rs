@@ -8,6 +8,7 @@
 use crate::record::{Pretraining, RunRecord};
 use crate::verify::{verify, Check, Report, VerifyOptions};
 use anyhow::{Context, Result};
+use jarip_ledger::records::LineageDetails;
 use jarip_ledger::{Entry, Manifest};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -124,23 +125,23 @@ pub fn card(path: &Path) -> Result<Card> {
         .iter()
         .map(|(_, e)| e)
         .filter(|e| e.stage == "lineage")
-        .map(|e| {
-            let d = &e.details;
-            json!({
+        .map(|e| match e.details_as::<LineageDetails>() {
+            Ok(d) => json!({
                 "seq": e.seq,
                 "time": e.time,
-                "a": d["a"]["path"],
-                "b": d["b"]["path"],
-                "verdict": d["verdict"],
-                "p_value": d["p_value"],
-                "log10_p": d["log10_p"],
-                "alpha": d["alpha"],
-                "power": d["power"],
-                "power_rho": d["power_rho"],
-                "rho_min": d["rho_min"],
-                "method": d["method"],
-                "plot": d["plot"],
-            })
+                "a": d.a.path,
+                "b": d.b.path,
+                "verdict": d.verdict,
+                "p_value": d.p_value,
+                "log10_p": d.log10_p,
+                "alpha": d.alpha,
+                "power": d.power,
+                "power_rho": d.power_rho,
+                "rho_min": d.rho_min,
+                "method": d.method,
+                "plot": d.plot,
+            }),
+            Err(_) => json!({"seq": e.seq, "time": e.time}),
         })
         .collect();
     let evidence = vec![

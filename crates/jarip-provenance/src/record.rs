@@ -4,9 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use jarip_ledger::{Entry, FileRef};
-use jarip_model::{Kernels, ModelConfig};
-use jarip_train::{OptimizerOptions, Schedule};
-use serde::{Deserialize, Serialize};
+use jarip_train::records::Cursor as SamplerState;
+use jarip_train::records::{CheckpointDetails, PretrainStart};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -132,57 +131,9 @@ impl PathMap {
     }
 }
 
-/// The `config` of a `pretrain-start` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub model: ModelConfig,
-    pub seed: u64,
-    pub seq_len: usize,
-    pub batch_size: usize,
-    pub batch_tokens: usize,
-    pub optimizer: OptimizerOptions,
-    pub schedule: Schedule,
-    pub tokenizer_sha256: String,
-    #[serde(default)]
-    pub shards_merkle_root: Option<String>,
-    #[serde(default)]
-    pub kernels: Kernels,
-    #[serde(default = "cpu")]
-    pub device: String,
-    /// Data-parallel replicas sharing each step (1 for runs that predate the field).
-    #[serde(default = "one")]
-    pub replicas: usize,
-}
-
-fn cpu() -> String {
-    "cpu".into()
-}
-
-fn one() -> usize {
-    1
-}
-
-impl TrainConfig {
-    /// What must not change when a run is resumed (kernels and device may: they do not change
-    /// the arithmetic's definition, only where it runs).
-    pub fn same_run_as(&self, other: &TrainConfig) -> bool {
-        let key = |c: &TrainConfig| {
-            (
-                c.model.clone(),
-                c.seed,
-                c.seq_len,
-                c.batch_size,
-                c.batch_tokens,
-                c.optimizer.clone(),
-                c.schedule,
-                c.tokenizer_sha256.clone(),
-                c.shards_merkle_root.clone(),
-                c.replicas,
-            )
-        };
-        key(self) == key(other)
-    }
-}
+/// The `config` of a `pretrain-start` entry (defined with every other record in
+/// [`jarip_ledger::records`]).
+pub type TrainConfig = jarip_train::records::PretrainConfig;
 
 /// A `checkpoint` entry.
 #[derive(Debug, Clone)]
@@ -194,8 +145,9 @@ pub struct CheckpointRec {
     pub weights_sha256: String,
     pub tokens_seen: Option<u64>,
     pub total_steps: Option<u64>,
-    pub sampler_before: serde_json::Value,
-    pub sampler_after: serde_json::Value,
+    /// The data cursor before and after the interval (`None` when the entry records none).
+    pub sampler_before: Option<SamplerState>,
+    pub sampler_after: Option<SamplerState>,
     /// The checkpoint directory as recorded (parent of its files).
     pub recorded_dir: Option<String>,
     pub files: Vec<FileRef>,
@@ -211,7 +163,7 @@ pub struct Pretraining {
     pub config: TrainConfig,
     /// Weight hash recorded at step 0.
     pub initial_weights: String,
-    pub start_details: serde_json::Value,
+    pub start_details: PretrainStart,
     /// Recorded paths of the tokenizer.json and shard manifest the run read.
     pub tokenizer_file: Option<String>,
     pub shard_manifest: Option<String>,
@@ -220,18 +172,16 @@ pub struct Pretraining {
     pub resumes: Vec<usize>,
 }
 
-fn u64_at(v: &serde_json::Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(|x| x.as_u64())
+/// A data cursor as the messages show it: its JSON, or `null`.
+pub fn cursor_text(c: &Option<SamplerState>) -> String {
+    serde_json::to_string(c).unwrap_or_default()
 }
 
 impl CheckpointRec {
     fn parse(entry: usize, e: &Entry) -> Result<Self> {
-        let d = &e.details;
-        let step = u64_at(d, "step").with_context(|| format!("entry #{} checkpoint has no details.step", e.seq))?;
-        let weights_sha256 = d["weights_sha256"]
-            .as_str()
-            .with_context(|| format!("entry #{} checkpoint has no details.weights_sha256", e.seq))?
-            .to_string();
+        let d: CheckpointDetails = e
+            .details_as()
+            .with_context(|| format!("entry #{} {}: its details are not a checkpoint record", e.seq, e.stage))?;
         let recorded_dir = e
             .outputs
             .iter()
@@ -241,16 +191,16 @@ impl CheckpointRec {
         Ok(Self {
             entry,
             seq: e.seq,
-            step,
-            weights_sha256,
-            tokens_seen: u64_at(d, "tokens_seen"),
-            total_steps: u64_at(d, "total_steps"),
-            sampler_before: d["data"]["sampler_before"].clone(),
-            sampler_after: d["data"]["sampler_after"].clone(),
+            step: d.step,
+            weights_sha256: d.weights_sha256,
+            tokens_seen: d.tokens_seen,
+            total_steps: d.total_steps,
+            sampler_before: d.data.as_ref().map(|r| r.sampler_before),
+            sampler_after: d.data.as_ref().map(|r| r.sampler_after),
             recorded_dir,
             files: e.outputs.clone(),
-            loss: d["loss"].as_f64(),
-            val_bpb: d["val_bpb"].as_f64(),
+            loss: d.loss,
+            val_bpb: d.val_bpb,
         })
     }
 
@@ -271,18 +221,18 @@ impl RunRecord {
             return Ok(None);
         };
         let e = &self.entries[start].1;
-        let config: TrainConfig = serde_json::from_value(e.config.clone())
+        let config: TrainConfig = e
+            .config_as()
             .with_context(|| format!("entry #{} pretrain-start: its config is not a pretraining config", e.seq))?;
-        let initial_weights = e.details["weights_sha256"]
-            .as_str()
-            .with_context(|| format!("entry #{} pretrain-start records no weights_sha256", e.seq))?
-            .to_string();
+        let start_details: PretrainStart = e
+            .details_as()
+            .with_context(|| format!("entry #{} pretrain-start: its details are not a pretraining start", e.seq))?;
         let find_input = |suffix: &str| e.inputs.iter().find(|f| f.path.ends_with(suffix)).map(|f| f.path.clone());
         let mut p = Pretraining {
             start,
             config,
-            initial_weights,
-            start_details: e.details.clone(),
+            initial_weights: start_details.weights_sha256.clone(),
+            start_details,
             tokenizer_file: find_input("tokenizer.json"),
             shard_manifest: find_input(jarip_ledger::manifest::MANIFEST_FILE),
             checkpoints: vec![],

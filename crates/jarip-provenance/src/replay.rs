@@ -12,6 +12,7 @@ use crate::record::{CheckpointRec, Pretraining, RunRecord};
 use crate::verify::Check;
 use anyhow::{bail, Context, Result};
 use jarip_train::checkpoint::{TrainerState, TOKENIZER_FILE, TRAINER_FILE};
+use jarip_train::records::SftConfig;
 use jarip_train::PretrainOptions;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -122,8 +123,12 @@ fn replay_interval(rec: &RunRecord, p: &Pretraining, k: usize) -> Result<String>
     }
     let ckpt = summary.last_checkpoint.context("the replay wrote no checkpoint")?;
     let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(ckpt.join(TRAINER_FILE))?)?;
-    if serde_json::to_value(state.sampler)? != target.sampler_after {
-        bail!("the replay's data cursor ended at {:?}, the ledger records {}", state.sampler, target.sampler_after);
+    if Some(state.sampler) != target.sampler_after {
+        bail!(
+            "the replay's data cursor ended at {:?}, the ledger records {}",
+            state.sampler,
+            crate::record::cursor_text(&target.sampler_after)
+        );
     }
     Ok(format!(
         "steps {from_step} → {} re-run in {secs:.1} s: weights {}… and data cursor equal the ledger's for {}",
@@ -172,17 +177,13 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         .context("the ledger records no fine-tuning start (sft-start) before this checkpoint")?;
     // Resume from the previous checkpoint of the same run, or start from the base.
     let source = k.checked_sub(1).map(|j| &ckpts[j]).filter(|c| c.entry > start_at);
-    let c = &start.config;
-    let get = |key: &str| c.get(key).with_context(|| format!("sft-start records no {key}"));
-    let de = |key: &str| -> Result<serde_json::Value> { Ok(get(key)?.clone()) };
-    let num = |key: &str| get(key)?.as_u64().with_context(|| format!("sft-start: {key} is not a number"));
-    if c.get("device").and_then(|d| d.as_str()).is_some_and(|d| d != "cpu") {
-        bail!("the fine-tuning ran on {}; bit-for-bit replay needs a CPU run", c["device"]);
+    let c: SftConfig = start
+        .config_as()
+        .with_context(|| format!("entry #{} sft-start: its config is not a fine-tuning config", start.seq))?;
+    if c.device != "cpu" {
+        bail!("the fine-tuning ran on {:?}; bit-for-bit replay needs a CPU run", c.device);
     }
-    let located = |key: &str| -> Result<PathBuf> {
-        Ok(rec.paths.locate(get(key)?.as_str().with_context(|| format!("sft-start: {key} is not a path"))?))
-    };
-    let (base, data) = (located("base_checkpoint")?, located("data")?);
+    let (base, data) = (rec.paths.locate(&c.base_checkpoint), rec.paths.locate(&c.data));
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let out = scratch.path().join("replay");
     let mut opts = jarip_train::SftOptions {
@@ -190,22 +191,22 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         data: data.clone(),
         out: out.clone(),
         ledger: Some(scratch.path().join("ledger.jsonl")),
-        max_steps: Some(num("total_steps")?),
+        max_steps: Some(c.total_steps),
         epochs: None,
         stop_at_step: Some(target.step),
         resume: false,
-        seed: num("seed")?,
-        seq_len: num("seq_len")? as usize,
-        batch_size: num("batch_size")? as usize,
+        seed: c.seed,
+        seq_len: c.seq_len,
+        batch_size: c.batch_size,
         // One process stands in for every data-parallel rank (absent: one replica).
-        replicas: c.get("replicas").and_then(|r| r.as_u64()).map(|r| r as usize),
-        val_fraction: get("val_fraction")?.as_f64().context("sft-start: val_fraction")?,
+        replicas: c.replicas,
+        val_fraction: c.val_fraction,
         checkpoint_every: 0,
         keep_checkpoints: 0,
         eval_every: 0,
-        optimizer: serde_json::from_value(de("optimizer")?)?,
-        schedule: serde_json::from_value(de("schedule")?)?,
-        kernels: serde_json::from_value(de("kernels")?)?,
+        optimizer: c.optimizer.clone(),
+        schedule: c.schedule,
+        kernels: c.kernels,
         device: "cpu".into(),
         progress: false,
         step_delay_ms: 0,
@@ -220,8 +221,12 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         // The copy names its inputs where they are now, so resuming it is not refused for a
         // moved run; the settings that shape training stay as recorded.
         let mut m = jarip_ledger::Manifest::read(&copy)?;
-        m.settings["base_checkpoint"] = base.display().to_string().into();
-        m.settings["data"] = data.display().to_string().into();
+        let mut settings: jarip_ledger::records::SftConfig<jarip_ledger::records::Opaque> =
+            serde_json::from_value(m.settings.clone())
+                .with_context(|| format!("{}: its settings are not a fine-tuning config", copy.display()))?;
+        settings.base_checkpoint = base.display().to_string();
+        settings.data = data.display().to_string();
+        m.settings = serde_json::to_value(&settings)?;
         m.write(&copy)?;
         opts.resume = true;
         source.step

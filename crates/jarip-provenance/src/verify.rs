@@ -21,9 +21,10 @@
 //!
 //! Every file is hashed once, in parallel, however many checks refer to it.
 
-use crate::record::{CheckpointRec, Pretraining, RunRecord};
+use crate::record::{cursor_text, CheckpointRec, Pretraining, RunRecord};
 use anyhow::Result;
-use jarip_ledger::{sha256_file, Ledger, Manifest};
+use jarip_ledger::records::{CheckpointDetails, Opaque, PretrainStart, SftStart};
+use jarip_ledger::{sha256_file, Entry, Ledger, Manifest};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -277,15 +278,24 @@ fn made_by_sibling_run(rec: &RunRecord, manifest: &str, weights: &str) -> Option
     other
         .entries
         .iter()
-        .any(|(_, e)| e.stage.ends_with("checkpoint") && e.details["weights_sha256"].as_str() == Some(weights))
+        .any(|(_, e)| e.stage.ends_with("checkpoint") && weights_of(e).as_deref() == Some(weights))
         .then_some(ckpt)
+}
+
+/// The weights a checkpoint (or a pretraining start) entry records.
+fn weights_of(e: &Entry) -> Option<String> {
+    if e.stage == "pretrain-start" {
+        e.details_as::<PretrainStart<Opaque>>().ok().map(|d| d.weights_sha256)
+    } else {
+        e.details_as::<CheckpointDetails<Opaque>>().ok().map(|d| d.weights_sha256)
+    }
 }
 
 fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
     let mut produced: HashSet<&str> = HashSet::new();
     // By content too: a run directory may have been moved since a later stage read its files.
     let mut produced_sha: HashSet<&str> = HashSet::new();
-    let mut weights_made: HashSet<&str> = HashSet::new();
+    let mut weights_made: HashSet<String> = HashSet::new();
     let (mut bad, mut inputs, mut elsewhere) = (Vec::new(), 0usize, Vec::new());
     for (_, e) in &rec.entries {
         for f in &e.inputs {
@@ -299,7 +309,8 @@ fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
         }
         if e.stage == "sft-start" {
             // Fine-tuning must begin from weights this record (or its base run's) shows being made.
-            let base = e.details["base_weights_sha256"].as_str().unwrap_or("");
+            let base = e.details_as::<SftStart<Opaque>>().map(|d| d.base_weights_sha256).unwrap_or_default();
+            let base = base.as_str();
             let manifest = e.inputs.iter().find(|f| f.path.ends_with(jarip_ledger::manifest::MANIFEST_FILE));
             if !weights_made.contains(base) {
                 match manifest.and_then(|m| made_by_sibling_run(rec, &m.path, base)) {
@@ -317,7 +328,7 @@ fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
             }
         }
         if e.stage.ends_with("checkpoint") || e.stage == "pretrain-start" {
-            if let Some(w) = e.details["weights_sha256"].as_str() {
+            if let Some(w) = weights_of(e) {
                 weights_made.insert(w);
             }
         }
@@ -326,7 +337,7 @@ fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
     }
     if let Some(p) = p {
         let d = &p.start_details;
-        if d["step"].as_u64() != Some(0) || d["initial_weights"].as_bool() == Some(false) {
+        if d.step != 0 || d.initial_weights == Some(false) {
             bad.push("pretrain-start did not begin from freshly initialised weights at step 0".into());
         }
     }
@@ -521,7 +532,7 @@ fn checkpoint_check(
             if s.weights_sha256 != c.weights_sha256 {
                 bad.push("trainer.json's weights hash differs from the ledger's".into());
             }
-            if serde_json::to_value(s.sampler).ok().as_ref() != Some(&c.sampler_after) {
+            if Some(s.sampler) != c.sampler_after {
                 bad.push("trainer.json's data cursor differs from the ledger's".into());
             }
             if expect.seed.is_some_and(|seed| seed != s.seed) {
@@ -542,7 +553,7 @@ fn continuity_check(rec: &RunRecord, p: &Pretraining) -> Check {
     let mut bad = Vec::new();
     let mut prev_step = 0u64;
     let mut prev_weights = p.initial_weights.clone();
-    let mut prev_cursor = p.start_details["sampler"].clone();
+    let mut prev_cursor = p.start_details.sampler;
     let mut events: Vec<(usize, bool)> = p.checkpoints.iter().map(|c| (c.entry, true)).collect();
     events.extend(p.resumes.iter().map(|&r| (r, false)));
     events.sort();
@@ -558,8 +569,8 @@ fn continuity_check(rec: &RunRecord, p: &Pretraining) -> Check {
                 bad.push(format!(
                     "{}'s data starts at {}, the record before ended at {}",
                     c.name(),
-                    c.sampler_before,
-                    prev_cursor
+                    cursor_text(&c.sampler_before),
+                    cursor_text(&prev_cursor)
                 ));
             }
             if let Some(t) = c.tokens_seen {
@@ -572,21 +583,30 @@ fn continuity_check(rec: &RunRecord, p: &Pretraining) -> Check {
                     ));
                 }
             }
-            (prev_step, prev_weights, prev_cursor) = (c.step, c.weights_sha256.clone(), c.sampler_after.clone());
+            (prev_step, prev_weights, prev_cursor) = (c.step, c.weights_sha256.clone(), c.sampler_after);
         } else {
-            let d = &e.details;
-            if d["step"].as_u64() != Some(prev_step) || d["weights_sha256"].as_str() != Some(prev_weights.as_str()) {
-                bad.push(format!(
-                    "entry #{} resumed at step {} with weights {}…, not from the checkpoint before it (step {prev_step})",
-                    e.seq,
-                    d["step"],
-                    short(d["weights_sha256"].as_str().unwrap_or(""))
-                ));
+            match e.details_as::<jarip_train::records::PretrainStart>() {
+                Ok(d) => {
+                    if d.step != prev_step || d.weights_sha256 != prev_weights {
+                        bad.push(format!(
+                            "entry #{} resumed at step {} with weights {}…, not from the checkpoint before it (step {prev_step})",
+                            e.seq,
+                            d.step,
+                            short(&d.weights_sha256)
+                        ));
+                    }
+                    if d.sampler != prev_cursor {
+                        bad.push(format!(
+                            "entry #{} resumed its data at {}, not at {}",
+                            e.seq,
+                            cursor_text(&d.sampler),
+                            cursor_text(&prev_cursor)
+                        ));
+                    }
+                }
+                Err(err) => bad.push(format!("entry #{}: its details are not a pretraining resumption ({err})", e.seq)),
             }
-            if d["sampler"] != prev_cursor {
-                bad.push(format!("entry #{} resumed its data at {}, not at {}", e.seq, d["sampler"], prev_cursor));
-            }
-            match serde_json::from_value::<crate::record::TrainConfig>(e.config.clone()) {
+            match e.config_as::<crate::record::TrainConfig>() {
                 Ok(cfg) if cfg.same_run_as(&p.config) => {}
                 _ => bad.push(format!("entry #{} resumed with a different configuration", e.seq)),
             }
@@ -723,7 +743,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jarip_ledger::{Entry, FileRef};
+    use jarip_ledger::FileRef;
 
     fn run_with_artifact() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! its checkpoint manifest and its run's ledger record it (seed, tokenizer and data hashes).
 
 use jarip_infer::LoadedModel;
+use jarip_ledger::records::CheckpointSettings;
 use jarip_ledger::{Ledger, Manifest};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -12,10 +13,6 @@ fn find_ledger(ckpt: &Path) -> Option<PathBuf> {
     ckpt.ancestors().skip(1).take(2).map(|d| d.join("ledger.jsonl")).find(|p| p.is_file())
 }
 
-fn setting<'a>(m: &'a Manifest, k: &str) -> Option<&'a Value> {
-    m.settings.get(k).filter(|v| !v.is_null())
-}
-
 /// The JSON the page shows; every field is optional but the statement.
 pub fn summary(name: &str, loaded: &LoadedModel) -> Value {
     let m = &loaded.manifest;
@@ -24,19 +21,20 @@ pub fn summary(name: &str, loaded: &LoadedModel) -> Value {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let sft = setting(m, "stage").and_then(Value::as_str) == Some("sft");
+    let settings = CheckpointSettings::of(&m.settings);
+    let sft = settings.is_sft();
     let mut v = json!({
         "model": name,
         "statement": "trained from scratch with jarip",
         "stage": if sft { "sft" } else { "pretrain" },
         "checkpoint": loaded.dir.display().to_string(),
         "step": trainer.get("step"),
-        "seed": setting(m, "seed"),
+        "seed": settings.seed,
         "architecture": {
             "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "vocab_size": cfg.vocab_size,
             "context": cfg.max_seq_len,
         },
-        "tokenizer_sha256": setting(m, "tokenizer_sha256"),
+        "tokenizer_sha256": settings.tokenizer_sha256,
         "weights_sha256": trainer.get("weights_sha256").cloned()
             .or_else(|| m.files.get("model.safetensors").map(|f| json!(f.sha256))),
         "jarip_version": m.jarip_version,
@@ -44,19 +42,20 @@ pub fn summary(name: &str, loaded: &LoadedModel) -> Value {
         "created": m.created,
     });
     if sft {
-        v["data_sha256"] = json!(setting(m, "data_sha256"));
-        v["base_weights_sha256"] = json!(setting(m, "base_weights_sha256"));
+        v["data_sha256"] = json!(settings.data_sha256);
+        v["base_weights_sha256"] = json!(settings.base_weights_sha256);
         // The pretraining behind the base: its seed and data, when the base is still on disk.
-        if let Some(base) = setting(m, "base_checkpoint").and_then(Value::as_str) {
+        if let Some(base) = &settings.base_checkpoint {
             if let Ok(bm) = Manifest::read(Path::new(base)) {
+                let bs = CheckpointSettings::of(&bm.settings);
                 v["base"] = json!({
-                    "checkpoint": base, "seed": setting(&bm, "seed"),
-                    "shards_merkle_root": setting(&bm, "shards_merkle_root"),
+                    "checkpoint": base, "seed": bs.seed,
+                    "shards_merkle_root": bs.shards_merkle_root,
                 });
             }
         }
     } else {
-        v["shards_merkle_root"] = json!(setting(m, "shards_merkle_root"));
+        v["shards_merkle_root"] = json!(settings.shards_merkle_root);
     }
     v["ledger"] = match find_ledger(&loaded.dir) {
         None => Value::Null,

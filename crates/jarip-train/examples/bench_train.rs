@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use jarip_model::{Gpt, Kernels, ModelConfig};
 use jarip_train::dist::{Collective, DataParallel, Solo};
 use jarip_train::optim::{Optimizer, OptimizerOptions};
-use jarip_train::step::train_step_parallel;
+use jarip_train::step::train_step_with;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -95,7 +95,11 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
             eprintln!("  forward {:.0} ms, backward {:.0} ms, update {:.0} ms", fwd * 1e3, bwd * 1e3, upd * 1e3);
         }
         let t0 = Instant::now();
-        let out = train_step_parallel(&model, &mut optim, accum, micro, 1.0, dp)?;
+        let loss_of = |i: usize| {
+            let (x, y) = micro(i)?;
+            model.loss(&x, &y)
+        };
+        let out = train_step_with(&mut optim, accum, 1.0, loss_of, dp)?;
         let dt = t0.elapsed().as_secs_f64();
         last_loss = out.loss;
         if i >= warmup {

@@ -2,6 +2,7 @@
 //! `tokens_per_s`, `mfu`, ...; on evaluation steps also `val_loss` and `val_bpb`).
 
 use anyhow::{Context, Result};
+use jarip_ledger::records::StepMetrics;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,13 +17,14 @@ impl MetricsLog {
         Self { path: run.join(METRICS_FILE) }
     }
 
-    pub fn append(&self, line: &serde_json::Value) -> Result<()> {
+    pub fn append(&self, line: &StepMetrics) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .with_context(|| format!("cannot open {}", self.path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(line)?).with_context(|| format!("cannot write {}", self.path.display()))
+        writeln!(f, "{}", jarip_ledger::records::metrics_line(line)?)
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// Drops lines after `step` (and any torn last line): a resumed run rewrites what the
@@ -34,13 +36,19 @@ impl MetricsLog {
         let text = std::fs::read_to_string(&self.path)?;
         let mut kept = String::new();
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step) {
+            let Ok(m) = serde_json::from_str::<StepMetrics>(line) else { continue };
+            if m.step <= step {
                 kept.push_str(line);
                 kept.push('\n');
             }
         }
         jarip_ledger::atomic_write(&self.path, kept.as_bytes())
+    }
+
+    /// Every logged line, typed.
+    pub fn steps(path: &Path) -> Result<Vec<StepMetrics>> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
     }
 
     /// Every logged line.

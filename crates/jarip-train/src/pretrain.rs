@@ -1,44 +1,25 @@
-//! The pretraining run: resolve inputs, build or restore model and optimizer, loop over steps
-//! (schedule, accumulation, clipping, metrics, evaluation, samples, checkpoints, ledger).
+//! The pretraining run: resolve inputs, build or restore model and optimizer, then the shared
+//! training loop ([`crate::driver`]) over batches of token shards with the plain loss.
 
-use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
-use crate::dist::{agree_ok, agree_u64, check_replicas_agree, Collective, DataParallel, Solo};
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, TrainerState, OPTIMIZER_FILE};
+use crate::dist::{Collective, DataParallel, Solo};
+use crate::driver::{device_for, device_kind, Run, Stage, StartEntry};
 use crate::eval::{evaluate, token_byte_lengths, EvalResult};
-use crate::metrics::MetricsLog;
 use crate::optim::Optimizer;
 use crate::options::{PretrainOptions, PretrainSummary};
+use crate::records::{PretrainConfig, PretrainStart, Processes, StepMetrics};
 use crate::sample::generate;
-use crate::step::train_step_parallel;
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use crate::step::{train_step_with, StepOutcome};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
 use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
-use jarip_ledger::{Entry, FileRef, Ledger, Manifest};
+use jarip_ledger::{FileRef, Ledger, Manifest};
 use jarip_model::{Gpt, ModelConfig};
-use serde_json::json;
+use jarip_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub const LEDGER_FILE: &str = "ledger.jsonl";
-
-/// The kind of device a run records (`cuda:1` is `cuda`): ranks on different GPUs run one run.
-pub(crate) fn device_kind(name: &str) -> &str {
-    name.split(':').next().unwrap_or(name)
-}
-
-/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
-pub(crate) fn device_for(name: &str) -> Result<(Device, DType)> {
-    let gpu = match name {
-        "cpu" => return Ok((Device::Cpu, DType::F32)),
-        "cuda" => 0,
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => n,
-            None => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
-        },
-    };
-    let d = Device::new_cuda(gpu)
-        .with_context(|| format!("cannot open CUDA device {gpu} (was jarip built with --features cuda?)"))?;
-    Ok((d, DType::BF16))
-}
 
 fn tokenizer_path(opts: &PretrainOptions) -> Result<PathBuf> {
     if let Some(t) = &opts.tokenizer {
@@ -75,19 +56,140 @@ fn to_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
-pub(crate) fn progress_bar(total: Option<u64>, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
+/// The model a run trains: drawn from the seed, or restored from the run's newest checkpoint
+/// (with its trainer state and directory) when resuming, after checking that the invocation
+/// asks for the same run.
+fn restore_or_init(
+    opts: &PretrainOptions,
+    requested: Option<ModelConfig>,
+    tokenizer: &Tokenizer,
+    batch_tokens: usize,
+    replicas: usize,
+    device: &Device,
+) -> Result<(Gpt, Option<(TrainerState, PathBuf)>)> {
+    let latest = latest_checkpoint(&opts.out)?;
+    let vocab = tokenizer.vocab_size();
+    if !opts.resume {
+        if latest.is_some() {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue it, or choose a new --out",
+                opts.out.display()
+            );
+        }
+        let cfg = requested.unwrap_or_else(|| {
+            let mut c = ModelConfig::from_depth(6, vocab);
+            c.max_seq_len = c.max_seq_len.max(opts.seq_len);
+            c
+        });
+        return Ok((Gpt::new(&cfg, opts.seed, device)?, None));
     }
-    let pb = match total {
-        Some(t) => indicatif::ProgressBar::new(t),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
+    let (_, dir) =
+        latest.with_context(|| format!("--resume: {} has no checkpoint to resume from", opts.out.display()))?;
+    let loaded = load_checkpoint(&dir, device)?;
+    if let Some(req) = &requested {
+        if req != &loaded.config {
+            bail!(
+                "--resume: the requested model config differs from the run's ({}):\nrequested {}\nrun       {}",
+                dir.display(),
+                serde_json::to_string(req)?,
+                serde_json::to_string(&loaded.config)?
+            );
+        }
+    }
+    let s = &loaded.state;
+    if (s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas)
+        != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed, replicas)
+    {
+        bail!(
+            "--resume: the run used seq_len {} batch_size {} batch_tokens {} seed {} replicas {}; this invocation asks for {} {} {} {} {}",
+            s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas,
+            opts.seq_len, opts.batch_size, batch_tokens, opts.seed, replicas
+        );
+    }
+    if s.tokenizer_sha256 != tokenizer.sha256() {
+        bail!("--resume: the run was trained with tokenizer {}, not {}", s.tokenizer_sha256, tokenizer.sha256());
+    }
+    Ok((loaded.model, Some((loaded.state, dir))))
+}
+
+/// Pretraining's part of the loop: batches of token shards, the plain loss (the fused head and
+/// cross-entropy of [`Gpt::loss`]), throughput in the metrics, samples.
+struct Pretraining<'a> {
+    opts: &'a PretrainOptions,
+    shards: &'a ShardSet,
+    sampler: BatchSampler<'a>,
+    tokenizer: &'a Tokenizer,
+    token_bytes: Vec<u32>,
+    device: Device,
+    /// Micro-batches per step.
+    accum: usize,
+    batch_tokens: usize,
+    flops_per_token: f64,
+    world_size: usize,
+    tps_ema: f64,
+}
+
+impl Stage for Pretraining<'_> {
+    const CHECKPOINT: &'static str = "checkpoint";
+
+    fn train(
+        &mut self,
+        model: &Gpt,
+        optim: &mut Optimizer,
+        lr_factor: f64,
+        dp: DataParallel,
+    ) -> Result<(StepOutcome, u64)> {
+        // Every rank draws the whole step's batches, so the data cursor stays one and the same.
+        let batches: Vec<Batch> = (0..self.accum).map(|_| self.sampler.next_batch()).collect();
+        let device = &self.device;
+        let loss_of = |i: usize| {
+            let (x, y) = to_tensors(&batches[i], device)?;
+            model.loss(&x, &y)
+        };
+        Ok((train_step_with(optim, self.accum, lr_factor, loss_of, dp)?, self.batch_tokens as u64))
+    }
+
+    fn cursor(&self) -> SamplerState {
+        self.sampler.state()
+    }
+
+    fn annotate(&mut self, line: &mut StepMetrics, out: &StepOutcome, step_s: f64) -> String {
+        let tps = self.batch_tokens as f64 / step_s;
+        self.tps_ema = if self.tps_ema == 0.0 { tps } else { 0.9 * self.tps_ema + 0.1 * tps };
+        let mfu = self.flops_per_token * tps / self.opts.peak_flops;
+        line.tokens_per_s = Some(tps);
+        line.mfu = Some(mfu);
+        line.step_ms = Some(step_s * 1e3);
+        line.exchange_ms = (self.world_size > 1).then_some(out.exchange_s * 1e3);
+        format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, self.tps_ema, mfu * 100.0)
+    }
+
+    fn evaluate(&self, model: &Gpt) -> Result<Option<EvalResult>> {
+        let o = self.opts;
+        Ok(Some(evaluate(model, self.shards, o.seq_len, o.batch_size, o.eval_tokens, &self.token_bytes)?))
+    }
+
+    fn step_label(&self) -> &'static str {
+        "step"
+    }
+
+    fn sample(&self, model: &Gpt, step: u64) -> Result<Option<String>> {
+        let o = self.opts;
+        if o.sample_every == 0 || !step.is_multiple_of(o.sample_every) {
+            return Ok(None);
+        }
+        let seed = o.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let ids = generate(model, &[self.tokenizer.bos_id()], o.sample_tokens, o.sample_temperature, seed)?;
+        Ok(Some(String::from_utf8_lossy(&self.tokenizer.decode_bytes(&ids)).to_string()))
+    }
+
+    fn stopped(&self, step: u64, err: anyhow::Error, last_checkpoint: Option<&Path>) -> anyhow::Error {
+        let keep = match last_checkpoint {
+            Some(d) => format!("the last good checkpoint is {}", d.display()),
+            None => "no checkpoint was written yet".into(),
+        };
+        anyhow!("training stopped at step {step}: {err:#}; {keep}")
+    }
 }
 
 /// Runs (or resumes) pretraining as `opts` describe, in this process alone.
@@ -110,7 +212,6 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
     let accum = batch_tokens / micro_tokens;
     let dp = DataParallel::new(comm, opts.replicas.unwrap_or(comm.world_size()))?;
     dp.blocks(accum)?;
-    let leader = dp.is_leader();
     let mut total_steps = match (opts.max_steps, opts.tokens, opts.minutes) {
         (Some(s), _, _) => Some(s),
         (None, Some(t), _) => Some(t.div_ceil(batch_tokens as u64)),
@@ -120,11 +221,10 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
     let (device, compute_dtype) = device_for(&opts.device)?;
 
     let tok_path = tokenizer_path(opts)?;
-    let tokenizer = jarip_tokenizer::Tokenizer::load(&tok_path)
-        .with_context(|| format!("cannot load tokenizer {}", tok_path.display()))?;
+    let tokenizer =
+        Tokenizer::load(&tok_path).with_context(|| format!("cannot load tokenizer {}", tok_path.display()))?;
     let shards = ShardSet::open(&opts.data, Some(tokenizer.sha256()))?;
     let vocab = tokenizer.vocab_size();
-    let token_bytes = token_byte_lengths(&tokenizer);
     // The shard writer records the Merkle root of its shard files in its manifest; fall back
     // to the manifest's own content hash for shard sets that lack it.
     let shards_root = if opts.data.join(jarip_ledger::manifest::MANIFEST_FILE).exists() {
@@ -136,51 +236,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
 
     // Model, optimizer and position: fresh, or from the newest checkpoint.
     let requested = requested_config(opts, vocab)?;
-    let latest = latest_checkpoint(&opts.out)?;
-    let ledger = Ledger::at(&opts.out.join(LEDGER_FILE));
-    let metrics = MetricsLog::at(&opts.out);
-    let (mut model, state) = if opts.resume {
-        let (_, dir) =
-            latest.with_context(|| format!("--resume: {} has no checkpoint to resume from", opts.out.display()))?;
-        let loaded = load_checkpoint(&dir, &device)?;
-        if let Some(req) = &requested {
-            if req != &loaded.config {
-                bail!(
-                    "--resume: the requested model config differs from the run's ({}):\nrequested {}\nrun       {}",
-                    dir.display(),
-                    serde_json::to_string(req)?,
-                    serde_json::to_string(&loaded.config)?
-                );
-            }
-        }
-        let s = &loaded.state;
-        if (s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas)
-            != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed, dp.replicas)
-        {
-            bail!(
-                "--resume: the run used seq_len {} batch_size {} batch_tokens {} seed {} replicas {}; this invocation asks for {} {} {} {} {}",
-                s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas,
-                opts.seq_len, opts.batch_size, batch_tokens, opts.seed, dp.replicas
-            );
-        }
-        if s.tokenizer_sha256 != tokenizer.sha256() {
-            bail!("--resume: the run was trained with tokenizer {}, not {}", s.tokenizer_sha256, tokenizer.sha256());
-        }
-        (loaded.model, Some((loaded.state, dir)))
-    } else {
-        if latest.is_some() {
-            bail!(
-                "{} already holds checkpoints: pass --resume to continue it, or choose a new --out",
-                opts.out.display()
-            );
-        }
-        let cfg = requested.unwrap_or_else(|| {
-            let mut c = ModelConfig::from_depth(6, vocab);
-            c.max_seq_len = c.max_seq_len.max(opts.seq_len);
-            c
-        });
-        (Gpt::new(&cfg, opts.seed, &device)?, None)
-    };
+    let (mut model, resumed) = restore_or_init(opts, requested, &tokenizer, batch_tokens, dp.replicas, &device)?;
     let cfg = model.config().clone();
     if cfg.vocab_size != vocab {
         bail!("model vocab_size {} differs from the tokenizer's {vocab}", cfg.vocab_size);
@@ -192,250 +248,129 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
     model.set_kernels(opts.kernels);
     model.set_compute_dtype(compute_dtype);
     let mut optim = Optimizer::new(model.params(), &opts.optimizer, true)?;
-    let (mut step, mut tokens_seen, elapsed_before, mut sampler) = match &state {
+    let (state, sampler) = match &resumed {
         Some((s, dir)) => {
             if total_steps.is_none() {
                 // A time-limited run fixed its length once; resuming keeps that plan.
                 total_steps = s.total_steps;
             }
-            optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
-            if leader {
-                metrics.truncate_after(s.step)?;
-            }
-            (
-                s.step,
-                s.tokens_seen,
-                s.elapsed_s,
-                BatchSampler::resume(&shards, opts.seq_len, opts.batch_size, s.sampler)?,
-            )
+            optim.load(&dir.join(OPTIMIZER_FILE))?;
+            let sampler = BatchSampler::resume(&shards, opts.seq_len, opts.batch_size, s.sampler)?;
+            (TrainerState { total_steps, ..s.clone() }, sampler)
         }
         None => {
-            // Lines left by an earlier attempt that died before its first checkpoint.
-            if leader {
-                metrics.truncate_after(0)?;
-            }
-            (0, 0, 0.0, shards.sampler(opts.seq_len, opts.batch_size, opts.seed)?)
-        }
-    };
-    if leader {
-        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
-    }
-
-    let num_params = model.num_params();
-    let flops_per_token = cfg.train_flops_per_token(opts.seq_len);
-    let settings = json!({
-        "model": cfg, "seed": opts.seed, "seq_len": opts.seq_len, "batch_size": opts.batch_size,
-        "batch_tokens": batch_tokens, "optimizer": opts.optimizer, "schedule": opts.schedule,
-        "tokenizer_sha256": tokenizer.sha256(), "shards_merkle_root": shards_root,
-        "kernels": opts.kernels, "device": device_kind(&opts.device), "replicas": dp.replicas,
-    });
-    let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
-    let inputs = {
-        let mut v = Vec::new();
-        if let Ok(f) = FileRef::of_file(&tok_file) {
-            v.push(f);
-        }
-        let shard_manifest = opts.data.join(jarip_ledger::manifest::MANIFEST_FILE);
-        if let Ok(f) = FileRef::of_file(&shard_manifest) {
-            v.push(f);
-        }
-        v
-    };
-    let mut last_ckpt: Option<PathBuf> = state.as_ref().map(|(_, d)| d.clone());
-    let mut cursor_at_ckpt: SamplerState = sampler.state();
-    {
-        let mut e = Entry::new(if state.is_some() { "pretrain-resume" } else { "pretrain-start" });
-        e.inputs = inputs.clone();
-        e.config = settings.clone();
-        e.seed = Some(opts.seed);
-        e.details = json!({
-            "step": step,
-            "weights_sha256": model.weights_sha256()?,
-            "initial_weights": step == 0,
-            "num_params": num_params,
-            "tokenizer_sha256": tokenizer.sha256(),
-            "shards_merkle_root": shards_root,
-            "sampler": sampler.state(),
-            "resumed_from": last_ckpt.as_ref().map(|d| d.display().to_string()),
-            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
-        });
-        if leader {
-            ledger.append(e)?;
-        }
-    }
-
-    let budget_s = opts.minutes.map(|m| m * 60.0);
-    let eprint = |pb: &indicatif::ProgressBar, s: String| {
-        if pb.is_hidden() {
-            eprintln!("{s}");
-        } else {
-            pb.println(s)
-        }
-    };
-    let pb = progress_bar(total_steps, opts.progress && leader);
-    pb.set_position(step);
-    if leader {
-        eprint(
-            &pb,
-            format!(
-                "model: {num_params} parameters ({} layers, width {}, {} heads)",
-                cfg.n_layer, cfg.n_embd, cfg.n_head
-            ),
-        );
-        if comm.world_size() > 1 {
-            eprint(
-                &pb,
-                format!("data-parallel: {} replicas on {} ranks ({})", dp.replicas, comm.world_size(), comm.backend()),
-            );
-        }
-    }
-
-    let run_start = Instant::now();
-    // A time budget becomes a step count after a few measured steps, so that the schedule (and
-    // hence every weight) is a function of the step alone: resumable and replayable bit for bit.
-    // Steps before the plan are at most the first step past warmup, whose rate does not depend
-    // on the total.
-    let plan_after = opts.schedule.warmup_steps.clamp(1, 3);
-    let (first_step, mut timed_s) = (step, 0f64);
-    let (mut last_loss, mut last_eval): (Option<f64>, Option<EvalResult>) = (None, None);
-    let mut tps_ema = 0f64;
-    loop {
-        if total_steps.is_some_and(|t| step >= t) || opts.stop_at_step.is_some_and(|s| step >= s) {
-            break;
-        }
-        let lr_factor = opts.schedule.factor(step, total_steps.unwrap_or(u64::MAX));
-        let t0 = Instant::now();
-        // Every rank draws the whole step's batches, so the data cursor stays one and the same.
-        let batches: Vec<Batch> = (0..accum).map(|_| sampler.next_batch()).collect();
-        let micro = |i: usize| to_tensors(&batches[i], &device);
-        let out = match train_step_parallel(&model, &mut optim, accum, micro, lr_factor, dp) {
-            Ok(o) => o,
-            Err(e) => {
-                pb.abandon();
-                let keep = match &last_ckpt {
-                    Some(d) => format!("the last good checkpoint is {}", d.display()),
-                    None => "no checkpoint was written yet".into(),
-                };
-                bail!("training stopped at step {}: {e:#}; {keep}", step + 1);
-            }
-        };
-        step += 1;
-        tokens_seen += batch_tokens as u64;
-        let dt = t0.elapsed().as_secs_f64();
-        timed_s += dt;
-        if let (Some(b), None) = (budget_s, total_steps) {
-            if step - first_step >= plan_after {
-                let per_step = timed_s / (step - first_step) as f64;
-                let planned = ((b - run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64 + step;
-                // Rank 0's clock decides for every rank.
-                let planned = agree_u64(comm, planned)?;
-                total_steps = Some(planned.max(step));
-                if leader {
-                    eprint(
-                        &pb,
-                        format!("time budget {:.1} min → {} steps at {:.0} ms/step", b / 60.0, planned, per_step * 1e3),
-                    );
-                }
-                pb.set_length(planned);
-            }
-        }
-        let tps = batch_tokens as f64 / dt;
-        tps_ema = if tps_ema == 0.0 { tps } else { 0.9 * tps_ema + 0.1 * tps };
-        let mfu = flops_per_token * tps / opts.peak_flops;
-        last_loss = Some(out.loss);
-        let mut line = json!({
-            "step": step, "loss": out.loss, "lr": opts.optimizer.lr * lr_factor, "grad_norm": out.grad_norm,
-            "tokens": tokens_seen, "tokens_per_s": tps, "mfu": mfu, "step_ms": dt * 1e3,
-            "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
-        });
-        if comm.world_size() > 1 {
-            line["exchange_ms"] = json!(out.exchange_s * 1e3);
-        }
-        let last_step = total_steps == Some(step) || opts.stop_at_step == Some(step);
-        // Evaluation, samples and metrics are rank 0's; the other ranks learn whether they failed.
-        let mut bookkeeping = || -> Result<()> {
-            if !leader {
-                return Ok(());
-            }
-            if (opts.eval_every > 0 && step % opts.eval_every == 0) || last_step {
-                let ev = evaluate(&model, &shards, opts.seq_len, opts.batch_size, opts.eval_tokens, &token_bytes)?;
-                line["val_loss"] = json!(ev.loss);
-                line["val_bpb"] = json!(ev.bpb);
-                eprint(&pb, format!("step {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
-                last_eval = Some(ev);
-            }
-            if opts.sample_every > 0 && step % opts.sample_every == 0 {
-                let seed = opts.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let ids = generate(&model, &[tokenizer.bos_id()], opts.sample_tokens, opts.sample_temperature, seed)?;
-                let text = String::from_utf8_lossy(&tokenizer.decode_bytes(&ids)).to_string();
-                eprint(&pb, format!("step {step} sample: {text:?}"));
-                line["sample"] = json!(text);
-            }
-            metrics.append(&line)
-        };
-        let done = bookkeeping();
-        agree_ok(comm, done)?;
-        pb.set_position(step);
-        pb.set_message(format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, tps_ema, mfu * 100.0));
-
-        if (opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0) || last_step {
-            let ts = TrainerState {
-                step,
-                tokens_seen,
+            let sampler = shards.sampler(opts.seq_len, opts.batch_size, opts.seed)?;
+            let state = TrainerState {
+                step: 0,
+                tokens_seen: 0,
                 sampler: sampler.state(),
                 seed: opts.seed,
                 seq_len: opts.seq_len,
                 batch_size: opts.batch_size,
                 batch_tokens,
                 replicas: dp.replicas,
-                elapsed_s: elapsed_before + run_start.elapsed().as_secs_f64(),
-                weights_sha256: model.weights_sha256()?,
+                elapsed_s: 0.0,
+                weights_sha256: String::new(),
                 tokenizer_sha256: tokenizer.sha256().to_string(),
                 total_steps,
             };
-            check_replicas_agree(comm, &ts.weights_sha256)?;
-            let saved = if leader {
-                save_checkpoint(&opts.out, &model, &optim, &ts, &tok_file, settings.clone(), opts.keep_checkpoints)
-                    .and_then(|dir| {
-                        let mut e = crate::checkpoint::checkpoint_entry("checkpoint", &dir, opts.seed)?;
-                        e.details = json!({
-                            "step": step, "weights_sha256": ts.weights_sha256, "tokens_seen": tokens_seen,
-                            "total_steps": total_steps,
-                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": ts.sampler},
-                            "loss": out.loss, "val_loss": last_eval.map(|e| e.loss), "val_bpb": last_eval.map(|e| e.bpb),
-                        });
-                        if comm.world_size() > 1 {
-                            e.details["replicas_agree"] = json!(comm.world_size());
-                        }
-                        ledger.append(e)?;
-                        Ok(dir)
-                    })
-            } else {
-                Ok(crate::checkpoint::checkpoint_dir(&opts.out, step))
-            };
-            // Other ranks wait for the checkpoint, so a failed write stops them all.
-            let dir = agree_ok(comm, saved)?;
-            cursor_at_ckpt = ts.sampler;
-            last_ckpt = Some(dir);
+            (state, sampler)
         }
-        if opts.step_delay_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(opts.step_delay_ms));
-        }
+    };
+
+    let num_params = model.num_params();
+    let settings = serde_json::to_value(PretrainConfig {
+        model: cfg.clone(),
+        seed: opts.seed,
+        seq_len: opts.seq_len,
+        batch_size: opts.batch_size,
+        batch_tokens,
+        optimizer: opts.optimizer.clone(),
+        schedule: opts.schedule,
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        shards_merkle_root: shards_root.clone(),
+        kernels: opts.kernels,
+        device: device_kind(&opts.device).to_string(),
+        replicas: dp.replicas,
+    })?;
+    let tok_file = if tok_path.is_dir() { tok_path.join("tokenizer.json") } else { tok_path.clone() };
+    let shard_manifest = opts.data.join(jarip_ledger::manifest::MANIFEST_FILE);
+    let inputs: Vec<FileRef> =
+        [FileRef::of_file(&tok_file), FileRef::of_file(&shard_manifest)].into_iter().flatten().collect();
+    let resumed_dir = resumed.map(|(_, d)| d);
+    let start = StartEntry {
+        stage: if resumed_dir.is_some() { "pretrain-resume" } else { "pretrain-start" },
+        inputs,
+        details: serde_json::to_value(PretrainStart {
+            step: state.step,
+            weights_sha256: model.weights_sha256()?,
+            initial_weights: Some(state.step == 0),
+            num_params: Some(num_params as u64),
+            tokenizer_sha256: Some(tokenizer.sha256().to_string()),
+            shards_merkle_root: shards_root,
+            sampler: Some(state.sampler),
+            resumed_from: resumed_dir.as_ref().map(|d| d.display().to_string()),
+            processes: Some(Processes { backend: comm.backend().into(), world_size: comm.world_size() }),
+        })?,
+    };
+    let mut banner = vec![format!(
+        "model: {num_params} parameters ({} layers, width {}, {} heads)",
+        cfg.n_layer, cfg.n_embd, cfg.n_head
+    )];
+    if comm.world_size() > 1 {
+        banner.push(format!(
+            "data-parallel: {} replicas on {} ranks ({})",
+            dp.replicas,
+            comm.world_size(),
+            comm.backend()
+        ));
     }
-    pb.finish_and_clear();
-    let trained_s = run_start.elapsed().as_secs_f64();
-    let trained_tokens = tokens_seen - state.as_ref().map_or(0, |(s, _)| s.tokens_seen);
+    let run = Run {
+        comm,
+        dp,
+        out: &opts.out,
+        ledger: Ledger::at(&opts.out.join(LEDGER_FILE)),
+        settings,
+        tokenizer_json: tok_file,
+        seed: opts.seed,
+        lr: opts.optimizer.lr,
+        schedule: opts.schedule,
+        total_steps,
+        budget_s: opts.minutes.map(|m| m * 60.0),
+        stop_at_step: opts.stop_at_step,
+        eval_every: opts.eval_every,
+        checkpoint_every: opts.checkpoint_every,
+        keep_checkpoints: opts.keep_checkpoints,
+        step_delay_ms: opts.step_delay_ms,
+        progress: opts.progress,
+        banner,
+    };
+    let mut stage = Pretraining {
+        opts,
+        shards: &shards,
+        sampler,
+        tokenizer: &tokenizer,
+        token_bytes: token_byte_lengths(&tokenizer),
+        device,
+        accum,
+        batch_tokens,
+        flops_per_token: cfg.train_flops_per_token(opts.seq_len),
+        world_size: comm.world_size(),
+        tps_ema: 0.0,
+    };
+    let tokens_before = state.tokens_seen;
+    let done = run.train(&mut stage, &model, &mut optim, state, resumed_dir, start)?;
     Ok(PretrainSummary {
         out: opts.out.clone(),
-        steps: step,
-        tokens_seen,
-        final_loss: last_loss,
-        val_loss: last_eval.map(|e| e.loss),
-        val_bpb: last_eval.map(|e| e.bpb),
-        last_checkpoint: last_ckpt,
+        steps: done.state.step,
+        tokens_seen: done.state.tokens_seen,
+        final_loss: done.final_loss,
+        val_loss: done.last_eval.map(|e| e.loss),
+        val_bpb: done.last_eval.map(|e| e.bpb),
+        last_checkpoint: done.last_checkpoint,
         weights_sha256: model.weights_sha256()?,
         num_params,
-        tokens_per_s: trained_tokens as f64 / trained_s.max(1e-9),
+        tokens_per_s: (done.state.tokens_seen - tokens_before) as f64 / done.trained_s.max(1e-9),
         elapsed_s: t_start.elapsed().as_secs_f64(),
     })
 }

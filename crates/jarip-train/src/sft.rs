@@ -6,24 +6,24 @@
 //! checkpoints (now also recording the base model's hash), bit-exact resume and ledger entries
 //! (`sft-start`, `sft-checkpoint`).
 
-use crate::checkpoint::{checkpoint_entry, latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
-use crate::dist::{agree_ok, check_replicas_agree, Collective, DataParallel, Solo};
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, TrainerState};
+use crate::dist::{Collective, DataParallel, Solo};
+use crate::driver::{device_for, device_kind, Run, Stage, StartEntry};
 use crate::eval::{evaluate_batches, token_byte_lengths, EvalResult};
-use crate::metrics::MetricsLog;
 use crate::optim::{Optimizer, OptimizerOptions};
-use crate::pretrain::{device_for, device_kind, progress_bar, LEDGER_FILE};
+use crate::pretrain::LEDGER_FILE;
+use crate::records::{Processes, SftConfig, SftStart, StepMetrics};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::step::train_step_masked_parallel;
+use crate::step::{masked_loss, train_step_with, StepOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use jarip_data::conversations::read_conversations;
 use jarip_data::sft::SftData;
 use jarip_data::{Batch, SamplerState};
-use jarip_ledger::{Entry, FileRef, Ledger};
-use jarip_model::Kernels;
+use jarip_ledger::{FileRef, Ledger};
+use jarip_model::{Gpt, Kernels};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +120,69 @@ fn micro(b: &Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
     ))
 }
 
+/// Fine-tuning's part of the loop: windows of rendered conversations, each replica taking its
+/// share of the step's windows, and the loss over the assistant's tokens only.
+struct FineTuning<'a> {
+    data: &'a SftData,
+    sampler: SamplerState,
+    batch_size: usize,
+    replicas: usize,
+    device: Device,
+    token_bytes: Vec<u32>,
+    base_weights_sha256: String,
+}
+
+impl Stage for FineTuning<'_> {
+    const CHECKPOINT: &'static str = "sft-checkpoint";
+
+    fn train(
+        &mut self,
+        model: &Gpt,
+        optim: &mut Optimizer,
+        lr_factor: f64,
+        dp: DataParallel,
+    ) -> Result<(StepOutcome, u64)> {
+        // Every rank draws the whole batch; replica r takes its r-th share of the windows.
+        let batch = self.data.next_batch(&mut self.sampler, self.batch_size);
+        let counted = batch.counted_targets() as u64;
+        let share = self.batch_size / self.replicas;
+        let device = &self.device;
+        let loss_of = |r: usize| {
+            let (x, y, m) = micro(&batch.rows(r * share, share), device)?;
+            masked_loss(model, &x, &y, &m)
+        };
+        Ok((train_step_with(optim, self.replicas, lr_factor, loss_of, dp)?, counted))
+    }
+
+    fn cursor(&self) -> SamplerState {
+        self.sampler
+    }
+
+    fn annotate(&mut self, line: &mut StepMetrics, out: &StepOutcome, _step_s: f64) -> String {
+        line.epoch = Some(self.sampler.epoch);
+        format!("loss {:.4}", out.loss)
+    }
+
+    fn evaluate(&self, model: &Gpt) -> Result<Option<EvalResult>> {
+        if self.data.val.windows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(evaluate_batches(model, self.data.val_batches(self.batch_size), 0, &self.token_bytes)?))
+    }
+
+    fn step_label(&self) -> &'static str {
+        "sft step"
+    }
+
+    fn base_weights_sha256(&self) -> Option<String> {
+        Some(self.base_weights_sha256.clone())
+    }
+
+    fn stopped(&self, step: u64, err: anyhow::Error, _last_checkpoint: Option<&Path>) -> anyhow::Error {
+        err.context(format!("fine-tuning stopped at step {step}"))
+    }
+}
+
 /// Runs (or resumes) fine-tuning as `opts` describe, in this process alone.
 pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
     sft_parallel(opts, &Solo)
@@ -136,7 +199,6 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     if !opts.batch_size.is_multiple_of(dp.replicas) {
         bail!("--batch-size {} cannot be split among {} data-parallel replicas", opts.batch_size, dp.replicas);
     }
-    let leader = dp.is_leader();
     let (device, compute_dtype) = device_for(&opts.device)?;
     let base =
         jarip_interop::model_dir::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
@@ -160,24 +222,32 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         (None, Some(e)) => ((e * steps_per_epoch as f64).ceil() as u64).max(1),
         (None, None) => bail!("give a limit: --max-steps or --epochs"),
     };
-    let mut settings = json!({
-        "stage": "sft", "model": base.model.config(), "seed": opts.seed, "seq_len": opts.seq_len,
-        "batch_size": opts.batch_size, "batch_tokens": opts.seq_len * opts.batch_size,
-        "optimizer": opts.optimizer, "schedule": opts.schedule, "total_steps": total_steps,
-        "val_fraction": opts.val_fraction, "kernels": opts.kernels, "device": device_kind(&opts.device),
-        "tokenizer_sha256": tokenizer.sha256(), "base_checkpoint": base.dir.display().to_string(),
-        "base_weights_sha256": base_sha, "data": opts.data.display().to_string(), "data_sha256": data_sha,
-    });
-    if dp.replicas > 1 {
+    let settings = serde_json::to_value(SftConfig {
+        stage: "sft".into(),
+        model: base.model.config().clone(),
+        seed: opts.seed,
+        seq_len: opts.seq_len,
+        batch_size: opts.batch_size,
+        batch_tokens: opts.seq_len * opts.batch_size,
+        optimizer: opts.optimizer.clone(),
+        schedule: opts.schedule,
+        total_steps,
+        val_fraction: opts.val_fraction,
+        kernels: opts.kernels,
+        device: device_kind(&opts.device).to_string(),
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        base_checkpoint: base.dir.display().to_string(),
+        base_weights_sha256: base_sha.clone(),
+        data: opts.data.display().to_string(),
+        data_sha256: data_sha,
         // Absent for one replica, so runs recorded before the setting existed still resume.
-        settings["replicas"] = json!(dp.replicas);
-    }
+        replicas: (dp.replicas > 1).then_some(dp.replicas),
+    })?;
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
-    let metrics = MetricsLog::at(&opts.out);
     let latest = latest_checkpoint(&opts.out)?;
     let tok_file = base.dir.join(jarip_interop::model_dir::TOKENIZER_FILE);
-    let (mut model, mut optim, mut state, resumed_from) = if opts.resume {
+    let (mut model, mut optim, state, resumed_from) = if opts.resume {
         let (_, dir) =
             latest.with_context(|| format!("--resume: {} has no checkpoint to resume from", opts.out.display()))?;
         let loaded = load_checkpoint(&dir, &device)?;
@@ -192,9 +262,6 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         }
         let mut optim = Optimizer::new(loaded.model.params(), &opts.optimizer, true)?;
         optim.load(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?;
-        if leader {
-            metrics.truncate_after(loaded.state.step)?;
-        }
         (loaded.model, optim, loaded.state, Some(dir))
     } else {
         if latest.is_some() {
@@ -202,9 +269,6 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
                 "{} already holds checkpoints: pass --resume to continue it, or choose a new --out",
                 opts.out.display()
             );
-        }
-        if leader {
-            metrics.truncate_after(0)?;
         }
         let optim = Optimizer::new(base.model.params(), &opts.optimizer, true)?;
         let state = TrainerState {
@@ -225,128 +289,67 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     };
     model.set_kernels(opts.kernels);
     model.set_compute_dtype(compute_dtype);
-    if leader {
-        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let mut inputs: Vec<FileRef> =
+        [FileRef::of_file(&opts.data), FileRef::of_file(&tok_file)].into_iter().flatten().collect();
+    if let Ok(m) = FileRef::of_file(&base.dir.join(jarip_ledger::manifest::MANIFEST_FILE)) {
+        inputs.push(m);
     }
-    if leader {
-        let mut e = Entry::new(if resumed_from.is_some() { "sft-resume" } else { "sft-start" });
-        e.inputs = [FileRef::of_file(&opts.data), FileRef::of_file(&tok_file)].into_iter().flatten().collect();
-        if let Ok(m) = FileRef::of_file(&base.dir.join(jarip_ledger::manifest::MANIFEST_FILE)) {
-            e.inputs.push(m);
-        }
-        e.config = settings.clone();
-        e.seed = Some(opts.seed);
-        e.details = json!({
-            "step": state.step, "base_weights_sha256": base_sha, "weights_sha256": model.weights_sha256()?,
-            "train_conversations": data.train.conversations, "val_conversations": data.val.conversations,
-            "train_windows": windows, "sampler": state.sampler,
-            "resumed_from": resumed_from.as_ref().map(|d| d.display().to_string()),
-            "processes": {"backend": comm.backend(), "world_size": comm.world_size()},
-        });
-        ledger.append(e)?;
-    }
-
-    let token_bytes = token_byte_lengths(&tokenizer);
-    let val = |model: &jarip_model::Gpt| -> Result<Option<EvalResult>> {
-        if data.val.windows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(evaluate_batches(model, data.val_batches(opts.batch_size), 0, &token_bytes)?))
+    let start = StartEntry {
+        stage: if resumed_from.is_some() { "sft-resume" } else { "sft-start" },
+        inputs,
+        details: serde_json::to_value(SftStart {
+            step: state.step,
+            base_weights_sha256: base_sha.clone(),
+            weights_sha256: model.weights_sha256()?,
+            train_conversations: data.train.conversations,
+            val_conversations: data.val.conversations,
+            train_windows: windows,
+            sampler: state.sampler,
+            resumed_from: resumed_from.as_ref().map(|d| d.display().to_string()),
+            processes: Some(Processes { backend: comm.backend().into(), world_size: comm.world_size() }),
+        })?,
     };
-    let pb = progress_bar(Some(total_steps), opts.progress && leader);
-    pb.set_position(state.step);
-    let say = |s: String| match (leader, pb.is_hidden()) {
-        (false, _) => {}
-        (true, true) => eprintln!("{s}"),
-        (true, false) => pb.println(s),
-    };
-    say(format!(
+    let banner = vec![format!(
         "sft: {} train / {} val conversations, {windows} windows of {} tokens, {total_steps} steps",
         data.train.conversations, data.val.conversations, opts.seq_len
-    ));
-    let run_start = Instant::now();
-    let elapsed_before = state.elapsed_s;
-    let (mut last_loss, mut last_eval) = (None, None);
-    let mut cursor_at_ckpt = state.sampler;
-    let mut last_ckpt = resumed_from.clone();
-    while state.step < total_steps && opts.stop_at_step.is_none_or(|s| state.step < s) {
-        let lr_factor = opts.schedule.factor(state.step, total_steps);
-        // Every rank draws the whole batch; replica r takes its r-th share of the windows.
-        let batch = data.next_batch(&mut state.sampler, opts.batch_size);
-        let counted = batch.counted_targets() as u64;
-        let share = opts.batch_size / dp.replicas;
-        let part = |r: usize| micro(&batch.rows(r * share, share), &device);
-        let out = train_step_masked_parallel(&model, &mut optim, dp.replicas, part, lr_factor, dp)
-            .with_context(|| format!("fine-tuning stopped at step {}", state.step + 1))?;
-        state.step += 1;
-        state.tokens_seen += counted;
-        last_loss = Some(out.loss);
-        let mut line = json!({
-            "step": state.step, "loss": out.loss, "lr": opts.optimizer.lr * lr_factor, "grad_norm": out.grad_norm,
-            "tokens": state.tokens_seen, "epoch": state.sampler.epoch,
-            "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
-        });
-        let last_step = state.step == total_steps || opts.stop_at_step == Some(state.step);
-        // Evaluation and metrics are rank 0's; the other ranks learn whether they failed.
-        let mut bookkeeping = || -> Result<()> {
-            if !leader {
-                return Ok(());
-            }
-            if (opts.eval_every > 0 && state.step % opts.eval_every == 0) || last_step {
-                if let Some(ev) = val(&model)? {
-                    line["val_loss"] = json!(ev.loss);
-                    line["val_bpb"] = json!(ev.bpb);
-                    say(format!("sft step {}: val loss {:.4}, val bpb {:.4}", state.step, ev.loss, ev.bpb));
-                    last_eval = Some(ev);
-                }
-            }
-            metrics.append(&line)
-        };
-        let done = bookkeeping();
-        agree_ok(comm, done)?;
-        pb.set_position(state.step);
-        pb.set_message(format!("loss {:.4}", out.loss));
-        if (opts.checkpoint_every > 0 && state.step % opts.checkpoint_every == 0) || last_step {
-            state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
-            state.weights_sha256 = model.weights_sha256()?;
-            check_replicas_agree(comm, &state.weights_sha256)?;
-            let saved = if leader {
-                save_checkpoint(&opts.out, &model, &optim, &state, &tok_file, settings.clone(), opts.keep_checkpoints)
-                    .and_then(|dir| {
-                        let mut e = checkpoint_entry("sft-checkpoint", &dir, opts.seed)?;
-                        e.details = json!({
-                            "step": state.step, "weights_sha256": state.weights_sha256,
-                            "tokens_seen": state.tokens_seen, "total_steps": total_steps,
-                            "base_weights_sha256": base_sha,
-                            "data": {"sampler_before": cursor_at_ckpt, "sampler_after": state.sampler},
-                            "loss": out.loss, "val_loss": last_eval.map(|e: EvalResult| e.loss),
-                            "val_bpb": last_eval.map(|e: EvalResult| e.bpb),
-                        });
-                        if comm.world_size() > 1 {
-                            e.details["replicas_agree"] = json!(comm.world_size());
-                        }
-                        ledger.append(e)?;
-                        Ok(dir)
-                    })
-            } else {
-                Ok(crate::checkpoint::checkpoint_dir(&opts.out, state.step))
-            };
-            let dir = agree_ok(comm, saved)?;
-            cursor_at_ckpt = state.sampler;
-            last_ckpt = Some(dir);
-        }
-        if opts.step_delay_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(opts.step_delay_ms));
-        }
-    }
-    pb.finish_and_clear();
+    )];
+    let run = Run {
+        comm,
+        dp,
+        out: &opts.out,
+        ledger,
+        settings,
+        tokenizer_json: tok_file,
+        seed: opts.seed,
+        lr: opts.optimizer.lr,
+        schedule: opts.schedule,
+        total_steps: Some(total_steps),
+        budget_s: None,
+        stop_at_step: opts.stop_at_step,
+        eval_every: opts.eval_every,
+        checkpoint_every: opts.checkpoint_every,
+        keep_checkpoints: opts.keep_checkpoints,
+        step_delay_ms: opts.step_delay_ms,
+        progress: opts.progress,
+        banner,
+    };
+    let mut stage = FineTuning {
+        data: &data,
+        sampler: state.sampler,
+        batch_size: opts.batch_size,
+        replicas: dp.replicas,
+        device,
+        token_bytes: token_byte_lengths(&tokenizer),
+        base_weights_sha256: base_sha.clone(),
+    };
+    let done = run.train(&mut stage, &model, &mut optim, state, resumed_from, start)?;
     Ok(SftSummary {
         out: opts.out.clone(),
-        steps: state.step,
-        final_loss: last_loss,
-        val_loss: last_eval.map(|e| e.loss),
-        val_bpb: last_eval.map(|e| e.bpb),
-        last_checkpoint: last_ckpt,
+        steps: done.state.step,
+        final_loss: done.final_loss,
+        val_loss: done.last_eval.map(|e| e.loss),
+        val_bpb: done.last_eval.map(|e| e.bpb),
+        last_checkpoint: done.last_checkpoint,
         base_checkpoint: base.dir,
         base_weights_sha256: base_sha,
         weights_sha256: model.weights_sha256()?,

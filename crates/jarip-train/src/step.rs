@@ -24,24 +24,7 @@ pub fn train_step(
     lr_factor: f64,
 ) -> Result<StepOutcome> {
     let loss_of = |i: usize| model.loss(&micro[i].0, &micro[i].1);
-    step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
-}
-
-/// As [`train_step`] over `accum` micro-batches that `micro(i)` builds on demand, shared among
-/// data-parallel replicas: this process builds and runs only its own blocks' micro-batches.
-pub fn train_step_parallel(
-    model: &Gpt,
-    optim: &mut Optimizer,
-    accum: usize,
-    micro: impl Fn(usize) -> Result<(Tensor, Tensor)>,
-    lr_factor: f64,
-    dp: DataParallel,
-) -> Result<StepOutcome> {
-    let loss_of = |i: usize| {
-        let (x, y) = micro(i)?;
-        model.loss(&x, &y)
-    };
-    step_with(optim, accum, lr_factor, loss_of, dp)
+    train_step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
 }
 
 /// As [`train_step`], counting only the targets whose `mask` (fp32 `[B·T]`, 1 or 0) is 1:
@@ -53,24 +36,7 @@ pub fn train_step_masked(
     lr_factor: f64,
 ) -> Result<StepOutcome> {
     let loss_of = |i: usize| masked_loss(model, &micro[i].0, &micro[i].1, &micro[i].2);
-    step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
-}
-
-/// As [`train_step_masked`] over `accum` micro-batches that `micro(i)` builds on demand, shared
-/// among data-parallel replicas (see [`train_step_parallel`]).
-pub fn train_step_masked_parallel(
-    model: &Gpt,
-    optim: &mut Optimizer,
-    accum: usize,
-    micro: impl Fn(usize) -> Result<(Tensor, Tensor, Tensor)>,
-    lr_factor: f64,
-    dp: DataParallel,
-) -> Result<StepOutcome> {
-    let loss_of = |i: usize| {
-        let (x, y, m) = micro(i)?;
-        masked_loss(model, &x, &y, &m)
-    };
-    step_with(optim, accum, lr_factor, loss_of, dp)
+    train_step_with(optim, micro.len(), lr_factor, loss_of, DataParallel::solo())
 }
 
 /// Mean loss over the targets that `mask` counts (0 when it counts none).
@@ -108,7 +74,12 @@ fn add_all(a: &[Tensor], b: &[Tensor]) -> Result<Vec<Tensor>> {
     Ok(a.iter().zip(b).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?)
 }
 
-fn step_with(
+/// One optimizer step over `accum` micro-batches whose loss `loss_of(i)` computes (building
+/// micro-batch `i` on demand), shared among data-parallel replicas: this process runs only its
+/// own blocks' micro-batches, each block's gradients are summed in order and the blocks' sums
+/// added in block order (across ranks by `dp`'s collective), then the weights are updated.
+/// A non-finite loss on any rank stops every rank before the update.
+pub fn train_step_with(
     optim: &mut Optimizer,
     accum: usize,
     lr_factor: f64,

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use jarip_interop::gguf_model::{self, GgufArch, WeightType};
 use jarip_interop::hf;
+use jarip_ledger::records::{ExportConfig, ExportDetails};
 use jarip_ledger::{Entry, FileRef, Ledger};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -102,14 +103,15 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         let mut entry = Entry::new("export");
         let weights = loaded.dir.join(jarip_model::WEIGHTS_FILE);
         entry.inputs.push(FileRef::of_file(&weights)?);
-        entry.config = json!({ "format": if gguf { "gguf" } else { "hf" }, "dtype": dtype });
+        entry
+            .set_config(&ExportConfig { format: if gguf { "gguf" } else { "hf" }.into(), dtype: dtype.to_string() })?;
         // The export may move or be deleted later: its files are recorded as facts, not outputs.
-        entry.details = json!({
-            "out": a.out.display().to_string(),
-            "source_weights_sha256": source_sha,
-            "weights_sha256": weights_sha256,
-            "files": files,
-        });
+        entry.set_details(&ExportDetails {
+            out: a.out.display().to_string(),
+            source_weights_sha256: source_sha,
+            weights_sha256,
+            files,
+        })?;
         Ledger::at(&l).append(entry).with_context(|| format!("cannot append to {}", l.display()))?;
         println!("  ledger: export entry appended to {}", l.display());
     }

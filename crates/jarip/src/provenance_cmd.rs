@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use jarip_ledger::records::{LineageConfig, LineageDetails, LineageModel};
 use jarip_provenance::calibrate::{lineage_paths, LineageOptions, LineageReport};
 use jarip_provenance::independence::{self, fmt_p, TestOptions, TestReport};
 use jarip_provenance::verify::{Report, VerifyOptions};
@@ -302,30 +303,30 @@ fn record(run: &std::path::Path, r: &TestReport, a: &WeightSource, b: &WeightSou
     plot(r, &png_path)?;
     let mut e = Entry::new("lineage");
     e.outputs = vec![FileRef::of_file(&json_path)?, FileRef::of_file(&png_path)?];
-    e.config = serde_json::json!({"alpha": args.alpha, "units": args.units, "tokens": args.tokens, "seed": args.seed});
-    let model = |s: &WeightSource| -> Result<serde_json::Value> {
-        Ok(serde_json::json!({
-            "path": s.dir.display().to_string(),
-            "parameters": s.num_params(),
-            "weight_bytes": s.weight_bytes(),
-            "header_sha256": header_fingerprint(s)?,
-        }))
+    e.set_config(&LineageConfig { alpha: args.alpha, units: args.units, tokens: args.tokens, seed: args.seed })?;
+    let model = |s: &WeightSource| -> Result<LineageModel> {
+        Ok(LineageModel {
+            path: s.dir.display().to_string(),
+            parameters: Some(s.num_params()),
+            weight_bytes: Some(s.weight_bytes()),
+            header_sha256: Some(header_fingerprint(s)?),
+        })
     };
-    e.details = serde_json::json!({
-        "a": model(a)?,
-        "b": model(b)?,
-        "verdict": r.verdict,
-        "p_value": r.p_value,
-        "log10_p": r.log10_p,
-        "alpha": r.alpha,
-        "power": r.power,
-        "power_rho": r.power_rho,
-        "rho_min": r.rho_min,
-        "groups": r.groups.len(),
-        "method": r.method,
-        "report": json_path.display().to_string(),
-        "plot": png_path.display().to_string(),
-    });
+    e.set_details(&LineageDetails {
+        a: model(a)?,
+        b: model(b)?,
+        verdict: r.verdict.to_string(),
+        p_value: r.p_value,
+        log10_p: r.log10_p,
+        alpha: r.alpha,
+        power: r.power,
+        power_rho: r.power_rho,
+        rho_min: r.rho_min,
+        groups: Some(r.groups.len()),
+        method: Some(r.method.clone()),
+        report: Some(json_path.display().to_string()),
+        plot: Some(png_path.display().to_string()),
+    })?;
     ledger.append(e)?;
     eprintln!("lineage recorded in {} ({} and {})", ledger_path.display(), json_path.display(), png_path.display());
     Ok(())

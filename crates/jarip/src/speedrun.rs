@@ -179,8 +179,8 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
     let convs = jarip_data::conversations::demo_conversations(&a.demo, &a.name, a.seed, 400)?;
     jarip_data::conversations::write_conversations(&convs_path, &convs)?;
     let (seq_len, batch_size) = (256usize, 8usize);
-    let metrics = jarip_train::metrics::MetricsLog::read(&a.out.join(jarip_train::metrics::METRICS_FILE))?;
-    let step_s = metrics.iter().rev().find_map(|m| m["step_ms"].as_f64()).map_or(1.0, |ms| ms / 1e3);
+    let metrics = jarip_train::metrics::MetricsLog::steps(&a.out.join(jarip_train::metrics::METRICS_FILE))?;
+    let step_s = metrics.iter().rev().find_map(|m| m.step_ms).map_or(1.0, |ms| ms / 1e3);
     let steps = ((a.minutes * 0.25 * 60.0 / step_s) as u64).max(10);
     let out = a.out.join("sft");
     println!(

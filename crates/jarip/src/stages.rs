@@ -212,7 +212,7 @@ pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
     let mut e = Entry::new("tokenizer-train");
     e.inputs = inputs;
     e.outputs = outputs_of(&a.out)?;
-    e.config = serde_json::json!({"vocab_size": a.vocab_size, "preset": a.preset});
+    e.set_config(&jarip_ledger::records::TokenizerTrainConfig { vocab_size: a.vocab_size, preset: a.preset.clone() })?;
     ledger_for(&a.out, &a.ledger).append(e)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! results or no ledger, and a torn last line of a log is skipped, not fatal.
 
 use anyhow::{Context, Result};
+use jarip_ledger::records::StepMetrics;
 use jarip_ledger::{Entry, Ledger};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -55,25 +56,20 @@ pub fn read_stage(name: &'static str, file: &Path) -> Result<Option<Stage>> {
     let mut steps = Vec::new();
     let mut skipped_lines = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        let Ok(m) = serde_json::from_str::<StepMetrics>(line) else {
             skipped_lines += 1;
             continue;
         };
-        let Some(step) = v.get("step").and_then(Value::as_u64) else {
-            skipped_lines += 1;
-            continue;
-        };
-        let f = |k: &str| v.get(k).and_then(Value::as_f64);
         steps.push(StepLog {
-            step,
-            tokens: f("tokens"),
-            loss: f("loss"),
-            lr: f("lr"),
-            tokens_per_s: f("tokens_per_s"),
-            mfu: f("mfu"),
-            val_loss: f("val_loss"),
-            val_bpb: f("val_bpb"),
-            elapsed_s: f("elapsed_s"),
+            step: m.step,
+            tokens: m.tokens.map(|t| t as f64),
+            loss: m.loss,
+            lr: m.lr,
+            tokens_per_s: m.tokens_per_s,
+            mfu: m.mfu,
+            val_loss: m.val_loss,
+            val_bpb: m.val_bpb,
+            elapsed_s: m.elapsed_s,
         });
     }
     Ok(Some(Stage { name, metrics_file: file.to_path_buf(), steps, skipped_lines }))

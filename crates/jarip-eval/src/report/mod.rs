@@ -14,6 +14,7 @@ use crate::table::format_value;
 use anyhow::{bail, Result};
 use charts::{plain, si, Chart, Series};
 use data::{read_evals, read_ledger, read_stage, EvalDoc, LedgerView, Stage, StepLog};
+use jarip_ledger::records::{CheckpointDetails, LineageDetails, Opaque, PretrainStart};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -243,13 +244,15 @@ fn provenance(md: &mut String, ledger: Option<&LedgerView>) {
         }
     }
     let start = l.first("pretrain-start");
-    let detail = |k: &str| start.and_then(|e| e.details.get(k)).and_then(|v| v.as_str()).map(short);
+    let details = start.and_then(|e| e.details_as::<PretrainStart<Opaque>>().ok());
+    let detail = |h: Option<&String>| h.map_or("—".into(), |h| short(h));
     let seed = start.and_then(|e| e.seed).or_else(|| l.entries.iter().find_map(|e| e.seed));
     let _ = writeln!(md, "- seed: {}", seed.map_or("—".into(), |s| s.to_string()));
-    let _ = writeln!(md, "- initial weights (step 0) sha256: {}", detail("weights_sha256").unwrap_or("—".into()));
-    let _ = writeln!(md, "- tokenizer sha256: {}", detail("tokenizer_sha256").unwrap_or("—".into()));
-    let _ = writeln!(md, "- shards Merkle root: {}", detail("shards_merkle_root").unwrap_or("—".into()));
-    if let Some(n) = start.and_then(|e| e.details.get("num_params")).and_then(|v| v.as_u64()) {
+    let _ = writeln!(md, "- initial weights (step 0) sha256: {}", detail(details.as_ref().map(|d| &d.weights_sha256)));
+    let _ = writeln!(md, "- tokenizer sha256: {}", detail(details.as_ref().and_then(|d| d.tokenizer_sha256.as_ref())));
+    let _ =
+        writeln!(md, "- shards Merkle root: {}", detail(details.as_ref().and_then(|d| d.shards_merkle_root.as_ref())));
+    if let Some(n) = details.as_ref().and_then(|d| d.num_params) {
         let _ = writeln!(md, "- parameters: {n} ({})", si(n as f64));
     }
     let mut stages: Vec<(String, usize)> = Vec::new();
@@ -266,14 +269,14 @@ fn provenance(md: &mut String, ledger: Option<&LedgerView>) {
     if !checkpoints.is_empty() {
         md.push_str("\n| checkpoint | step | tokens seen | weights sha256 |\n|---|---|---|---|\n");
         for e in checkpoints {
-            let d = &e.details;
+            let d = e.details_as::<CheckpointDetails<Opaque>>().ok();
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} |",
                 e.stage,
-                d.get("step").and_then(|v| v.as_u64()).map_or("—".into(), |s| s.to_string()),
-                d.get("tokens_seen").and_then(|v| v.as_f64()).map_or("—".into(), si),
-                d.get("weights_sha256").and_then(|v| v.as_str()).map_or("—".into(), short)
+                d.as_ref().map_or("—".into(), |d| d.step.to_string()),
+                d.as_ref().and_then(|d| d.tokens_seen).map_or("—".into(), |t| si(t as f64)),
+                d.as_ref().map_or("—".into(), |d| short(&d.weights_sha256))
             );
         }
     }
@@ -333,20 +336,23 @@ fn lineage_section(md: &mut String, ledger: Option<&LedgerView>) {
     }
     md.push_str("## Lineage\n\n");
     for e in tests {
-        let d = &e.details;
-        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let Ok(d) = e.details_as::<LineageDetails>() else {
+            let _ = writeln!(md, "- #{}: its details are not a lineage record\n", e.seq);
+            continue;
+        };
+        let finite = |v: f64| Some(v).filter(|v| v.is_finite());
         let _ = writeln!(
             md,
             "- #{} A `{}` vs B `{}`: **{}** (log10 p = {}, α = {}, ρ_min = {})\n",
             e.seq,
-            text(&d["a"]["path"]),
-            text(&d["b"]["path"]),
-            text(&d["verdict"]),
-            d["log10_p"].as_f64().map_or("—".into(), |v| format!("{v:.1}")),
-            text(&d["alpha"]),
-            d["rho_min"].as_f64().map_or("—".into(), |v| format!("{v:.4}"))
+            d.a.path,
+            d.b.path,
+            d.verdict,
+            finite(d.log10_p).map_or("—".into(), |v| format!("{v:.1}")),
+            finite(d.alpha).map_or("null".into(), |v| serde_json::Value::from(v).to_string()),
+            d.rho_min.map_or("—".into(), |v| format!("{v:.4}"))
         );
-        if let Some(name) = d["plot"].as_str().and_then(|p| Path::new(p).file_name()) {
+        if let Some(name) = d.plot.as_deref().and_then(|p| Path::new(p).file_name()) {
             let _ = writeln!(md, "  ![per-block evidence](lineage/{})\n", name.to_string_lossy());
         }
     }

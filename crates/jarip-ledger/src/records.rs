@@ -1,0 +1,542 @@
+//! The records every stage writes, in one place: the `config` and `details` of each stage's
+//! ledger [`Entry`], and the per-step line of `metrics.jsonl`. Writers build these structs and
+//! readers (verify, card, replay, the server's provenance panel, the report) deserialize them,
+//! so a key can only be misspelt here.
+//!
+//! The bytes are the contract: field order is the key order written, `Option` fields without
+//! `skip_serializing_if` write `null`, fields with it are absent when `None`. Records are turned
+//! into [`serde_json::Value`] before they are written (as `json!` did), which is what fixes the
+//! number formatting; [`Entry`] keeps `config` and `details` as values, so its hash chain is
+//! computed as it always was.
+//!
+//! Readers are lenient where older ledgers (or hand-written ones) may lack a key: such fields
+//! carry `#[serde(default)]`. A record embeds types of crates this one does not depend on (the
+//! model config, optimizer, schedule, kernels, the data cursor); they are a [`Domain`]'s
+//! associated types, read as plain JSON values with [`Opaque`] or as the trainer's own types
+//! with `jarip_train::records::Trained`.
+
+use crate::Entry;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use std::fmt::Debug;
+
+/// Bounds every embedded type meets.
+pub trait Embedded: Serialize + DeserializeOwned + Clone + Debug + PartialEq {}
+impl<T: Serialize + DeserializeOwned + Clone + Debug + PartialEq> Embedded for T {}
+
+/// The types a record embeds from other crates.
+pub trait Domain {
+    /// The model configuration (`jarip_model::ModelConfig`).
+    type Model: Embedded;
+    /// `jarip_train::OptimizerOptions`.
+    type Optimizer: Embedded;
+    /// `jarip_train::Schedule`.
+    type Schedule: Embedded;
+    /// `jarip_model::Kernels` (its default is what records without the key ran).
+    type Kernels: Embedded + Default;
+    /// Where the data sampler stands (`jarip_data::SamplerState`).
+    type Cursor: Embedded;
+}
+
+/// Every embedded type read as a JSON value: for readers that only pass them on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Opaque;
+
+impl Domain for Opaque {
+    type Model = Value;
+    type Optimizer = Value;
+    type Schedule = Value;
+    type Kernels = Value;
+    type Cursor = Value;
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+fn one() -> usize {
+    1
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// A float that was not finite was written as `null` (serde_json has no NaN); it reads back as NaN.
+fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pretraining
+
+/// `config` of `pretrain-start` and `pretrain-resume`; also the `settings` of a pretraining
+/// checkpoint's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct PretrainConfig<D: Domain> {
+    pub model: D::Model,
+    pub seed: u64,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub batch_tokens: usize,
+    pub optimizer: D::Optimizer,
+    pub schedule: D::Schedule,
+    pub tokenizer_sha256: String,
+    #[serde(default)]
+    pub shards_merkle_root: Option<String>,
+    #[serde(default)]
+    pub kernels: D::Kernels,
+    /// The device kind (`cpu`, `cuda`); `cpu` for runs that predate the field.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Data-parallel replicas sharing each step (1 for runs that predate the field).
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+impl<D: Domain> PretrainConfig<D> {
+    /// What must not change when a run is resumed (kernels and device may: they do not change
+    /// the arithmetic's definition, only where it runs).
+    pub fn same_run_as(&self, other: &Self) -> bool {
+        self.model == other.model
+            && self.seed == other.seed
+            && self.seq_len == other.seq_len
+            && self.batch_size == other.batch_size
+            && self.batch_tokens == other.batch_tokens
+            && self.optimizer == other.optimizer
+            && self.schedule == other.schedule
+            && self.tokenizer_sha256 == other.tokenizer_sha256
+            && self.shards_merkle_root == other.shards_merkle_root
+            && self.replicas == other.replicas
+    }
+}
+
+/// The processes a training stage ran on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Processes {
+    /// `solo`, `mpi`, `nccl`.
+    pub backend: String,
+    pub world_size: usize,
+}
+
+/// `details` of `pretrain-start` and `pretrain-resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct PretrainStart<D: Domain> {
+    pub step: u64,
+    pub weights_sha256: String,
+    /// Whether the weights were drawn from the seed (step 0) rather than loaded.
+    #[serde(default)]
+    pub initial_weights: Option<bool>,
+    #[serde(default)]
+    pub num_params: Option<u64>,
+    #[serde(default)]
+    pub tokenizer_sha256: Option<String>,
+    #[serde(default)]
+    pub shards_merkle_root: Option<String>,
+    #[serde(default)]
+    pub sampler: Option<D::Cursor>,
+    /// The checkpoint a resumption continues (`null` at the start).
+    #[serde(default)]
+    pub resumed_from: Option<String>,
+    #[serde(default)]
+    pub processes: Option<Processes>,
+}
+
+/// The data a checkpoint interval consumed: the cursor before and after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct DataRange<D: Domain> {
+    pub sampler_before: D::Cursor,
+    pub sampler_after: D::Cursor,
+}
+
+/// `details` of `checkpoint` (pretraining) and `sft-checkpoint` (fine-tuning) entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct CheckpointDetails<D: Domain> {
+    pub step: u64,
+    pub weights_sha256: String,
+    #[serde(default)]
+    pub tokens_seen: Option<u64>,
+    /// The run's length in steps (`null` in a time-limited run not yet planned).
+    #[serde(default)]
+    pub total_steps: Option<u64>,
+    /// Fine-tuning only: the weights fine-tuning started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_weights_sha256: Option<String>,
+    #[serde(default)]
+    pub data: Option<DataRange<D>>,
+    /// Training loss of the step that ended the interval.
+    #[serde(default)]
+    pub loss: Option<f64>,
+    /// The last evaluation's results (`null` before the first).
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+    #[serde(default)]
+    pub val_bpb: Option<f64>,
+    /// Data-parallel runs only: the number of ranks whose weights were found equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_agree: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fine-tuning
+
+/// `config` of `sft-start` and `sft-resume`; also the `settings` of a fine-tuning checkpoint's
+/// manifest, which `--resume` compares with the settings asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SftConfig<D: Domain> {
+    /// Always `sft`.
+    pub stage: String,
+    pub model: D::Model,
+    pub seed: u64,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub batch_tokens: usize,
+    pub optimizer: D::Optimizer,
+    pub schedule: D::Schedule,
+    pub total_steps: u64,
+    pub val_fraction: f64,
+    #[serde(default)]
+    pub kernels: D::Kernels,
+    #[serde(default = "cpu")]
+    pub device: String,
+    pub tokenizer_sha256: String,
+    pub base_checkpoint: String,
+    pub base_weights_sha256: String,
+    /// The conversations file.
+    pub data: String,
+    pub data_sha256: String,
+    /// Absent for one replica, so runs recorded before the setting existed still resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
+}
+
+/// A checkpoint manifest's `settings` read leniently, whichever stage wrote them (and however
+/// old or hand-made): the keys of [`PretrainConfig`] and [`SftConfig`] that describe where the
+/// weights came from, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct CheckpointSettings {
+    /// `sft` for fine-tuning checkpoints ([`SftConfig::stage`]); absent for pretraining.
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub tokenizer_sha256: Option<String>,
+    /// Pretraining only.
+    #[serde(default)]
+    pub shards_merkle_root: Option<String>,
+    /// Fine-tuning only.
+    #[serde(default)]
+    pub base_checkpoint: Option<String>,
+    #[serde(default)]
+    pub base_weights_sha256: Option<String>,
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+}
+
+impl CheckpointSettings {
+    /// Reads `settings` (anything that is not such an object reads as nothing recorded).
+    pub fn of(settings: &Value) -> Self {
+        Self::deserialize(settings).unwrap_or_default()
+    }
+
+    pub fn is_sft(&self) -> bool {
+        self.stage.as_deref() == Some("sft")
+    }
+}
+
+/// `details` of `sft-start` and `sft-resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SftStart<D: Domain> {
+    pub step: u64,
+    pub base_weights_sha256: String,
+    pub weights_sha256: String,
+    pub train_conversations: usize,
+    pub val_conversations: usize,
+    pub train_windows: u64,
+    pub sampler: D::Cursor,
+    #[serde(default)]
+    pub resumed_from: Option<String>,
+    #[serde(default)]
+    pub processes: Option<Processes>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// metrics.jsonl
+
+/// One line of `metrics.jsonl`, pretraining's or fine-tuning's. Trainers always write `loss`,
+/// `lr`, `grad_norm`, `tokens` and `elapsed_s`; pretraining adds `tokens_per_s`, `mfu`,
+/// `step_ms` (and `exchange_ms` when data-parallel), fine-tuning `epoch`; evaluation steps add
+/// `val_loss` and `val_bpb`, sample steps `sample`. Every key but `step` may be absent when read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Tokens trained on so far (fine-tuning: counted targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other stages
+
+/// `config` of `tokenizer-train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerTrainConfig {
+    pub vocab_size: usize,
+    pub preset: String,
+}
+
+/// `config` of `export`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportConfig {
+    /// `hf` or `gguf`.
+    pub format: String,
+    pub dtype: String,
+}
+
+/// `details` of `export`: the exported files are recorded as facts, not outputs (an export may
+/// move or be deleted later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportDetails {
+    pub out: String,
+    pub source_weights_sha256: String,
+    pub weights_sha256: String,
+    /// The export's file table (name → hash and size).
+    pub files: Value,
+}
+
+/// `config` of `lineage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineageConfig {
+    pub alpha: f64,
+    pub units: usize,
+    pub tokens: usize,
+    pub seed: u64,
+}
+
+/// One of the two models a `lineage` entry compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineageModel {
+    pub path: String,
+    #[serde(default)]
+    pub parameters: Option<u64>,
+    #[serde(default)]
+    pub weight_bytes: Option<u64>,
+    #[serde(default)]
+    pub header_sha256: Option<String>,
+}
+
+/// `details` of `lineage`: the test's verdict and figures (floats that were not finite read
+/// back as NaN; figures an older entry lacks read as NaN too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineageDetails {
+    pub a: LineageModel,
+    pub b: LineageModel,
+    /// `derived`, `unrelated` or `inconclusive`.
+    pub verdict: String,
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub p_value: f64,
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub log10_p: f64,
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub alpha: f64,
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub power: f64,
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub power_rho: f64,
+    #[serde(default)]
+    pub rho_min: Option<f64>,
+    #[serde(default)]
+    pub groups: Option<usize>,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The JSON report and the per-block plot the entry's outputs hold.
+    #[serde(default)]
+    pub report: Option<String>,
+    #[serde(default)]
+    pub plot: Option<String>,
+}
+
+/// The model an `eval` entry scored (also the `model` object of `jarip eval --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalModel {
+    /// The checkpoint directory.
+    pub dir: String,
+    pub step: Option<u64>,
+    /// `base` or `sft`.
+    pub stage: String,
+    /// Hash of the weights' tensors, as the trainer recorded it.
+    pub weights_sha256: Option<String>,
+    /// SHA-256 of `model.safetensors`, from the checkpoint's manifest.
+    pub safetensors_sha256: Option<String>,
+    pub tokenizer_sha256: String,
+    pub params: usize,
+    pub max_seq_len: usize,
+}
+
+/// `details` of `eval` (its `config` is `jarip_eval::EvalOptions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalDetails {
+    pub model: EvalModel,
+    /// Task → metric → value (and `n`).
+    pub results: Value,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entries
+
+impl Entry {
+    /// The entry's `config` read as `T`.
+    pub fn config_as<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        T::deserialize(&self.config)
+    }
+
+    /// The entry's `details` read as `T`.
+    pub fn details_as<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        T::deserialize(&self.details)
+    }
+
+    /// Sets `config` to `c`, converted as `json!` converts.
+    pub fn set_config<T: Serialize>(&mut self, c: &T) -> serde_json::Result<()> {
+        self.config = serde_json::to_value(c)?;
+        Ok(())
+    }
+
+    /// Sets `details` to `d`, converted as `json!` converts.
+    pub fn set_details<T: Serialize>(&mut self, d: &T) -> serde_json::Result<()> {
+        self.details = serde_json::to_value(d)?;
+        Ok(())
+    }
+}
+
+/// The line `metrics.jsonl` holds for `m` (without its newline).
+pub fn metrics_line(m: &StepMetrics) -> serde_json::Result<String> {
+    serde_json::to_string(&serde_json::to_value(m)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_and_null_keys_are_kept_apart() {
+        let d = CheckpointDetails::<Opaque> {
+            step: 3,
+            weights_sha256: "ab".into(),
+            tokens_seen: Some(12),
+            total_steps: None,
+            base_weights_sha256: None,
+            data: Some(DataRange { sampler_before: Value::from(1), sampler_after: Value::from(2) }),
+            loss: Some(0.5),
+            val_loss: None,
+            val_bpb: None,
+            replicas_agree: None,
+        };
+        let text = serde_json::to_string(&serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"step":3,"weights_sha256":"ab","tokens_seen":12,"total_steps":null,"data":{"sampler_before":1,"sampler_after":2},"loss":0.5,"val_loss":null,"val_bpb":null}"#
+        );
+        let back: CheckpointDetails<Opaque> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn metrics_lines_write_only_what_they_hold() {
+        let m = StepMetrics { step: 2, loss: Some(1.25), val_bpb: Some(0.5), ..Default::default() };
+        assert_eq!(metrics_line(&m).unwrap(), r#"{"step":2,"loss":1.25,"val_bpb":0.5}"#);
+        let old: StepMetrics = serde_json::from_str(r#"{"step":1,"loss":9.0,"tokens_per_s":800}"#).unwrap();
+        assert_eq!(old.tokens_per_s, Some(800.0));
+    }
+
+    #[test]
+    fn checkpoint_settings_read_what_either_stage_wrote() {
+        let pre = PretrainConfig::<Opaque> {
+            model: Value::Null,
+            seed: 5,
+            seq_len: 8,
+            batch_size: 2,
+            batch_tokens: 16,
+            optimizer: Value::Null,
+            schedule: Value::Null,
+            tokenizer_sha256: "t".into(),
+            shards_merkle_root: Some("m".into()),
+            kernels: Value::Null,
+            device: cpu(),
+            replicas: 1,
+        };
+        let s = CheckpointSettings::of(&serde_json::to_value(&pre).unwrap());
+        assert_eq!(
+            (s.seed, s.tokenizer_sha256.as_deref(), s.shards_merkle_root.as_deref()),
+            (Some(5), Some("t"), Some("m"))
+        );
+        assert!(!s.is_sft());
+        let sft = SftConfig::<Opaque> {
+            stage: "sft".into(),
+            model: Value::Null,
+            seed: 7,
+            seq_len: 8,
+            batch_size: 2,
+            batch_tokens: 16,
+            optimizer: Value::Null,
+            schedule: Value::Null,
+            total_steps: 3,
+            val_fraction: 0.1,
+            kernels: Value::Null,
+            device: cpu(),
+            tokenizer_sha256: "t".into(),
+            base_checkpoint: "b".into(),
+            base_weights_sha256: "w".into(),
+            data: "d".into(),
+            data_sha256: "ds".into(),
+            replicas: None,
+        };
+        let s = CheckpointSettings::of(&serde_json::to_value(&sft).unwrap());
+        assert!(s.is_sft());
+        assert_eq!(
+            (s.seed, s.base_checkpoint.as_deref(), s.base_weights_sha256.as_deref(), s.data_sha256.as_deref()),
+            (Some(7), Some("b"), Some("w"), Some("ds"))
+        );
+        assert_eq!(CheckpointSettings::of(&Value::Null), CheckpointSettings::default());
+    }
+
+    #[test]
+    fn non_finite_lineage_figures_read_back_as_nan() {
+        let text = r#"{"a":{"path":"x"},"b":{"path":"y"},"verdict":"unrelated","p_value":null,"log10_p":-3.0}"#;
+        let d: LineageDetails = serde_json::from_str(text).unwrap();
+        assert!(d.p_value.is_nan() && d.power.is_nan());
+        assert_eq!(d.log10_p, -3.0);
+        assert_eq!(serde_json::to_value(&d).unwrap()["p_value"], Value::Null);
+    }
+}
