@@ -1,6 +1,6 @@
 //! jarip-ledger: the provenance layer every stage writes through.
 //!
-//! It owns three things and depends on no other jarip crate:
+//! It owns these, and depends on no other jarip crate:
 //! - [`hash`]: SHA-256 of bytes, files and directories (Merkle root over a file list);
 //! - [`atomic`]: writes that either complete or leave nothing behind (temp file + rename);
 //! - [`manifest`]: the `manifest.json` that describes an artifact directory;

@@ -12,6 +12,7 @@
 //! a fixed order by one thread.
 
 use super::fastmath::exp_inplace;
+use super::linear::gemm_strided;
 use super::{slice_f32, Kernels, SendPtr};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -90,53 +91,6 @@ impl Dims {
     }
 }
 
-/// `dst[m×n] (= or +=) scale · lhs[m×k] · rhs[k×n]`, strides in elements.
-///
-/// # Safety
-/// Every element the strides address must lie inside its allocation: `lhs + i·lhs_rs + p·lhs_cs`
-/// for `i < m`, `p < k`; `rhs + p·rhs_rs + j·rhs_cs` for `p < k`, `j < n`; `dst + i·dst_rs + j`
-/// for `i < m`, `j < n`. No other thread may read or write the `dst` elements meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    scale: f32,
-) {
-    // SAFETY: the caller upholds the bounds and exclusivity stated above, which is all
-    // `gemm::gemm` reads and writes (row/column strides as given, no parallelism of its own).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-causal-attention"
@@ -174,7 +128,20 @@ impl CustomOp3 for FusedAttention {
                 // lie inside q and k (`Dims::of` checked the shapes); `s` holds m·nk values.
                 unsafe {
                     let qp = q.as_ptr().add(q_base + i0 * qs);
-                    mm(m, nk, d, s.as_mut_ptr(), nk, false, qp, (qs, 1), k.as_ptr().add(k_base), (1, ks), scale);
+                    gemm_strided(
+                        m,
+                        nk,
+                        d,
+                        s.as_mut_ptr(),
+                        nk,
+                        false,
+                        qp,
+                        (qs, 1),
+                        k.as_ptr().add(k_base),
+                        (1, ks),
+                        scale,
+                        gemm::Parallelism::None,
+                    );
                 }
                 for r in 0..m {
                     let row = &mut s[r * nk..(r + 1) * nk];
@@ -193,7 +160,20 @@ impl CustomOp3 for FusedAttention {
                 // threads write the same element, and `out` outlives the parallel loop.
                 unsafe {
                     let op = out_ptr.get().add(q_base + i0 * qs);
-                    mm(m, d, nk, op, qs, false, s.as_ptr(), (nk, 1), v.as_ptr().add(k_base), (ks, 1), 1.0);
+                    gemm_strided(
+                        m,
+                        d,
+                        nk,
+                        op,
+                        qs,
+                        false,
+                        s.as_ptr(),
+                        (nk, 1),
+                        v.as_ptr().add(k_base),
+                        (ks, 1),
+                        1.0,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
         });
@@ -249,8 +229,34 @@ impl CustomOp3 for FusedAttention {
                     // SAFETY: m query rows and nk ≤ t key rows of one head are in bounds; p and
                     // ds hold m·nk values and are this task's own.
                     unsafe {
-                        mm(m, nk, d, p.as_mut_ptr(), nk, false, qp, (qs, 1), kp, (1, ks), scale);
-                        mm(m, nk, d, ds.as_mut_ptr(), nk, false, dop, (qs, 1), vp, (1, ks), 1.0);
+                        gemm_strided(
+                            m,
+                            nk,
+                            d,
+                            p.as_mut_ptr(),
+                            nk,
+                            false,
+                            qp,
+                            (qs, 1),
+                            kp,
+                            (1, ks),
+                            scale,
+                            gemm::Parallelism::None,
+                        );
+                        gemm_strided(
+                            m,
+                            nk,
+                            d,
+                            ds.as_mut_ptr(),
+                            nk,
+                            false,
+                            dop,
+                            (qs, 1),
+                            vp,
+                            (1, ks),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
                     }
                     for r in 0..m {
                         let i = i0 + r;
@@ -271,12 +277,51 @@ impl CustomOp3 for FusedAttention {
                     // so query heads kvh·rep..(kvh+1)·rep), and dq outlives the loop.
                     unsafe {
                         // dV[0..nk] += Pᵀ·dO
-                        mm(nk, d, m, dv_loc.as_mut_ptr(), d, true, p.as_ptr(), (1, nk), dop, (qs, 1), 1.0);
+                        gemm_strided(
+                            nk,
+                            d,
+                            m,
+                            dv_loc.as_mut_ptr(),
+                            d,
+                            true,
+                            p.as_ptr(),
+                            (1, nk),
+                            dop,
+                            (qs, 1),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
                         // dQ = dS·K (scale already in dS)
                         let dqp = dq_ptr.get().add(q_base + i0 * qs);
-                        mm(m, d, nk, dqp, qs, false, ds.as_ptr(), (nk, 1), kp, (ks, 1), 1.0);
+                        gemm_strided(
+                            m,
+                            d,
+                            nk,
+                            dqp,
+                            qs,
+                            false,
+                            ds.as_ptr(),
+                            (nk, 1),
+                            kp,
+                            (ks, 1),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
                         // dK[0..nk] += dSᵀ·Q
-                        mm(nk, d, m, dk_loc.as_mut_ptr(), d, true, ds.as_ptr(), (1, nk), qp, (qs, 1), 1.0);
+                        gemm_strided(
+                            nk,
+                            d,
+                            m,
+                            dk_loc.as_mut_ptr(),
+                            d,
+                            true,
+                            ds.as_ptr(),
+                            (1, nk),
+                            qp,
+                            (qs, 1),
+                            1.0,
+                            gemm::Parallelism::None,
+                        );
                     }
                 }
             }

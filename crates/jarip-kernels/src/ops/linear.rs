@@ -47,28 +47,58 @@ pub(crate) fn mm(
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul: buffer sizes");
-    // SAFETY: the strides address only elements inside the slices (checked sizes, dense operands).
+    let (d, l, r) = (dst.as_mut_ptr(), lhs.as_ptr(), rhs.as_ptr());
+    // SAFETY: the strides address only elements inside the slices (checked sizes, dense
+    // operands), and `dst` is borrowed mutably, so no one else touches it.
+    unsafe { gemm_strided(m, n, k, d, n, accumulate, l, (lhs_rs, lhs_cs), r, (rhs_rs, rhs_cs), 1.0, parallelism()) }
+}
+
+/// `dst[m×n] (= or +=) scale · lhs[m×k] · rhs[k×n]`, strides in elements: the one call into
+/// `gemm` of the fused kernels (attention's tiles run it single-threaded inside their own
+/// parallel loop; [`mm`] runs it on rayon's threads).
+///
+/// # Safety
+/// Every element the strides address must lie inside its allocation: `lhs + i·lhs_rs + p·lhs_cs`
+/// for `i < m`, `p < k`; `rhs + p·rhs_rs + j·rhs_cs` for `p < k`, `j < n`; `dst + i·dst_rs + j`
+/// for `i < m`, `j < n`. No other thread may read or write the `dst` elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller upholds the bounds and exclusivity stated above, which is all
+    // `gemm::gemm` reads and writes (row/column strides as given, on the threads `parallelism` names).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
-            parallelism(),
+            parallelism,
         )
     }
 }
