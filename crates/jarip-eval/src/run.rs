@@ -14,58 +14,25 @@ use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Which checkpoint was scored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelInfo {
-    /// The checkpoint directory.
-    pub dir: PathBuf,
-    pub step: Option<u64>,
-    /// "base" or "sft".
-    pub stage: String,
-    /// Hash of the weights' tensors, as the trainer recorded it.
-    pub weights_sha256: Option<String>,
-    /// SHA-256 of `model.safetensors`, from the checkpoint's manifest.
-    pub safetensors_sha256: Option<String>,
-    pub tokenizer_sha256: String,
-    pub params: usize,
-    pub max_seq_len: usize,
-}
+/// Which checkpoint was scored: the record the ledger's `eval` entry and `jarip eval --json` hold.
+pub type ModelInfo = EvalModel;
 
-impl ModelInfo {
-    pub fn of(m: &LoadedModel) -> Self {
-        let trainer = std::fs::read_to_string(m.dir.join(jarip_infer::model_dir::TRAINER_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let settings_stage = CheckpointSettings::of(&m.manifest.settings).stage.unwrap_or_default();
-        let in_sft_dir = m.dir.parent().and_then(Path::file_name).is_some_and(|n| n == "sft");
-        Self {
-            dir: m.dir.clone(),
-            step: m.step(),
-            stage: if in_sft_dir || settings_stage.starts_with("sft") { "sft" } else { "base" }.to_string(),
-            weights_sha256: trainer.and_then(|t| t.get("weights_sha256")?.as_str().map(str::to_string)),
-            safetensors_sha256: m.manifest.files.get(jarip_model::WEIGHTS_FILE).map(|f| f.sha256.clone()),
-            tokenizer_sha256: m.tokenizer.sha256().to_string(),
-            params: m.model.num_params(),
-            max_seq_len: m.model.config().max_seq_len,
-        }
-    }
-
-    /// As recorded in the ledger and in `jarip eval --json`.
-    pub fn record(&self) -> EvalModel {
-        EvalModel {
-            dir: self.dir.display().to_string(),
-            step: self.step,
-            stage: self.stage.clone(),
-            weights_sha256: self.weights_sha256.clone(),
-            safetensors_sha256: self.safetensors_sha256.clone(),
-            tokenizer_sha256: self.tokenizer_sha256.clone(),
-            params: self.params,
-            max_seq_len: self.max_seq_len,
-        }
-    }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.record()).expect("model info serialises")
+/// What `m` is: its directory, step, stage (`base` or `sft`), hashes and size.
+pub fn model_info(m: &LoadedModel) -> ModelInfo {
+    let trainer = std::fs::read_to_string(m.dir.join(jarip_infer::model_dir::TRAINER_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let settings_stage = CheckpointSettings::of(&m.manifest.settings).stage.unwrap_or_default();
+    let in_sft_dir = m.dir.parent().and_then(Path::file_name).is_some_and(|n| n == "sft");
+    EvalModel {
+        dir: m.dir.display().to_string(),
+        step: m.step(),
+        stage: if in_sft_dir || settings_stage.starts_with("sft") { "sft" } else { "base" }.to_string(),
+        weights_sha256: trainer.and_then(|t| t.get("weights_sha256")?.as_str().map(str::to_string)),
+        safetensors_sha256: m.manifest.files.get(jarip_model::WEIGHTS_FILE).map(|f| f.sha256.clone()),
+        tokenizer_sha256: m.tokenizer.sha256().to_string(),
+        params: m.model.num_params(),
+        max_seq_len: m.model.config().max_seq_len,
     }
 }
 
@@ -108,7 +75,7 @@ impl EvalReport {
         let mut out = json!({
             "results": results,
             "tasks": tasks,
-            "model": self.model.to_json(),
+            "model": serde_json::to_value(&self.model).expect("model info serialises"),
             "config": serde_json::to_value(&self.options).expect("options serialise"),
             "jarip_version": jarip_ledger::JARIP_VERSION,
             "time": self.time,
@@ -128,7 +95,7 @@ pub fn evaluate_model(loaded: &LoadedModel, tasks: &[Task], opts: &EvalOptions) 
     let lm = GptLm::new(&loaded.model, &loaded.tokenizer, opts.batch_size).with_weights(opts.weights);
     let results = evaluate(&lm, &loaded.tokenizer, tasks, opts)?;
     Ok(EvalReport {
-        model: ModelInfo::of(loaded),
+        model: model_info(loaded),
         options: opts.clone(),
         results,
         time,
@@ -188,7 +155,7 @@ fn ledger_entry(report: &EvalReport, tasks: &[Task], json_out: Option<&Path>) ->
         let bytes = std::fs::metadata(&t.path).ok().map(|m| m.len());
         e.inputs.push(FileRef { path: t.path.display().to_string(), sha256: t.sha256.clone(), bytes });
     }
-    let weights = report.model.dir.join(jarip_model::WEIGHTS_FILE);
+    let weights = Path::new(&report.model.dir).join(jarip_model::WEIGHTS_FILE);
     if let Some(sha) = &report.model.safetensors_sha256 {
         let bytes = std::fs::metadata(&weights).ok().map(|m| m.len());
         e.inputs.push(FileRef { path: weights.display().to_string(), sha256: sha.clone(), bytes });
@@ -199,7 +166,7 @@ fn ledger_entry(report: &EvalReport, tasks: &[Task], json_out: Option<&Path>) ->
     e.config = serde_json::to_value(&report.options)?;
     e.seed = Some(report.options.seed);
     let doc = report.to_json();
-    e.set_details(&EvalDetails { model: report.model.record(), results: doc["results"].clone() })?;
+    e.set_details(&EvalDetails { model: report.model.clone(), results: doc["results"].clone() })?;
     Ok(e)
 }
 
@@ -242,7 +209,7 @@ pub fn run_eval(req: &EvalRequest) -> Result<Vec<EvalReport>> {
         let ledger = match &req.ledger {
             LedgerChoice::Off => None,
             LedgerChoice::File(p) => Some(p.clone()),
-            LedgerChoice::Auto => run_ledger_of(&r.model.dir),
+            LedgerChoice::Auto => run_ledger_of(Path::new(&r.model.dir)),
         };
         if let Some(l) = ledger {
             Ledger::at(&l).append(ledger_entry(r, &tasks, req.json.as_deref())?)?;

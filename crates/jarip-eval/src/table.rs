@@ -18,7 +18,7 @@ pub(crate) fn format_value(metric: &str, v: f64) -> String {
 
 /// A label per model: its checkpoint directory, numbered if the same one appears twice.
 fn labels(reports: &[EvalReport]) -> Vec<String> {
-    let names: Vec<String> = reports.iter().map(|r| r.model.dir.display().to_string()).collect();
+    let names: Vec<String> = reports.iter().map(|r| r.model.dir.clone()).collect();
     names
         .iter()
         .enumerate()

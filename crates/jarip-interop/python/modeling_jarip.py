@@ -110,6 +110,16 @@ class JaripModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+def _legacy_cache(past):
+    """A `transformers` Cache object (as newer `generate` passes) → tuple of per-layer (keys,
+    values), or None when it holds nothing yet; tuples and None pass through."""
+    if past is None or isinstance(past, (tuple, list)):
+        return past if past else None
+    if past.get_seq_length() == 0:
+        return None
+    return past.to_legacy_cache()
+
+
 class JaripForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = JaripConfig
     base_model_prefix = "model"
@@ -120,6 +130,12 @@ class JaripForCausalLM(PreTrainedModel, GenerationMixin):
         self.model = JaripModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        # The cache is a tuple of per-layer (keys, values); recent transformers would otherwise
+        # hand `generate` an empty `DynamicCache` on the first step.
+        return False
 
     def _init_weights(self, module):
         pass  # weights always come from the exported file
@@ -140,6 +156,7 @@ class JaripForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padded batches are not supported: run sequences one by one (or unpadded)")
         b, t = input_ids.shape
+        past_key_values = _legacy_cache(past_key_values)
         start = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if start + t > self.config.max_position_embeddings:
             raise ValueError(f"{start + t} tokens exceed the context of {self.config.max_position_embeddings}")

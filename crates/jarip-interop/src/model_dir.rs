@@ -147,7 +147,7 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
 
 /// Refuses a tokenizer that is not the one the model was trained with.
 fn check_pair(model: &Gpt, tok: &Tokenizer, manifest: &Manifest, tok_file: &Path) -> Result<()> {
-    if let Some(want) = manifest.settings.get("tokenizer_sha256").and_then(|v| v.as_str()) {
+    if let Some(want) = jarip_ledger::records::CheckpointSettings::of(&manifest.settings).tokenizer_sha256 {
         if tok.sha256() != want {
             bail!(
                 "tokenizer {} (sha256 {}) does not match the model, which was trained with tokenizer {want}",
