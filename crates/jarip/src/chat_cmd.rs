@@ -1,7 +1,7 @@
 //! `jarip sft`, `jarip generate` and `jarip chat`: flags onto the fine-tuning options and the
 //! inference engine.
 
-use crate::pretrain_cmd::{on_ranks, DistArg, KernelsArg};
+use crate::pretrain_cmd::{on_ranks, EngineArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use jarip_infer::{Engine, Request, SamplingParams};
@@ -53,19 +53,8 @@ pub struct SftArgs {
     pub keep_checkpoints: usize,
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
-    #[arg(long, value_enum, default_value = "fused")]
-    pub kernels: KernelsArg,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub no_progress: bool,
-    /// Data-parallel engine: none, or mpi (a build with --features mpi, started by mpirun).
-    #[arg(long, value_enum, default_value = "none")]
-    pub dist: DistArg,
-    /// Data-parallel replicas, each taking batch_size / replicas windows of every step (default:
-    /// the number of ranks); one process given --replicas N trains exactly as N ranks do.
-    #[arg(long)]
-    pub replicas: Option<usize>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl SftArgs {
@@ -81,14 +70,14 @@ impl SftArgs {
             seed: self.seed,
             seq_len: self.seq_len,
             batch_size: self.batch_size,
-            replicas: self.replicas,
+            replicas: self.engine.replicas,
             val_fraction: self.val_fraction,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
             eval_every: self.eval_every,
-            kernels: self.kernels.into(),
-            device: self.device.clone(),
-            progress: !self.no_progress,
+            kernels: self.engine.kernels.into(),
+            device: self.engine.device.clone(),
+            progress: !self.engine.no_progress,
             ..Default::default()
         };
         o.optimizer.lr = self.lr;
@@ -98,7 +87,7 @@ impl SftArgs {
 }
 
 pub fn sft(a: &SftArgs) -> Result<SftSummary> {
-    let (s, leader) = on_ranks(a.dist, &a.device, |comm, device| {
+    let (s, leader) = on_ranks(a.engine.dist, &a.engine.device, |comm, device| {
         let mut o = a.options();
         o.device = device.to_string();
         jarip_train::sft_parallel(&o, comm)

@@ -98,6 +98,13 @@ pub struct PretrainArgs {
     pub schedule: ScheduleArg,
     #[arg(long, default_value_t = 50)]
     pub warmup_steps: u64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Where and how a training stage runs: the flags `pretrain` and `sft` share.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
     /// Fused CPU kernels or plain candle ops.
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: KernelsArg,
@@ -116,6 +123,19 @@ pub struct PretrainArgs {
     pub replicas: Option<usize>,
 }
 
+impl Default for EngineArgs {
+    /// One CPU process with the fused kernels and a progress bar (the command-line defaults).
+    fn default() -> Self {
+        Self {
+            kernels: KernelsArg::Fused,
+            device: "cpu".into(),
+            no_progress: false,
+            dist: DistArg::None,
+            replicas: None,
+        }
+    }
+}
+
 impl PretrainArgs {
     pub fn options(&self) -> PretrainOptions {
         let mut o = PretrainOptions {
@@ -132,14 +152,14 @@ impl PretrainArgs {
             seq_len: self.seq_len,
             batch_size: self.batch_size,
             batch_tokens: self.batch_tokens,
-            replicas: self.replicas,
+            replicas: self.engine.replicas,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
             eval_every: self.eval_every,
             eval_tokens: self.eval_tokens,
             sample_every: self.sample_every,
-            device: self.device.clone(),
-            progress: !self.no_progress,
+            device: self.engine.device.clone(),
+            progress: !self.engine.no_progress,
             ..Default::default()
         };
         o.optimizer.lr = self.lr;
@@ -151,7 +171,7 @@ impl PretrainArgs {
             ScheduleArg::Wsd => jarip_train::schedule::ScheduleKind::Wsd,
         };
         o.schedule.warmup_steps = self.warmup_steps;
-        o.kernels = self.kernels.into();
+        o.kernels = self.engine.kernels.into();
         o
     }
 }
@@ -166,7 +186,7 @@ impl From<KernelsArg> for jarip_model::Kernels {
 }
 
 pub fn run(a: &PretrainArgs) -> Result<PretrainSummary> {
-    let (s, leader) = on_ranks(a.dist, &a.device, |comm, device| {
+    let (s, leader) = on_ranks(a.engine.dist, &a.engine.device, |comm, device| {
         let mut o = a.options();
         o.device = device.to_string();
         jarip_train::pretrain_parallel(&o, comm)

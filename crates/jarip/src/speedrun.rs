@@ -132,11 +132,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
         muon: false,
         schedule: crate::pretrain_cmd::ScheduleArg::Cosine,
         warmup_steps: 50,
-        kernels: crate::pretrain_cmd::KernelsArg::Fused,
-        device: "cpu".into(),
-        no_progress: false,
-        dist: crate::pretrain_cmd::DistArg::None,
-        replicas: None,
+        engine: Default::default(),
     };
     let summary = crate::pretrain_cmd::run(&args)?;
 
@@ -206,11 +202,7 @@ fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path)
         checkpoint_every: 200,
         keep_checkpoints: 0,
         eval_every: 100,
-        kernels: crate::pretrain_cmd::KernelsArg::Fused,
-        device: "cpu".into(),
-        no_progress: false,
-        dist: crate::pretrain_cmd::DistArg::None,
-        replicas: None,
+        engine: Default::default(),
     };
     crate::chat_cmd::sft(&args)?;
     Ok(out)
