@@ -1,5 +1,10 @@
 //! GGUF version 3, the single-file container llama.cpp and the ggml ecosystem read: metadata
-//! key/values followed by tensors, written by [`GgufWriter`] and read by [`GgufFile`].
+//! key/values followed by tensors, written by [`GgufWriter`] and read by [`GgufFile`] (which also
+//! reads version 2, the same layout, as candle's writer emits it).
+//!
+//! Why not candle's `quantized::gguf_file`: its reader allocates what a header's counts claim
+//! before checking the bytes exist, and its writer emits version 2 with a fixed alignment.
+//! `tests/gguf_candle.rs` checks that each side reads what the other writes.
 //!
 //! Layout (all little-endian; written from the spec in ggml's `docs/gguf.md`):
 //!
@@ -800,10 +805,12 @@ fn parse_header(buf: &[u8], source: &str) -> Result<Header> {
         return Err(c.err(format_args!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")));
     }
     let version = c.u32(&"the version")?;
-    if version != GGUF_VERSION {
+    // Version 2 (what candle and older converters write) has version 3's layout; version 3 only
+    // added big-endian files, which the byte order of the version itself gives away.
+    if !(2..=GGUF_VERSION).contains(&version) {
         c.pos = 4;
-        let hint = if version.swap_bytes() == GGUF_VERSION { " (a big-endian file?)" } else { "" };
-        return Err(c.err(format_args!("unsupported GGUF version {version}{hint}; only version 3 is read")));
+        let hint = if (2..=GGUF_VERSION).contains(&version.swap_bytes()) { " (a big-endian file?)" } else { "" };
+        return Err(c.err(format_args!("unsupported GGUF version {version}{hint}; versions 2 and 3 are read")));
     }
     let tensor_count = c.u64(&"the tensor count")?;
     let kv_count = c.u64(&"the metadata count")?;
@@ -1165,8 +1172,10 @@ mod tests {
         let mut b = raw(3, 0, 0, &[], &[]);
         b[0] = b'g';
         assert!(err_of(b).contains("not a GGUF file"));
-        let e = err_of(raw(2, 0, 0, &[], &[]));
-        assert!(e.contains("unsupported GGUF version 2"), "{e}");
+        // Version 1 (32-bit counts) is refused; version 2 shares version 3's layout and is read.
+        let e = err_of(raw(1, 0, 0, &[], &[]));
+        assert!(e.contains("unsupported GGUF version 1"), "{e}");
+        assert_eq!(GgufFile::from_bytes(raw(2, 0, 0, &[], &[]), "t").unwrap().version, 2);
         let e = err_of(raw(3u32.swap_bytes(), 0, 0, &[], &[]));
         assert!(e.contains("big-endian"), "{e}");
         // The minimal valid file: header only.
