@@ -9,8 +9,9 @@
 //! number formatting; [`Entry`] keeps `config` and `details` as values, so its hash chain is
 //! computed as it always was.
 //!
-//! Readers are lenient where older ledgers (or hand-written ones) may lack a key: such fields
-//! carry `#[serde(default)]`. A record embeds types of crates this one does not depend on (the
+//! Readers are lenient where older ledgers (or hand-written ones) may lack a key: an `Option`
+//! field reads a missing key as `None` (serde's rule for `Option`), other such fields carry
+//! `#[serde(default)]`. A record embeds types of crates this one does not depend on (the
 //! model config, optimizer, schedule, kernels, the data cursor); they are a [`Domain`]'s
 //! associated types, read as plain JSON values with [`Opaque`] or as the trainer's own types
 //! with `jarip_train::records::Trained`.
@@ -84,7 +85,6 @@ pub struct PretrainConfig<D: Domain> {
     pub optimizer: D::Optimizer,
     pub schedule: D::Schedule,
     pub tokenizer_sha256: String,
-    #[serde(default)]
     pub shards_merkle_root: Option<String>,
     #[serde(default)]
     pub kernels: D::Kernels,
@@ -128,20 +128,13 @@ pub struct PretrainStart<D: Domain> {
     pub step: u64,
     pub weights_sha256: String,
     /// Whether the weights were drawn from the seed (step 0) rather than loaded.
-    #[serde(default)]
     pub initial_weights: Option<bool>,
-    #[serde(default)]
     pub num_params: Option<u64>,
-    #[serde(default)]
     pub tokenizer_sha256: Option<String>,
-    #[serde(default)]
     pub shards_merkle_root: Option<String>,
-    #[serde(default)]
     pub sampler: Option<D::Cursor>,
     /// The checkpoint a resumption continues (`null` at the start).
-    #[serde(default)]
     pub resumed_from: Option<String>,
-    #[serde(default)]
     pub processes: Option<Processes>,
 }
 
@@ -159,23 +152,17 @@ pub struct DataRange<D: Domain> {
 pub struct CheckpointDetails<D: Domain> {
     pub step: u64,
     pub weights_sha256: String,
-    #[serde(default)]
     pub tokens_seen: Option<u64>,
     /// The run's length in steps (`null` in a time-limited run not yet planned).
-    #[serde(default)]
     pub total_steps: Option<u64>,
     /// Fine-tuning only: the weights fine-tuning started from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_weights_sha256: Option<String>,
-    #[serde(default)]
     pub data: Option<DataRange<D>>,
     /// Training loss of the step that ended the interval.
-    #[serde(default)]
     pub loss: Option<f64>,
     /// The last evaluation's results (`null` before the first).
-    #[serde(default)]
     pub val_loss: Option<f64>,
-    #[serde(default)]
     pub val_bpb: Option<f64>,
     /// Data-parallel runs only: the number of ranks whose weights were found equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,21 +209,14 @@ pub struct SftConfig<D: Domain> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct CheckpointSettings {
     /// `sft` for fine-tuning checkpoints ([`SftConfig::stage`]); absent for pretraining.
-    #[serde(default)]
     pub stage: Option<String>,
-    #[serde(default)]
     pub seed: Option<u64>,
-    #[serde(default)]
     pub tokenizer_sha256: Option<String>,
     /// Pretraining only.
-    #[serde(default)]
     pub shards_merkle_root: Option<String>,
     /// Fine-tuning only.
-    #[serde(default)]
     pub base_checkpoint: Option<String>,
-    #[serde(default)]
     pub base_weights_sha256: Option<String>,
-    #[serde(default)]
     pub data_sha256: Option<String>,
 }
 
@@ -262,9 +242,7 @@ pub struct SftStart<D: Domain> {
     pub val_conversations: usize,
     pub train_windows: u64,
     pub sampler: D::Cursor,
-    #[serde(default)]
     pub resumed_from: Option<String>,
-    #[serde(default)]
     pub processes: Option<Processes>,
 }
 
@@ -349,11 +327,8 @@ pub struct LineageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LineageModel {
     pub path: String,
-    #[serde(default)]
     pub parameters: Option<u64>,
-    #[serde(default)]
     pub weight_bytes: Option<u64>,
-    #[serde(default)]
     pub header_sha256: Option<String>,
 }
 
@@ -375,16 +350,11 @@ pub struct LineageDetails {
     pub power: f64,
     #[serde(default = "nan", deserialize_with = "null_as_nan")]
     pub power_rho: f64,
-    #[serde(default)]
     pub rho_min: Option<f64>,
-    #[serde(default)]
     pub groups: Option<usize>,
-    #[serde(default)]
     pub method: Option<String>,
     /// The JSON report and the per-block plot the entry's outputs hold.
-    #[serde(default)]
     pub report: Option<String>,
-    #[serde(default)]
     pub plot: Option<String>,
 }
 
