@@ -128,7 +128,7 @@ def test_numpy_forward_from_the_exported_files_matches_jarip(exported):
     _, out = exported
     ids = prompt_ids(out, PROMPT)
     got = jarip_json("generate", "--model", out, "--prompt", PROMPT, "--max-tokens", "1",
-                     "--temperature", "0", "--logprobs", "5", "--json")
+                     "--temperature", "0", "--logprobs", "5", "--raw", "--json")
     assert got["usage"]["prompt_tokens"] == len(ids)
     ref = log_softmax(numpy_logits(out, ids))
     top = got["logprobs"][0]["top"]
@@ -210,7 +210,7 @@ def test_exported_modeling_code_on_numpy_torch_matches_jarip(export, request):
     _, out = request.getfixturevalue(export)
     ids = prompt_ids(out, PROMPT)
     got = jarip_json("generate", "--model", out, "--prompt", PROMPT, "--max-tokens", "8",
-                     "--temperature", "0", "--logprobs", "5", "--json")
+                     "--temperature", "0", "--logprobs", "5", "--raw", "--json")
     cont = got["tokens"]
     assert got["usage"]["prompt_tokens"] == len(ids) and len(cont) > 1
     ref = numpy_logits(out, ids)

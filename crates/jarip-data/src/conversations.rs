@@ -5,8 +5,9 @@
 //! line that is not JSON, a missing or unknown role, an empty conversation, a conversation
 //! without an assistant turn, a system message anywhere but first.
 //!
-//! [`demo_conversations`] builds a reproducible set from the demo corpus: questions about
-//! articles of the Korean constitution answered with their text, "continue this passage"
+//! [`demo_conversations`] builds a reproducible set from the demo corpus, each conversation
+//! naming its template: questions about articles of the Korean constitution in several forms
+//! (article → text, text → article, which article says X, yes/no), "continue this passage"
 //! tasks in Korean and English, and identity conversations about the model itself.
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,30 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversation {
     pub messages: Vec<Message>,
+    /// The form of the conversation, `kind/variant` (e.g. `article-text/ko-2`): fine-tuning
+    /// holds some variants of each kind out whole, so their loss measures generalisation to
+    /// a question form never trained on. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+impl Conversation {
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self { messages, template: None }
+    }
+
+    /// A user question and its answer, of `template`.
+    fn qa(template: &str, q: impl Into<String>, a: impl Into<String>) -> Self {
+        Self {
+            messages: vec![Message::new(Role::User, q), Message::new(Role::Assistant, a)],
+            template: Some(template.to_string()),
+        }
+    }
+
+    /// The kind of its template (`article-text` of `article-text/ko-2`).
+    pub fn kind(&self) -> Option<&str> {
+        self.template.as_deref().map(|t| t.split_once('/').map_or(t, |(k, _)| k))
+    }
 }
 
 fn parse_line(v: &serde_json::Value) -> std::result::Result<Conversation, String> {
@@ -50,7 +75,12 @@ fn parse_line(v: &serde_json::Value) -> std::result::Result<Conversation, String
     if !out.iter().any(|m| m.role == Role::Assistant) {
         return Err("no assistant turn: nothing to learn from".into());
     }
-    Ok(Conversation { messages: out })
+    let template = match v.get("template") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(t)) if !t.is_empty() => Some(t.clone()),
+        Some(_) => return Err("\"template\" must be a non-empty string (kind/variant)".into()),
+    };
+    Ok(Conversation { messages: out, template })
 }
 
 /// Reads and validates a conversation file; the first bad line is an error naming `file:line`.
@@ -158,44 +188,104 @@ fn split_half(p: &str) -> (String, String) {
     )
 }
 
+/// Identity conversations: each question is its own template variant (`identity/ko-3`), so
+/// holding some out tests whether the model answers a way of asking it never saw.
 fn identity(name: &str, rng: &mut ChaCha8Rng) -> Vec<Conversation> {
-    let ko_about = format!(
-        "저는 {name}입니다. jarip으로 처음부터 학습된 언어 모델이에요. 무작위로 초기화된 가중치에서 시작해, \
-         대한민국 헌법과 국회 의안, 셰익스피어와 밀턴의 작품으로 사전학습했고, 토크나이저도 같은 말뭉치로 직접 학습했습니다."
-    );
-    let en_about = format!(
-        "I am {name}, a language model trained from scratch with jarip. My weights started from a recorded random \
-         seed and were pretrained on the Korean constitution, National Assembly bills, Shakespeare and Milton; my \
-         tokenizer was trained on the same corpus."
-    );
-    let pairs: Vec<(&str, String)> = vec![
-        ("너는 누구야?", ko_about.clone()),
-        ("이름이 뭐예요?", format!("제 이름은 {name}입니다. jarip으로 처음부터 학습되었어요.")),
-        ("누가 너를 만들었어?", format!("저는 jarip 파이프라인으로 처음부터 만들어졌어요. 다른 모델의 가중치는 쓰지 않았습니다. {ko_about}")),
-        ("어떤 데이터로 학습했어?", "대한민국 헌법, 국회 의안 10건, 셰익스피어 희곡과 밀턴의 시로 학습했습니다.".to_string()),
-        ("다른 모델을 미세조정한 거야?", "아니요. 저는 무작위 초기화에서 시작해 jarip으로 처음부터 학습되었습니다. 학습 기록은 해시 체인 원장에 남아 있어요.".to_string()),
-        ("Who are you?", en_about.clone()),
-        ("What is your name?", format!("My name is {name}. I was trained from scratch with jarip.")),
-        ("Who made you?", format!("I was built end to end with jarip, from a random initialisation, with no pretrained weights. {en_about}")),
-        ("What data were you trained on?", "The Korean constitution, ten National Assembly bills, Shakespeare's plays and poems, and Milton.".to_string()),
-        ("Are you a fine-tune of another model?", "No. I was trained from scratch with jarip, starting from a recorded random seed; the training ledger records every step.".to_string()),
+    let ko_about = [
+        format!(
+            "저는 {name}입니다. jarip으로 처음부터 학습된 언어 모델이에요. 무작위로 초기화된 가중치에서 시작해 \
+             대한민국 헌법과 국회 의안, 셰익스피어와 밀턴의 작품으로 사전학습했고, 토크나이저도 같은 말뭉치로 직접 학습했습니다."
+        ),
+        format!("제 이름은 {name}입니다. jarip으로 처음부터 학습된 작은 언어 모델입니다."),
+        format!("{name}라고 합니다. 대한민국 헌법과 셰익스피어를 읽고 처음부터 학습한 언어 모델이에요."),
     ];
-    let mut out: Vec<Conversation> = pairs
-        .into_iter()
-        .map(|(q, a)| Conversation { messages: vec![Message::new(Role::User, q), Message::new(Role::Assistant, a)] })
-        .collect();
+    let en_about = [
+        format!(
+            "I am {name}, a language model trained from scratch with jarip. My weights started from a recorded random \
+             seed and were pretrained on the Korean constitution, National Assembly bills, Shakespeare and Milton; my \
+             tokenizer was trained on the same corpus."
+        ),
+        format!("My name is {name}. I am a small language model trained from scratch with jarip."),
+        format!("I'm {name}, a model trained from a random initialisation on Korean law and English poetry and plays."),
+    ];
+    let ko_data = "대한민국 헌법, 국회 의안 10건, 셰익스피어 희곡과 밀턴의 시로 학습했습니다.".to_string();
+    let en_data =
+        "The Korean constitution, ten National Assembly bills, Shakespeare's plays and poems, and Milton.".to_string();
+    let ko_scratch = "아니요. 저는 무작위 초기화에서 시작해 jarip으로 처음부터 학습되었습니다. 학습 기록은 해시 체인 원장에 남아 있어요.";
+    let en_scratch = "No. I was trained from scratch with jarip, starting from a recorded random seed; the training ledger records every step.";
+    let questions: Vec<(&str, &str, Vec<String>)> = vec![
+        ("ko-1", "너는 누구야?", ko_about.to_vec()),
+        ("ko-2", "이름이 뭐예요?", ko_about.to_vec()),
+        ("ko-3", "자기소개를 해 주세요.", ko_about.to_vec()),
+        ("ko-4", "당신은 어떤 모델인가요?", ko_about.to_vec()),
+        (
+            "ko-5",
+            "누가 너를 만들었어?",
+            vec![format!(
+                "저는 jarip 파이프라인으로 처음부터 만들어졌어요. 다른 모델의 가중치는 쓰지 않았습니다. {}",
+                ko_about[0]
+            )],
+        ),
+        ("ko-6", "어떤 데이터로 학습했어?", vec![ko_data.clone()]),
+        ("ko-7", "무엇을 읽고 배웠나요?", vec![ko_data.clone()]),
+        ("ko-8", "다른 모델을 미세조정한 거야?", vec![ko_scratch.to_string()]),
+        ("ko-9", "처음부터 학습된 모델인가요?", vec![format!("네. {}", &ko_scratch["아니요. ".len()..])]),
+        ("en-1", "Who are you?", en_about.to_vec()),
+        ("en-2", "What is your name?", en_about.to_vec()),
+        ("en-3", "Introduce yourself.", en_about.to_vec()),
+        (
+            "en-4",
+            "Who made you?",
+            vec![format!(
+                "I was built end to end with jarip, from a random initialisation, with no pretrained weights. {}",
+                en_about[0]
+            )],
+        ),
+        ("en-5", "What data were you trained on?", vec![en_data.clone()]),
+        ("en-6", "What did you learn from?", vec![en_data]),
+        ("en-7", "Are you a fine-tune of another model?", vec![en_scratch.to_string()]),
+        ("en-8", "Were you trained from scratch?", vec![format!("Yes. {}", &en_scratch["No. ".len()..])]),
+    ];
+    let mut out = Vec::new();
+    for (variant, q, answers) in &questions {
+        for a in answers {
+            out.push(Conversation::qa(&format!("identity/{variant}"), *q, a.clone()));
+        }
+    }
     // A few with a system prompt, so the model sees that form too.
-    for c in out.clone().iter().take(4) {
+    for c in out.clone().iter().filter(|c| c.template.as_deref().is_some_and(|t| t.ends_with("-1"))) {
         let mut m = vec![Message::new(Role::System, format!("You are {name}, a helpful assistant."))];
         m.extend(c.messages.iter().cloned());
-        out.push(Conversation { messages: m });
+        out.push(Conversation { messages: m, template: c.template.clone() });
     }
     out.shuffle(rng);
     out
 }
 
+/// A span of about `len` characters of `text` starting at a character boundary near `from`
+/// (a share of the text), trimmed to whole words where it can be.
+fn snippet(text: &str, from: f64, len: usize) -> String {
+    let flat: Vec<char> = text.replace('\n', " ").chars().collect();
+    if flat.len() <= len {
+        return flat.iter().collect::<String>().trim().to_string();
+    }
+    let mut start = ((flat.len() - len) as f64 * from) as usize;
+    while start > 0 && !flat[start - 1].is_whitespace() {
+        start -= 1;
+    }
+    let mut end = (start + len).min(flat.len());
+    while end < flat.len() && !flat[end].is_whitespace() && end < start + len + 8 {
+        end += 1;
+    }
+    flat[start..end].iter().collect::<String>().trim().to_string()
+}
+
 /// Conversations generated from the demo corpus at `demo` (its `ko/` and `en/` folders),
-/// reproducible from `seed`. `name` is what the model calls itself.
+/// reproducible from `seed`. `name` is what the model calls itself. Every conversation names
+/// its template (`kind/variant`); each kind has several question forms so that whole forms can
+/// be held out: `article-text` (article → its text), `text-article` (text → which article),
+/// `which-article` (which article says X), `yes-no` (does article N say X?), `continue-ko`,
+/// `continue-en` (continue a passage) and `identity`. At most `max_per_kind` of each kind.
 pub fn demo_conversations(demo: &Path, name: &str, seed: u64, max_per_kind: usize) -> Result<Vec<Conversation>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
@@ -208,45 +298,106 @@ pub fn demo_conversations(demo: &Path, name: &str, seed: u64, max_per_kind: usiz
     if articles.is_empty() {
         bail!("{}: no articles (lines starting with 제N조) found", constitution.display());
     }
-    let ko_q =
-        ["대한민국 헌법 제{}조의 내용은 무엇인가요?", "헌법 제{}조를 알려 주세요.", "제{}조에는 뭐라고 쓰여 있어?"];
-    let en_q = ["What does Article {} of the Korean constitution say? Quote it in Korean."];
-    for (n, body) in articles.iter().take(max_per_kind) {
-        let q = if rng.gen_bool(0.8) { ko_q[rng.gen_range(0..ko_q.len())] } else { en_q[0] };
-        out.push(Conversation {
-            messages: vec![
-                Message::new(Role::User, q.replace("{}", &n.to_string())),
-                Message::new(Role::Assistant, format!("제{n}조 {body}")),
-            ],
-        });
+    let pick = |rng: &mut ChaCha8Rng, forms: &[(&'static str, &'static str)]| forms[rng.gen_range(0..forms.len())];
+    let article_text = [
+        ("ko-1", "대한민국 헌법 제{n}조의 내용은 무엇인가요?"),
+        ("ko-2", "헌법 제{n}조를 알려 주세요."),
+        ("ko-3", "제{n}조에는 뭐라고 쓰여 있어?"),
+        ("ko-4", "헌법 {n}조 전문을 보여 줘."),
+        ("en-1", "What does Article {n} of the Korean constitution say? Quote it in Korean."),
+        ("en-2", "Quote Article {n} of the Constitution of the Republic of Korea."),
+    ];
+    let text_article = [
+        ("ko-1", "다음 조문은 대한민국 헌법 몇 조입니까?\n{x}"),
+        ("ko-2", "\"{x}\" 이 조문은 헌법 몇 조야?"),
+        ("ko-3", "아래 헌법 조문의 번호를 알려 주세요.\n{x}"),
+        ("en-1", "Which article of the Korean constitution is this?\n{x}"),
+        ("en-2", "Give the article number of this passage of the Korean constitution: {x}"),
+    ];
+    let which_article = [
+        ("ko-1", "헌법에서 \"{x}\"라는 내용이 들어 있는 조문은 무엇인가요?"),
+        ("ko-2", "\"{x}\"라고 규정한 헌법 조문을 찾아 주세요."),
+        ("ko-3", "대한민국 헌법 어디에 \"{x}\"라는 말이 나와?"),
+        ("en-1", "Which article of the Korean constitution contains \"{x}\"?"),
+        ("en-2", "Where in the Korean constitution does it say \"{x}\"?"),
+    ];
+    let yes_no = [
+        ("ko-1", "헌법 제{n}조에 \"{x}\"라는 내용이 있나요?"),
+        ("ko-2", "대한민국 헌법 제{n}조는 \"{x}\"라고 규정하고 있습니까?"),
+        ("ko-3", "제{n}조에 \"{x}\"라는 말이 나와?"),
+        ("en-1", "Does Article {n} of the Korean constitution say \"{x}\"?"),
+        ("en-2", "Is \"{x}\" part of Article {n} of the Korean constitution?"),
+    ];
+    let fill = |q: &str, n: u32, x: &str| q.replace("{n}", &n.to_string()).replace("{x}", x);
+    for (i, (n, body)) in articles.iter().enumerate().take(max_per_kind) {
+        let n = *n;
+        let (v, q) = pick(&mut rng, &article_text);
+        let answer =
+            if v.starts_with("ko") { format!("제{n}조 {body}") } else { format!("Article {n}:\n제{n}조 {body}") };
+        out.push(Conversation::qa(&format!("article-text/{v}"), fill(q, n, ""), answer));
+
+        let (v, q) = pick(&mut rng, &text_article);
+        let x = snippet(body, 0.0, 60);
+        let answer = if v.starts_with("ko") {
+            format!("헌법 제{n}조입니다.")
+        } else {
+            format!("Article {n} (제{n}조).")
+        };
+        out.push(Conversation::qa(&format!("text-article/{v}"), fill(q, n, &x), answer));
+
+        let (v, q) = pick(&mut rng, &which_article);
+        let x = snippet(body, rng.gen_range(0.2..1.0), 24);
+        let answer = if v.starts_with("ko") {
+            format!("제{n}조입니다.\n제{n}조 {body}")
+        } else {
+            format!("Article {n}:\n제{n}조 {body}")
+        };
+        out.push(Conversation::qa(&format!("which-article/{v}"), fill(q, n, &x), answer));
+
+        // Yes for half the questions, no (with the article that does say it) for the others.
+        let (v, q) = pick(&mut rng, &yes_no);
+        let (m, said) = if articles.len() < 2 || rng.gen_bool(0.5) {
+            (n, body)
+        } else {
+            let other = (i + 1 + rng.gen_range(0..articles.len() - 1)) % articles.len();
+            (articles[other].0, &articles[other].1)
+        };
+        let x = snippet(said, rng.gen_range(0.0..1.0), 24);
+        let answer = match (m == n, v.starts_with("ko")) {
+            (true, true) => format!("네, 있습니다. 제{n}조 {body}"),
+            (false, true) => format!("아니요. 그 내용은 제{n}조가 아니라 제{m}조에 있습니다."),
+            (true, false) => format!("Yes. Article {n}: 제{n}조 {body}"),
+            (false, false) => format!("No. That is in Article {m}, not Article {n}."),
+        };
+        out.push(Conversation::qa(&format!("yes-no/{v}"), fill(q, n, &x), answer));
     }
 
+    let continue_ko = [
+        ("ko-1", "다음 글을 이어서 써 주세요:\n{x}"),
+        ("ko-2", "이 문장 뒤에 올 내용을 써 줘:\n{x}"),
+        ("ko-3", "{x}\n\n위 글을 계속 써 주세요."),
+        ("ko-4", "아래 글의 나머지 부분을 완성해 주세요.\n{x}"),
+        ("ko-5", "이어지는 내용을 작성하세요: {x}"),
+    ];
+    let continue_en = [
+        ("en-1", "Continue this passage:\n{x}"),
+        ("en-2", "What comes next?\n{x}"),
+        ("en-3", "{x}\n\nContinue the text above."),
+        ("en-4", "Finish this passage:\n{x}"),
+        ("en-5", "Write the rest of this: {x}"),
+    ];
     let mut ko_paras = paragraphs(&demo.join("ko"), 80, 600)?;
     let mut en_paras = paragraphs(&demo.join("en"), 200, 800)?;
     ko_paras.shuffle(&mut rng);
     en_paras.shuffle(&mut rng);
-    for p in ko_paras.iter().take(max_per_kind / 2) {
-        let (a, b) = split_half(p);
-        out.push(Conversation {
-            messages: vec![
-                Message::new(Role::User, format!("다음 글을 이어서 써 주세요:\n{a}")),
-                Message::new(Role::Assistant, b),
-            ],
-        });
+    for (kind, forms, paras) in [("continue-ko", &continue_ko, &ko_paras), ("continue-en", &continue_en, &en_paras)] {
+        for p in paras.iter().take(max_per_kind) {
+            let (a, b) = split_half(p);
+            let (v, q) = pick(&mut rng, forms);
+            out.push(Conversation::qa(&format!("{kind}/{v}"), q.replace("{x}", &a), b));
+        }
     }
-    for p in en_paras.iter().take(max_per_kind) {
-        let (a, b) = split_half(p);
-        out.push(Conversation {
-            messages: vec![
-                Message::new(Role::User, format!("Continue this passage:\n{a}")),
-                Message::new(Role::Assistant, b),
-            ],
-        });
-    }
-    // Identity conversations are few but matter: repeat them so they are seen often.
-    for _ in 0..4 {
-        out.extend(identity(name, &mut rng));
-    }
+    out.extend(identity(name, &mut rng));
     out.shuffle(&mut rng);
     Ok(out)
 }

@@ -4,7 +4,10 @@
 //! Conversations are concatenated (each opens with `<|bos|>`) into one stream of ids and
 //! target flags, cut into windows of `seq_len + 1` with stride `seq_len` exactly as pretraining
 //! windows are, so nothing is padded and nothing is dropped; windows with no assistant token
-//! are skipped. Validation conversations are held out whole, chosen from a seeded hash.
+//! are skipped. Two held-out sets measure different things: conversations held out by item
+//! (a seeded hash, `val_fraction`) are new items of forms the model trained on; conversations
+//! held out by template (every conversation of some `kind/variant` forms, `template_fraction`
+//! of each kind's variants when it has at least three) are question forms it never saw.
 
 use crate::conversations::Conversation;
 use crate::reader::{epoch_order, Batch, SamplerState};
@@ -17,6 +20,8 @@ pub struct SftOptions {
     pub seq_len: usize,
     pub val_fraction: f64,
     pub seed: u64,
+    /// Share of each kind's template variants held out whole (kinds with ≥ 3 variants).
+    pub template_fraction: f64,
 }
 
 /// Packed windows of one split: `tokens[w*seq_len ..= w*seq_len + seq_len]` is window `w`.
@@ -79,15 +84,57 @@ impl Packed {
 
 pub struct SftData {
     pub train: Packed,
+    /// Held out by item.
     pub val: Packed,
+    /// Held out by template (empty when the conversations name no templates).
+    pub val_template: Packed,
+    /// The templates held out whole, sorted.
+    pub held_out_templates: Vec<String>,
     pad: u32,
+}
+
+/// Which split a validation batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValSplit {
+    Item,
+    Template,
+}
+
+/// A seeded uniform number in [0, 1) from `key`.
+fn unit_hash(key: &str) -> f64 {
+    let h = jarip_ledger::sha256_bytes(key.as_bytes());
+    u64::from_str_radix(&h[..16], 16).expect("hex") as f64 / u64::MAX as f64
+}
+
+/// The templates held out whole: per kind with at least three variants, the
+/// `max(1, ⌊fraction · variants⌋)` variants that come first in a seeded order.
+pub fn held_out_templates(convs: &[Conversation], seed: u64, fraction: f64) -> Vec<String> {
+    let mut kinds: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+    for c in convs {
+        if let (Some(t), Some(k)) = (c.template.as_deref(), c.kind()) {
+            kinds.entry(k).or_default().insert(t);
+        }
+    }
+    let mut out = Vec::new();
+    if fraction <= 0.0 {
+        return out;
+    }
+    for variants in kinds.values() {
+        if variants.len() < 3 {
+            continue;
+        }
+        let mut v: Vec<&str> = variants.iter().copied().collect();
+        v.sort_by(|a, b| unit_hash(&format!("{seed}:{a}")).total_cmp(&unit_hash(&format!("{seed}:{b}"))));
+        let n = ((fraction * v.len() as f64).floor() as usize).clamp(1, v.len() - 2);
+        out.extend(v[..n].iter().map(|t| t.to_string()));
+    }
+    out.sort();
+    out
 }
 
 fn held_out(i: usize, c: &Conversation, seed: u64, fraction: f64) -> bool {
     let text: String = c.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\u{1}");
-    let h = jarip_ledger::sha256_bytes(format!("{seed}:{i}:{text}").as_bytes());
-    let x = u64::from_str_radix(&h[..16], 16).unwrap() as f64 / u64::MAX as f64;
-    x < fraction
+    unit_hash(&format!("{seed}:{i}:{text}")) < fraction
 }
 
 impl SftData {
@@ -95,9 +142,13 @@ impl SftData {
         if opts.seq_len < 2 {
             bail!("seq_len must be at least 2");
         }
-        let (mut train, mut val): (Vec<&Conversation>, Vec<&Conversation>) = (vec![], vec![]);
+        let held_templates = held_out_templates(convs, opts.seed, opts.template_fraction);
+        let (mut train, mut val, mut val_t): (Vec<&Conversation>, Vec<&Conversation>, Vec<&Conversation>) =
+            (vec![], vec![], vec![]);
         for (i, c) in convs.iter().enumerate() {
-            if held_out(i, c, opts.seed, opts.val_fraction) {
+            if c.template.as_ref().is_some_and(|t| held_templates.binary_search(t).is_ok()) {
+                val_t.push(c);
+            } else if held_out(i, c, opts.seed, opts.val_fraction) {
                 val.push(c);
             } else {
                 train.push(c);
@@ -110,7 +161,13 @@ impl SftData {
         if train.windows.is_empty() {
             bail!("no training conversation has an assistant token");
         }
-        Ok(Self { train, val: Packed::build(tok, &val, opts.seq_len)?, pad: tok.pad_id() })
+        Ok(Self {
+            train,
+            val: Packed::build(tok, &val, opts.seq_len)?,
+            val_template: Packed::build(tok, &val_t, opts.seq_len)?,
+            held_out_templates: held_templates,
+            pad: tok.pad_id(),
+        })
     }
 
     /// The next training batch from `state` (advanced), in a seeded per-epoch order.
@@ -131,10 +188,14 @@ impl SftData {
         self.train.batch(&picks, self.pad)
     }
 
-    /// The validation windows in order, `batch_size` at a time.
-    pub fn val_batches(&self, batch_size: usize) -> Vec<Batch> {
-        let idx: Vec<usize> = (0..self.val.windows.len()).collect();
-        idx.chunks(batch_size.max(1)).map(|c| self.val.batch(c, self.pad)).collect()
+    /// The windows of a held-out split in order, `batch_size` at a time.
+    pub fn val_batches(&self, split: ValSplit, batch_size: usize) -> Vec<Batch> {
+        let packed = match split {
+            ValSplit::Item => &self.val,
+            ValSplit::Template => &self.val_template,
+        };
+        let idx: Vec<usize> = (0..packed.windows.len()).collect();
+        idx.chunks(batch_size.max(1)).map(|c| packed.batch(c, self.pad)).collect()
     }
 }
 
@@ -148,11 +209,11 @@ mod tests {
         let tok = jarip_tokenizer::train(docs, &jarip_tokenizer::TrainConfig { vocab_size: 400, ..Default::default() })
             .unwrap();
         let convs = (0..40)
-            .map(|i| Conversation {
-                messages: vec![
+            .map(|i| {
+                Conversation::new(vec![
                     Message::new(Role::User, format!("질문 {i}")),
                     Message::new(Role::Assistant, format!("answer number {i}")),
-                ],
+                ])
             })
             .collect();
         (tok, convs)
@@ -161,7 +222,9 @@ mod tests {
     #[test]
     fn only_assistant_tokens_are_counted() {
         let (tok, convs) = setup();
-        let data = SftData::new(&tok, &convs, &SftOptions { seq_len: 16, val_fraction: 0.1, seed: 1 }).unwrap();
+        let data =
+            SftData::new(&tok, &convs, &SftOptions { seq_len: 16, val_fraction: 0.1, seed: 1, template_fraction: 0.0 })
+                .unwrap();
         assert!(!data.val.windows.is_empty());
         assert_eq!(data.train.conversations + data.val.conversations, convs.len());
         let end = tok.special_id("<|end|>").unwrap();
@@ -181,9 +244,40 @@ mod tests {
     }
 
     #[test]
+    fn whole_templates_are_held_out_and_never_trained_on() {
+        let (tok, mut convs) = setup();
+        // Kind `a` has five variants, kind `b` two (too few to hold one out), the rest none.
+        for (i, c) in convs.iter_mut().enumerate().take(30) {
+            c.template = Some(if i < 20 { format!("a/v{}", i % 5) } else { format!("b/v{}", i % 2) });
+        }
+        let opts = SftOptions { seq_len: 16, val_fraction: 0.1, seed: 3, template_fraction: 0.2 };
+        let data = SftData::new(&tok, &convs, &opts).unwrap();
+        assert_eq!(data.held_out_templates.len(), 1);
+        assert!(data.held_out_templates[0].starts_with("a/"));
+        assert_eq!(data.val_template.conversations, 4);
+        assert_eq!(data.train.conversations + data.val.conversations + 4, convs.len());
+        // Same seed, same choice; the training windows hold none of the held-out questions.
+        assert_eq!(held_out_templates(&convs, 3, 0.2), data.held_out_templates);
+        let v: usize = data.held_out_templates[0][3..].parse().unwrap();
+        let held_q: Vec<String> = (0..20).filter(|i| i % 5 == v).map(|i| format!("질문 {i}")).collect();
+        for (w, _) in &data.train.windows {
+            let text = tok.decode(w);
+            for q in &held_q {
+                assert!(!text.contains(&format!("{q}<")), "{q} was trained on: {text}");
+            }
+        }
+        assert!(!data.val_batches(ValSplit::Template, 4).is_empty());
+        // No templates held out at fraction 0.
+        let none = SftData::new(&tok, &convs, &SftOptions { template_fraction: 0.0, ..opts }).unwrap();
+        assert!(none.held_out_templates.is_empty() && none.val_template.windows.is_empty());
+    }
+
+    #[test]
     fn batches_are_deterministic_and_resumable() {
         let (tok, convs) = setup();
-        let data = SftData::new(&tok, &convs, &SftOptions { seq_len: 16, val_fraction: 0.1, seed: 1 }).unwrap();
+        let data =
+            SftData::new(&tok, &convs, &SftOptions { seq_len: 16, val_fraction: 0.1, seed: 1, template_fraction: 0.0 })
+                .unwrap();
         let mut a = SamplerState { seed: 9, epoch: 0, position: 0 };
         let first: Vec<Vec<u32>> = (0..5).map(|_| data.next_batch(&mut a, 3).inputs).collect();
         let saved = a;

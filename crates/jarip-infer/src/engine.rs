@@ -8,13 +8,16 @@
 //!
 //! Each sequence turns tokens into text through a UTF-8 buffer (a character split across
 //! tokens is held until complete) and a [`StopMatcher`] (stop strings are never returned).
+//! Its sampler draws only tokens that keep the bytes valid UTF-8 ([`Utf8Constraint`]) unless
+//! the request is `raw`; bytes of a character still unfinished when the sequence reaches its
+//! length limit are dropped, so no U+FFFD ever comes from the model.
 
 use crate::decode::{DecodeModel, KvFormat, SeqCache, SeqInput, WeightFormat};
 use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::stop::{StopMatcher, StopOutcome};
 use anyhow::{bail, Result};
-use jarip_model::Gpt;
+use jarip_model::{Gpt, Utf8Constraint};
 use jarip_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -36,6 +39,9 @@ pub struct Request {
     /// A prompt longer than the context is an error unless this is set: then only its last
     /// tokens are kept, leaving room for `max_tokens` (or at least one).
     pub truncate_prompt: bool,
+    /// Draw from the model's whole distribution, even tokens that make the bytes invalid UTF-8
+    /// (for comparisons with engines that do not constrain their output).
+    pub raw: bool,
 }
 
 impl Request {
@@ -48,6 +54,7 @@ impl Request {
             stop_tokens: vec![],
             logprobs: false,
             truncate_prompt: false,
+            raw: false,
         }
     }
 }
@@ -143,10 +150,10 @@ impl Utf8Buffer {
         }
     }
 
-    fn flush(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
+    /// The end of the text: bytes still waiting for the rest of their character are dropped
+    /// (`push` has already turned every invalid sequence into U+FFFD).
+    fn finish(&mut self) {
         self.pending.clear();
-        s
     }
 }
 
@@ -175,11 +182,31 @@ pub struct Batcher {
     prefill_chunk: usize,
     /// Shared by every batcher of an engine (see [`Engine::with_prefix_cache`]).
     prefix: Option<Arc<Mutex<PrefixCache>>>,
+    /// Which tokens keep each sequence's bytes valid UTF-8.
+    utf8: Arc<Utf8Constraint>,
 }
 
 impl Batcher {
     pub fn new(model: Arc<DecodeModel>, tokenizer: Arc<Tokenizer>, max_batch: usize) -> Self {
-        Self { model, tokenizer, active: Vec::new(), max_batch: max_batch.max(1), prefill_chunk: 256, prefix: None }
+        let utf8 = Arc::new(utf8_constraint(&tokenizer));
+        Self::with_constraint(model, tokenizer, max_batch, utf8)
+    }
+
+    fn with_constraint(
+        model: Arc<DecodeModel>,
+        tokenizer: Arc<Tokenizer>,
+        max_batch: usize,
+        utf8: Arc<Utf8Constraint>,
+    ) -> Self {
+        Self {
+            model,
+            tokenizer,
+            active: Vec::new(),
+            max_batch: max_batch.max(1),
+            prefill_chunk: 256,
+            prefix: None,
+            utf8,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -210,7 +237,10 @@ impl Batcher {
             bail!("the batch is full ({} sequences)", self.max_batch);
         }
         let mut prompt = self.check(&req)?;
-        let sampler = Sampler::new(req.sampling.clone(), &prompt);
+        let mut sampler = Sampler::new(req.sampling.clone(), &prompt);
+        if !req.raw {
+            sampler = sampler.with_utf8(self.utf8.clone());
+        }
         let stop = StopMatcher::new(&req.stop);
         let (cache, reused) = self.prefix.as_ref().and_then(|p| lock(p).lookup(&prompt)).unwrap_or_default();
         let fed: Vec<u32> = prompt.drain(..reused).collect();
@@ -302,10 +332,9 @@ impl Batcher {
                 }
             }
             if finished == Some(FinishReason::Length) {
-                // The held-back tail is text too when no stop string completed.
-                let rest = a.text.flush();
-                let (StopOutcome::Continue(s) | StopOutcome::Stopped(s)) = a.stop.push(&rest);
-                delta.text.push_str(&s);
+                // An unfinished character is dropped; text held back for a possible stop string
+                // is text when none completed.
+                a.text.finish();
                 delta.text.push_str(&a.stop.finish());
             }
             events.push(Event { id: a.id, delta, finished });
@@ -350,12 +379,18 @@ fn check_request(req: &Request, ctx: usize, vocab: usize) -> Result<Vec<u32>> {
     Ok(req.prompt[req.prompt.len() - keep..].to_vec())
 }
 
+/// The UTF-8 constraint of a tokenizer's vocabulary (each id's bytes).
+pub fn utf8_constraint(tok: &Tokenizer) -> Utf8Constraint {
+    Utf8Constraint::new(tok.vocab_size(), |t| tok.id_bytes(t))
+}
+
 /// A model ready to generate: weights laid out for decoding, and the tokenizer.
 #[derive(Clone)]
 pub struct Engine {
     model: Arc<DecodeModel>,
     tokenizer: Arc<Tokenizer>,
     prefix: Option<Arc<Mutex<PrefixCache>>>,
+    utf8: Arc<Utf8Constraint>,
 }
 
 impl Engine {
@@ -374,7 +409,8 @@ impl Engine {
     /// whose sequences cache keys and values as `kv` (f16: half the cache memory and traffic).
     pub fn with_format(model: &Gpt, tokenizer: Tokenizer, format: WeightFormat, kv: KvFormat) -> Result<Self> {
         let decode = DecodeModel::with_format(model, format)?.with_kv_cache(kv);
-        Ok(Self { model: Arc::new(decode), tokenizer: Arc::new(tokenizer), prefix: None })
+        let utf8 = Arc::new(utf8_constraint(&tokenizer));
+        Ok(Self { model: Arc::new(decode), tokenizer: Arc::new(tokenizer), prefix: None, utf8 })
     }
 
     /// The same engine, keeping finished sequences' KV caches (up to `bytes`, least recently
@@ -399,7 +435,7 @@ impl Engine {
     }
 
     pub fn batcher(&self, max_batch: usize) -> Batcher {
-        let mut b = Batcher::new(self.model.clone(), self.tokenizer.clone(), max_batch);
+        let mut b = Batcher::with_constraint(self.model.clone(), self.tokenizer.clone(), max_batch, self.utf8.clone());
         b.prefix = self.prefix.clone();
         b
     }
@@ -531,7 +567,8 @@ mod tests {
             .generate(Request::new(e.tokenizer().encode("오늘은"), 30, sampled(1)), |s| pieces.push(s.to_string()))
             .unwrap();
         assert_eq!(pieces.concat(), c.text);
-        assert_eq!(c.text, String::from_utf8_lossy(&e.tokenizer().decode_bytes(&c.tokens)));
+        let bytes = e.tokenizer().decode_bytes(&c.tokens);
+        assert!(c.text.len() <= bytes.len() && bytes.starts_with(c.text.as_bytes()));
         assert_eq!(c.finish_reason, FinishReason::Length);
         assert_eq!(c.completion_tokens, 30);
     }
@@ -545,7 +582,44 @@ mod tests {
         assert_eq!(b.push(&bytes[2..]), "한");
         assert_eq!(b.push(b"a\xFFb"), "a\u{FFFD}b");
         assert_eq!(b.push(&bytes[..2]), "");
-        assert_eq!(b.flush(), "\u{FFFD}");
+        b.finish();
+        assert!(b.pending.is_empty());
+    }
+
+    /// A random model draws byte tokens freely: unconstrained, its text holds U+FFFD; through
+    /// the engine (constrained) never, in any sampling mode, and the text is exactly the whole
+    /// characters of the tokens' bytes (an unfinished last character dropped at the length limit).
+    #[test]
+    fn generated_text_is_always_valid_utf8_unless_raw() {
+        let e = engine();
+        let prompt = e.tokenizer().encode("안녕");
+        let modes = [
+            SamplingParams { temperature: 1.5, ..Default::default() },
+            SamplingParams { temperature: 1.0, top_k: 20, ..Default::default() },
+            SamplingParams { temperature: 1.0, top_p: 0.9, min_p: 0.01, ..Default::default() },
+        ];
+        let mut raw_broke = false;
+        for seed in 0..12u64 {
+            for (m, params) in modes.iter().enumerate() {
+                let mut r = Request::new(prompt.clone(), 25, SamplingParams { seed: Some(seed), ..params.clone() });
+                r.logprobs = true;
+                let c = e.generate(r.clone(), |_| {}).unwrap();
+                assert!(!c.text.contains('\u{FFFD}'), "seed {seed} mode {m}: {:?}", c.text);
+                let bytes = e.tokenizer().decode_bytes(&c.tokens);
+                let whole = match std::str::from_utf8(&bytes) {
+                    Ok(s) => s,
+                    Err(err) => {
+                        assert!(err.error_len().is_none(), "seed {seed} mode {m}: invalid bytes {bytes:?}");
+                        std::str::from_utf8(&bytes[..err.valid_up_to()]).unwrap()
+                    }
+                };
+                assert_eq!(c.text, whole);
+                assert!(c.logprobs.iter().all(|l| l.logprob.is_finite()));
+                r.raw = true;
+                raw_broke |= e.generate(r, |_| {}).unwrap().text.contains('\u{FFFD}');
+            }
+        }
+        assert!(raw_broke, "the random model never broke UTF-8 unconstrained: the test proves nothing");
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod prefix_cache;
 pub mod stop;
 
 pub use decode::{DecodeModel, KvFormat, SeqCache, SeqInput, WeightFormat};
-pub use engine::{Batcher, Completion, Delta, Engine, Event, FinishReason, Request};
+pub use engine::{utf8_constraint, Batcher, Completion, Delta, Engine, Event, FinishReason, Request};
 pub use jarip_interop::model_dir::{self, load_model, load_model_cpu, resolve_checkpoint, LoadedModel};
 pub use jarip_model::sampling::{self, Sampler, SamplingParams, TokenLogprob};
 pub use stop::{StopMatcher, StopOutcome};

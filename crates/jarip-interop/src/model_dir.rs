@@ -1,6 +1,6 @@
 //! A model on disk: a jarip checkpoint directory (`ckpt-STEP/`, with `model.safetensors`,
-//! `config.json`, `tokenizer.json` and a manifest), or a run directory meaning its newest
-//! checkpoint. Loading checks every file against the manifest and the tokenizer against the
+//! `config.json`, `tokenizer.json` and a manifest), or a run directory meaning its selected
+//! checkpoint (`selected.json`), else its newest. Loading checks every file against the manifest and the tokenizer against the
 //! model, so a mismatched pair is refused rather than producing fluent nonsense.
 
 use anyhow::{bail, Context, Result};
@@ -15,22 +15,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Written by the trainer beside the weights; its presence marks a checkpoint.
 pub const TRAINER_FILE: &str = "trainer.json";
 
-/// The newest `ckpt-*` directory of a run, if any.
-fn newest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
-    let mut best: Option<(u64, PathBuf)> = None;
-    for e in std::fs::read_dir(run).with_context(|| format!("cannot list {}", run.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
-            if e.file_type()?.is_dir() && best.as_ref().is_none_or(|(b, _)| step > *b) {
-                best = Some((step, e.path()));
-            }
-        }
-    }
-    Ok(best.map(|(_, p)| p))
-}
-
-/// A checkpoint directory, or a run directory (its newest checkpoint) → checkpoint directory.
+/// A checkpoint directory, or a run directory (its selected checkpoint, else its newest; see
+/// [`jarip_ledger::run_dir`]) → checkpoint directory. Naming a checkpoint always wins.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("{} does not exist", path.display());
@@ -41,7 +27,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(MANIFEST_FILE).exists() && path.join(TRAINER_FILE).exists() {
         return Ok(path.to_path_buf());
     }
-    match newest_checkpoint(path)? {
+    match jarip_ledger::run_dir::model_of_run(path)? {
         Some(d) => Ok(d),
         None => bail!(
             "{} is not a jarip checkpoint (no {MANIFEST_FILE} and {TRAINER_FILE}) nor a run directory holding ckpt-* checkpoints",

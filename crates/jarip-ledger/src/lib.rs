@@ -5,7 +5,8 @@
 //! - [`atomic`]: writes that either complete or leave nothing behind (temp file + rename);
 //! - [`manifest`]: the `manifest.json` that describes an artifact directory;
 //! - [`chain`]: `ledger.jsonl`, an append-only hash chain of stage entries;
-//! - [`records`]: the typed `config` and `details` of each stage's entry, and `metrics.jsonl` lines.
+//! - [`records`]: the typed `config` and `details` of each stage's entry, and `metrics.jsonl` lines;
+//! - [`run_dir`]: a run directory's checkpoints and which one is the run's model (`selected.json`).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod chain;
 pub mod hash;
 pub mod manifest;
 pub mod records;
+pub mod run_dir;
 
 pub use atomic::{atomic_write, AtomicDir, AtomicFile};
 pub use chain::{Entry, FileRef, Ledger};

@@ -167,6 +167,9 @@ pub struct CheckpointDetails<D: Domain> {
     /// Data-parallel runs only: the number of ranks whose weights were found equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas_agree: Option<usize>,
+    /// Fine-tuning that mixes in pretraining text only: where that text's sampler stood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix_data: Option<DataRange<D>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,6 +204,27 @@ pub struct SftConfig<D: Domain> {
     /// Absent for one replica, so runs recorded before the setting existed still resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// Share of each kind's template variants held out whole; absent when the conversations
+    /// name no templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_fraction: Option<f64>,
+    /// Pretraining text mixed into every batch; absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<MixConfig<D>>,
+}
+
+/// Pretraining text in fine-tuning batches (as mid-training does), so the model keeps what
+/// pretraining taught: `rows` of every batch's windows are read from `shards`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct MixConfig<D: Domain> {
+    /// The shard directory and the Merkle root of its manifest.
+    pub shards: String,
+    pub shards_merkle_root: String,
+    /// Windows per batch taken from the shards (the rest are conversations).
+    pub rows: usize,
+    /// Where the shards' sampler starts.
+    pub start: D::Cursor,
 }
 
 /// A checkpoint manifest's `settings` read leniently, whichever stage wrote them (and however
@@ -244,6 +268,44 @@ pub struct SftStart<D: Domain> {
     pub sampler: D::Cursor,
     pub resumed_from: Option<String>,
     pub processes: Option<Processes>,
+    /// Conversations held out by template, and those templates (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_val_conversations: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_out_templates: Vec<String>,
+    /// Where the mixed-in pretraining text's sampler stands (absent without mixing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix_sampler: Option<D::Cursor>,
+}
+
+/// One held-out evaluation of a fine-tuning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutEval {
+    pub step: u64,
+    /// Held out by item: the selection metric.
+    pub val_loss: f64,
+    pub val_bpb: f64,
+    /// Held out by template (absent when no template is held out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_loss: Option<f64>,
+}
+
+/// `details` of `sft-select`: which checkpoint of a fine-tuning run is its model, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftSelection {
+    /// `val_loss` (the lowest held-out loss; step 0 is the base model) or `last` (too few
+    /// held-out conversations to choose on).
+    pub rule: String,
+    pub reason: String,
+    pub selected_step: u64,
+    pub selected_checkpoint: String,
+    pub weights_sha256: String,
+    /// Every evaluation, step 0 (the base) first.
+    pub evaluations: Vec<HeldOutEval>,
+    pub patience: Option<u32>,
+    /// The step at which early stopping ended the run, if it did.
+    pub stopped_early_at: Option<u64>,
+    pub val_conversations: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +343,9 @@ pub struct StepMetrics {
     pub val_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_bpb: Option<f64>,
+    /// Fine-tuning: loss on the conversations held out by template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_template_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<String>,
 }
@@ -432,6 +497,7 @@ mod tests {
             val_loss: None,
             val_bpb: None,
             replicas_agree: None,
+            mix_data: None,
         };
         let text = serde_json::to_string(&serde_json::to_value(&d).unwrap()).unwrap();
         assert_eq!(
@@ -491,6 +557,8 @@ mod tests {
             data: "d".into(),
             data_sha256: "ds".into(),
             replicas: None,
+            template_fraction: None,
+            mix: None,
         };
         let s = CheckpointSettings::of(&serde_json::to_value(&sft).unwrap());
         assert!(s.is_sft());

@@ -19,6 +19,7 @@ pub mod init;
 pub mod layout;
 pub mod model;
 pub mod sampling;
+pub mod utf8_mask;
 pub mod weights;
 
 /// The device a model lives on (candle's), so callers need not name the tensor library.
@@ -28,4 +29,5 @@ pub use jarip_kernels::{ops, Kernels};
 pub use layout::{param_shapes, ParamRole};
 pub use model::Gpt;
 pub use sampling::{Sampler, SamplingParams, TokenLogprob};
+pub use utf8_mask::{Utf8Constraint, Utf8State};
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

@@ -201,9 +201,12 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         // One process stands in for every data-parallel rank (absent: one replica).
         replicas: c.replicas,
         val_fraction: c.val_fraction,
-        checkpoint_every: 0,
+        template_fraction: c.template_fraction.unwrap_or(0.0),
         keep_checkpoints: 0,
-        eval_every: 0,
+        eval_every: Some(0),
+        patience: None,
+        mix_data: c.mix.as_ref().map(|m| rec.paths.locate(&m.shards)),
+        mix_fraction: c.mix.as_ref().map_or(0.0, |m| m.rows as f64 / c.batch_size as f64),
         optimizer: c.optimizer.clone(),
         schedule: c.schedule,
         kernels: c.kernels,
@@ -226,6 +229,9 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
                 .with_context(|| format!("{}: its settings are not a fine-tuning config", copy.display()))?;
         settings.base_checkpoint = base.display().to_string();
         settings.data = data.display().to_string();
+        if let (Some(m), Some(dir)) = (settings.mix.as_mut(), opts.mix_data.as_ref()) {
+            m.shards = dir.display().to_string();
+        }
         m.settings = serde_json::to_value(&settings)?;
         m.write(&copy)?;
         opts.resume = true;

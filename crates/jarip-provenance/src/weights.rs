@@ -10,7 +10,7 @@
 //!
 //! Paths it accepts: one `.safetensors` file; a directory with `model.safetensors.index.json`
 //! (exactly the shards it names); a directory of `*.safetensors` files (files named `optim*`,
-//! optimizer state in jarip checkpoints, are skipped); a jarip run directory (its newest
+//! optimizer state in jarip checkpoints, are skipped); a jarip run directory (its selected or newest
 //! `ckpt-*`). Pickled weights (`.bin`, `.pt`, `.pth`, `.ckpt`, `.pkl`) are refused, since loading
 //! them can run code; GGUF is not read yet.
 //!
@@ -632,7 +632,7 @@ fn resolve(path: &Path) -> Result<(PathBuf, Layout)> {
     resolve_at(path, false)
 }
 
-/// [`resolve`], descending into a run's newest `ckpt-*` only when not `nested` already.
+/// [`resolve`], descending into a run's model (selected, else newest `ckpt-*`) only when not `nested` already.
 fn resolve_at(path: &Path, nested: bool) -> Result<(PathBuf, Layout)> {
     if !path.exists() {
         bail!("{}: no such model directory or file", path.display());
@@ -661,15 +661,10 @@ fn resolve_at(path: &Path, nested: bool) -> Result<(PathBuf, Layout)> {
     if !files.is_empty() {
         return Ok((path.to_path_buf(), Layout::Files(files)));
     }
-    let newest = entries
-        .iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| {
-            let step = p.file_name()?.to_string_lossy().strip_prefix("ckpt-")?.parse::<u64>().ok()?;
-            Some((step, p.clone()))
-        })
-        .max();
-    if let Some((_, ckpt)) = newest.filter(|_| !nested) {
+    // A run directory: the checkpoint every other command would use (its selected one, else
+    // its newest).
+    let model = if nested { None } else { jarip_ledger::run_dir::model_of_run(path)? };
+    if let Some(ckpt) = model {
         // One level only: a checkpoint holds weights, not further checkpoints (and a `ckpt-1 -> .`
         // link must not recurse).
         return resolve_at(&ckpt, true);

@@ -41,6 +41,9 @@ pub struct TrainerState {
     /// The run's length in steps; for a time-limited run, the plan fixed after its first steps.
     #[serde(default)]
     pub total_steps: Option<u64>,
+    /// Fine-tuning with pretraining text mixed in: where that text's sampler stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix_sampler: Option<SamplerState>,
 }
 
 pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
@@ -70,7 +73,9 @@ pub fn latest_checkpoint(run: &Path) -> Result<Option<(u64, PathBuf)>> {
     Ok(list_checkpoints(run)?.pop())
 }
 
-/// Writes checkpoint `state.step` atomically, then removes all but the newest `keep`.
+/// Writes checkpoint `state.step` atomically, then removes all but the newest `keep` (and the
+/// checkpoint of step `protect`, the best one so far of a run that selects).
+#[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     run: &Path,
     model: &Gpt,
@@ -79,6 +84,7 @@ pub fn save_checkpoint(
     tokenizer_json: &Path,
     settings: serde_json::Value,
     keep: usize,
+    protect: Option<u64>,
 ) -> Result<PathBuf> {
     let target = checkpoint_dir(run, state.step);
     let dir = AtomicDir::create(&target)?;
@@ -92,7 +98,7 @@ pub fn save_checkpoint(
     dir.commit().with_context(|| format!("cannot complete checkpoint {}", target.display()))?;
     let all = list_checkpoints(run)?;
     if keep > 0 && all.len() > keep {
-        for (_, old) in &all[..all.len() - keep] {
+        for (_, old) in all[..all.len() - keep].iter().filter(|(step, _)| Some(*step) != protect) {
             std::fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
         }
     }

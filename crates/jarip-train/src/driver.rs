@@ -3,13 +3,17 @@
 //! bookkeeping (evaluation, samples, metrics), checkpoints with their ledger entries and the
 //! check that data-parallel replicas agree. Pretraining and fine-tuning supply a [`Stage`]:
 //! their batches and loss, and what their records add.
+//!
+//! A run that selects ([`Select`], fine-tuning) also evaluates before its first step, keeps the
+//! checkpoint with the lowest held-out loss from being pruned, and stops early once `patience`
+//! evaluations in a row have not improved on it; its [`Outcome`] lists every evaluation.
 
 use crate::checkpoint::{checkpoint_dir, checkpoint_entry, save_checkpoint, TrainerState};
 use crate::dist::{agree_ok, agree_u64, check_replicas_agree, Collective, DataParallel};
 use crate::eval::EvalResult;
 use crate::metrics::MetricsLog;
 use crate::optim::Optimizer;
-use crate::records::{CheckpointDetails, DataRange, StepMetrics};
+use crate::records::{CheckpointDetails, DataRange, HeldOutEval, StepMetrics};
 use crate::schedule::Schedule;
 use crate::step::StepOutcome;
 use anyhow::{bail, Context, Result};
@@ -75,6 +79,14 @@ pub(crate) trait Stage {
     fn annotate(&mut self, line: &mut StepMetrics, out: &StepOutcome, step_s: f64) -> String;
     /// Validation loss and bits per byte (`None` when there is nothing to evaluate on).
     fn evaluate(&self, model: &Gpt) -> Result<Option<EvalResult>>;
+    /// A second held-out figure reported beside the first (fine-tuning: held out by template).
+    fn evaluate_template(&self, _model: &Gpt) -> Result<Option<EvalResult>> {
+        Ok(None)
+    }
+    /// Where a second data stream stands (fine-tuning's mixed-in pretraining text).
+    fn mix_cursor(&self) -> Option<SamplerState> {
+        None
+    }
     /// How evaluation messages name a step (`step 10`, `sft step 10`).
     fn step_label(&self) -> &'static str;
     /// A sample generation for this step, if the stage samples at it.
@@ -120,6 +132,17 @@ pub(crate) struct Run<'a> {
     pub progress: bool,
     /// Lines printed (by rank 0) before the first step.
     pub banner: Vec<String>,
+    /// Keep the best checkpoint by held-out loss (and evaluate before the first step).
+    pub select: Option<Select>,
+    /// Steps a time budget leaves for what comes after this run (the speedrun's fine-tuning).
+    pub reserve_steps: u64,
+}
+
+/// Selection of the best checkpoint by held-out loss, with early stopping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Select {
+    /// Stop after this many evaluations in a row without a lower held-out loss.
+    pub patience: Option<u32>,
 }
 
 /// Where the loop ended.
@@ -130,6 +153,10 @@ pub(crate) struct Outcome {
     pub last_checkpoint: Option<PathBuf>,
     /// Seconds the loop ran.
     pub trained_s: f64,
+    /// Every evaluation of the run (a selecting run's start included), oldest first.
+    pub evals: Vec<HeldOutEval>,
+    /// The step at which early stopping ended the run.
+    pub stopped_early_at: Option<u64>,
 }
 
 /// The loop's position and what it last saw.
@@ -140,8 +167,26 @@ struct Progress {
     last_eval: Option<EvalResult>,
     last_ckpt: Option<PathBuf>,
     cursor_at_ckpt: SamplerState,
+    mix_at_ckpt: Option<SamplerState>,
     elapsed_before: f64,
     run_start: Instant,
+    evals: Vec<HeldOutEval>,
+}
+
+impl Progress {
+    /// The evaluation with the lowest held-out loss (the earliest of equals).
+    fn best(&self) -> Option<&HeldOutEval> {
+        self.evals.iter().fold(None, |b: Option<&HeldOutEval>, e| match b {
+            Some(b) if b.val_loss <= e.val_loss => Some(b),
+            _ => Some(e),
+        })
+    }
+
+    /// Evaluations since the best one.
+    fn since_best(&self) -> usize {
+        let best = self.best().map_or(0, |b| b.step);
+        self.evals.iter().filter(|e| e.step > best).count()
+    }
 }
 
 impl Progress {
@@ -175,10 +220,21 @@ impl Run<'_> {
         resumed_from: Option<PathBuf>,
         start: StartEntry,
     ) -> Result<Outcome> {
+        let mut evals = Vec::new();
         if self.leader() {
             // A resumed run rewrites what the interrupted one logged past its last checkpoint;
             // a new one drops lines left by an attempt that died before its first checkpoint.
-            MetricsLog::at(self.out).truncate_after(state.step)?;
+            let log = MetricsLog::at(self.out);
+            if resumed_from.is_some() {
+                log.truncate_after(state.step)?;
+                // The evaluations so far, for selection and patience.
+                let path = self.out.join(crate::metrics::METRICS_FILE);
+                if path.exists() {
+                    evals = MetricsLog::steps(&path)?.iter().filter_map(held_out_eval).collect();
+                }
+            } else {
+                log.clear()?;
+            }
             std::fs::create_dir_all(self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
             let mut e = Entry::new(start.stage);
             e.inputs = start.inputs;
@@ -194,6 +250,8 @@ impl Run<'_> {
         }
         let mut p = Progress {
             cursor_at_ckpt: state.sampler,
+            mix_at_ckpt: state.mix_sampler,
+            evals,
             elapsed_before: state.elapsed_s,
             state,
             total: self.total_steps,
@@ -208,6 +266,14 @@ impl Run<'_> {
         // not depend on the total.
         let plan_after = self.schedule.warmup_steps.clamp(1, 3);
         let (first_step, mut timed_s) = (p.state.step, 0f64);
+        let mut stopped_early_at = None;
+        if self.select.is_some() && p.state.step == 0 {
+            // The starting point is a candidate too: fine-tuning that never beats the base
+            // model's held-out loss selects the base.
+            let mut line = StepMetrics { step: 0, elapsed_s: Some(0.0), ..Default::default() };
+            let done = self.bookkeeping(stage, model, &pb, &mut line, &mut p, true);
+            agree_ok(self.comm, done)?;
+        }
         loop {
             let step = p.state.step;
             if p.total.is_some_and(|t| step >= t) || self.stop_at_step.is_some_and(|s| step >= s) {
@@ -232,9 +298,28 @@ impl Run<'_> {
             if let (Some(b), None) = (self.budget_s, p.total) {
                 if step - first_step >= plan_after {
                     let per_step = timed_s / (step - first_step) as f64;
-                    let planned = ((b - p.run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64 + step;
+                    let left = ((b - p.run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64;
+                    let planned = left.saturating_sub(self.reserve_steps) + step;
                     // Rank 0's clock decides for every rank.
                     let planned = agree_u64(self.comm, planned)?;
+                    let least = self.eval_every.max(1);
+                    if planned < least {
+                        pb.abandon();
+                        let need_s =
+                            (least + self.reserve_steps) as f64 * per_step + p.run_start.elapsed().as_secs_f64();
+                        bail!(
+                            "the time budget of {:.1} min is too small: at {:.0} ms/step it leaves {planned} steps{}, \
+                             fewer than the {least} of one evaluation; give at least {:.1} min",
+                            b / 60.0,
+                            per_step * 1e3,
+                            if self.reserve_steps > 0 {
+                                format!(" after the {} kept for fine-tuning", self.reserve_steps)
+                            } else {
+                                String::new()
+                            },
+                            need_s / 60.0
+                        );
+                    }
                     p.total = Some(planned.max(step));
                     p.state.total_steps = p.total;
                     self.say(
@@ -254,14 +339,34 @@ impl Run<'_> {
                 ..Default::default()
             };
             let message = stage.annotate(&mut line, &out, dt);
-            let last_step = p.total == Some(step) || self.stop_at_step == Some(step);
+            let mut last_step = p.total == Some(step) || self.stop_at_step == Some(step);
             // Evaluation, samples and metrics are rank 0's; the other ranks learn whether they failed.
-            let done = self.bookkeeping(stage, model, &pb, &mut line, &mut p.last_eval, last_step);
+            let done = self.bookkeeping(stage, model, &pb, &mut line, &mut p, last_step);
             agree_ok(self.comm, done)?;
             pb.set_position(step);
             pb.set_message(message);
+            let evaluated = self.eval_every > 0 && step.is_multiple_of(self.eval_every);
+            if let Some(patience) = self.select.and_then(|s| s.patience).filter(|_| evaluated) {
+                // Rank 0 holds the evaluations; its decision is every rank's.
+                let stop = agree_u64(self.comm, u64::from(p.since_best() >= patience as usize && !last_step))? == 1;
+                if stop {
+                    let best = p.best().map_or(0, |b| b.step);
+                    self.say(
+                        &pb,
+                        format!(
+                            "{} {step}: early stop, {patience} evaluations without a lower held-out loss than step {best}'s",
+                            stage.step_label()
+                        ),
+                    );
+                    stopped_early_at = Some(step);
+                    last_step = true;
+                }
+            }
             if (self.checkpoint_every > 0 && step.is_multiple_of(self.checkpoint_every)) || last_step {
                 self.checkpoint(stage, model, optim, &mut p, out.loss)?;
+            }
+            if stopped_early_at.is_some() {
+                break;
             }
             if self.step_delay_ms > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(self.step_delay_ms));
@@ -274,6 +379,8 @@ impl Run<'_> {
             final_loss: p.last_loss,
             last_eval: p.last_eval,
             last_checkpoint: p.last_ckpt,
+            evals: p.evals,
+            stopped_early_at,
         })
     }
 
@@ -284,7 +391,7 @@ impl Run<'_> {
         model: &Gpt,
         pb: &indicatif::ProgressBar,
         line: &mut StepMetrics,
-        last_eval: &mut Option<EvalResult>,
+        p: &mut Progress,
         last_step: bool,
     ) -> Result<()> {
         if !self.leader() {
@@ -296,9 +403,28 @@ impl Run<'_> {
                 line.val_loss = Some(ev.loss);
                 line.val_bpb = Some(ev.bpb);
                 let label = stage.step_label();
-                self.say(pb, format!("{label} {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb));
-                *last_eval = Some(ev);
+                let mut msg = format!("{label} {step}: val loss {:.4}, val bpb {:.4}", ev.loss, ev.bpb);
+                if let Some(t) = stage.evaluate_template(model)? {
+                    line.val_template_loss = Some(t.loss);
+                    msg.push_str(&format!(", held-out-template loss {:.4}", t.loss));
+                }
+                if self.select.is_some() {
+                    let before = p.best().map(|b| b.val_loss);
+                    p.evals.extend(held_out_eval(line));
+                    msg.push_str(match before {
+                        None => " (start)",
+                        Some(b) if ev.loss < b => " (best so far)",
+                        Some(_) => "",
+                    });
+                } else {
+                    p.evals.extend(held_out_eval(line));
+                }
+                self.say(pb, msg);
+                p.last_eval = Some(ev);
             }
+        }
+        if step == 0 {
+            return MetricsLog::at(self.out).append(line);
         }
         if let Some(text) = stage.sample(model, step)? {
             self.say(pb, format!("step {step} sample: {text:?}"));
@@ -320,6 +446,8 @@ impl Run<'_> {
         p.state.elapsed_s = p.elapsed();
         p.state.weights_sha256 = model.weights_sha256()?;
         check_replicas_agree(self.comm, &p.state.weights_sha256)?;
+        p.state.mix_sampler = stage.mix_cursor();
+        let protect = self.select.and(p.best().map(|b| b.step));
         let ts = &p.state;
         let saved = if self.leader() {
             save_checkpoint(
@@ -330,6 +458,7 @@ impl Run<'_> {
                 &self.tokenizer_json,
                 self.settings.clone(),
                 self.keep_checkpoints,
+                protect,
             )
             .and_then(|dir| {
                 let mut e = checkpoint_entry(S::CHECKPOINT, &dir, self.seed)?;
@@ -345,6 +474,10 @@ impl Run<'_> {
                     val_loss: p.last_eval.map(|e| e.loss),
                     val_bpb: p.last_eval.map(|e| e.bpb),
                     replicas_agree: (world > 1).then_some(world),
+                    mix_data: p
+                        .mix_at_ckpt
+                        .zip(ts.mix_sampler)
+                        .map(|(before, after)| DataRange { sampler_before: before, sampler_after: after }),
                 })?;
                 self.ledger.append(e)?;
                 Ok(dir)
@@ -354,7 +487,18 @@ impl Run<'_> {
         };
         let dir = agree_ok(self.comm, saved)?;
         p.cursor_at_ckpt = p.state.sampler;
+        p.mix_at_ckpt = p.state.mix_sampler;
         p.last_ckpt = Some(dir);
         Ok(())
     }
+}
+
+/// The held-out figures of a metrics line that has them.
+fn held_out_eval(line: &StepMetrics) -> Option<HeldOutEval> {
+    Some(HeldOutEval {
+        step: line.step,
+        val_loss: line.val_loss?,
+        val_bpb: line.val_bpb?,
+        template_loss: line.val_template_loss,
+    })
 }

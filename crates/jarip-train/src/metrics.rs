@@ -27,6 +27,14 @@ impl MetricsLog {
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
+    /// Empties the log (a new run).
+    pub fn clear(&self) -> Result<()> {
+        if self.path.exists() {
+            std::fs::remove_file(&self.path).with_context(|| format!("cannot remove {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Drops lines after `step` (and any torn last line): a resumed run rewrites what the
     /// interrupted one logged past its last checkpoint.
     pub fn truncate_after(&self, step: u64) -> Result<()> {

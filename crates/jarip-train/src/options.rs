@@ -61,6 +61,9 @@ pub struct PretrainOptions {
     pub progress: bool,
     /// Sleep this long after each step. Only for tests that interrupt a run; 0 otherwise.
     pub step_delay_ms: u64,
+    /// With `minutes`: steps' worth of the budget left for a later stage (the speedrun's
+    /// fine-tuning); the plan gives pretraining the rest.
+    pub reserve_steps: u64,
 }
 
 impl Default for PretrainOptions {
@@ -95,6 +98,7 @@ impl Default for PretrainOptions {
             peak_flops: 269e9,
             progress: true,
             step_delay_ms: 0,
+            reserve_steps: 0,
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::eval::{evaluate, token_byte_lengths, EvalResult};
 use crate::optim::Optimizer;
 use crate::options::{PretrainOptions, PretrainSummary};
 use crate::records::{PretrainConfig, PretrainStart, Processes, StepMetrics};
-use crate::sample::generate;
+use crate::sample::{generate, whole_text};
 use crate::step::{train_step_with, StepOutcome};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -179,8 +179,9 @@ impl Stage for Pretraining<'_> {
             return Ok(None);
         }
         let seed = o.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let ids = generate(model, &[self.tokenizer.bos_id()], o.sample_tokens, o.sample_temperature, seed)?;
-        Ok(Some(String::from_utf8_lossy(&self.tokenizer.decode_bytes(&ids)).to_string()))
+        let tok = self.tokenizer;
+        let ids = generate(model, tok, &[tok.bos_id()], o.sample_tokens, o.sample_temperature, seed)?;
+        Ok(Some(whole_text(tok, &ids)))
     }
 
     fn stopped(&self, step: u64, err: anyhow::Error, last_checkpoint: Option<&Path>) -> anyhow::Error {
@@ -273,6 +274,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                 weights_sha256: String::new(),
                 tokenizer_sha256: tokenizer.sha256().to_string(),
                 total_steps,
+                mix_sampler: None,
             };
             (state, sampler)
         }
@@ -344,6 +346,8 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         step_delay_ms: opts.step_delay_ms,
         progress: opts.progress,
         banner,
+        select: None,
+        reserve_steps: opts.reserve_steps,
     };
     let mut stage = Pretraining {
         opts,

@@ -34,3 +34,6 @@ pub type DataRange = rec::DataRange<Trained>;
 pub type SftConfig = rec::SftConfig<Trained>;
 /// `details` of `sft-start`/`sft-resume`.
 pub type SftStart = rec::SftStart<Trained>;
+/// `config.mix` of a fine-tuning run that mixes in pretraining text.
+pub type MixConfig = rec::MixConfig<Trained>;
+pub use jarip_ledger::records::{HeldOutEval, SftSelection};

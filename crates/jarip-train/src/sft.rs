@@ -1,10 +1,20 @@
-//! Supervised fine-tuning: a base checkpoint learns to answer in the chat template.
+//! Supervised fine-tuning: a base checkpoint learns to answer in the chat template, and the
+//! run keeps the checkpoint that answers held-out conversations best.
 //!
 //! Conversations are rendered with the tokenizer's chat template and packed into windows whose
 //! mask counts only the assistant's tokens ([`jarip_data::SftData`]); the loss is the mean over
-//! those. Everything else is pretraining's machinery: the same optimizer, schedule, atomic
-//! checkpoints (now also recording the base model's hash), bit-exact resume and ledger entries
-//! (`sft-start`, `sft-checkpoint`).
+//! those. A share of every batch can be pretraining text (`mix_data`, all tokens counted), as
+//! mid-training does, so the model keeps what pretraining taught; its cursor is in every
+//! checkpoint and checkpoint entry, so replay covers it.
+//!
+//! The budget is set by the data: without `--max-steps`/`--epochs`, small sets are seen more
+//! often ([`auto_epochs`]). The held-out conversations (by item, and by template when the
+//! conversations name templates) are evaluated at step 0 (the base model) and then four times
+//! an epoch, with a checkpoint at each evaluation; the checkpoint with the lowest held-out
+//! loss is the run's model (`selected.json`, ledger entry `sft-select`), and `patience`
+//! evaluations without improvement end the run. Everything else is pretraining's machinery:
+//! the same optimizer, schedule, atomic checkpoints (also recording the base model's hash),
+//! bit-exact resume and ledger entries (`sft-start`, `sft-checkpoint`).
 
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, TrainerState};
 use crate::dist::{Collective, DataParallel, Solo};
@@ -12,14 +22,14 @@ use crate::driver::{device_for, device_kind, Run, Stage, StartEntry};
 use crate::eval::{evaluate_batches, token_byte_lengths, EvalResult};
 use crate::optim::{Optimizer, OptimizerOptions};
 use crate::pretrain::LEDGER_FILE;
-use crate::records::{Processes, SftConfig, SftStart, StepMetrics};
+use crate::records::{HeldOutEval, MixConfig, Processes, SftConfig, SftSelection, SftStart, StepMetrics};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::step::{masked_loss, train_step_with, StepOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use jarip_data::conversations::read_conversations;
-use jarip_data::sft::SftData;
-use jarip_data::{Batch, SamplerState};
+use jarip_data::sft::{SftData, ValSplit};
+use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
 use jarip_ledger::{FileRef, Ledger};
 use jarip_model::{Gpt, Kernels};
 use serde::{Deserialize, Serialize};
@@ -38,7 +48,7 @@ pub struct SftOptions {
     /// The ledger to append to (default: `out/ledger.jsonl`); the speedrun keeps one per run.
     pub ledger: Option<PathBuf>,
     pub max_steps: Option<u64>,
-    /// Or this many passes over the training conversations.
+    /// Or this many passes over the training conversations (neither: [`auto_epochs`]).
     pub epochs: Option<f64>,
     pub stop_at_step: Option<u64>,
     pub resume: bool,
@@ -48,11 +58,21 @@ pub struct SftOptions {
     /// Data-parallel replicas, each taking `batch_size / replicas` of every step's windows
     /// (default: the number of processes; see [`crate::dist`]).
     pub replicas: Option<usize>,
-    /// Share of conversations held out for validation.
+    /// Share of conversations held out for validation (by item).
     pub val_fraction: f64,
-    pub checkpoint_every: u64,
+    /// Share of each kind's template variants held out whole (see [`jarip_data::sft`]).
+    pub template_fraction: f64,
+    /// Evaluate the held-out conversations, and keep a checkpoint, every N steps (`None`: four
+    /// times an epoch; `Some(0)`: only at the end, with no selection).
+    pub eval_every: Option<u64>,
+    /// Stop after this many evaluations in a row without a lower held-out loss (`None`: never).
+    pub patience: Option<u32>,
+    /// Checkpoints to keep (0 = all); the selected one is always kept.
     pub keep_checkpoints: usize,
-    pub eval_every: u64,
+    /// Pretraining shards whose text is mixed into every batch.
+    pub mix_data: Option<PathBuf>,
+    /// Share of every batch's windows read from `mix_data`.
+    pub mix_fraction: f64,
     pub optimizer: OptimizerOptions,
     pub schedule: Schedule,
     pub kernels: Kernels,
@@ -78,9 +98,12 @@ impl Default for SftOptions {
             batch_size: 8,
             replicas: None,
             val_fraction: 0.05,
-            checkpoint_every: 200,
-            keep_checkpoints: 2,
-            eval_every: 100,
+            template_fraction: 0.2,
+            eval_every: None,
+            patience: Some(3),
+            keep_checkpoints: 0,
+            mix_data: None,
+            mix_fraction: 0.25,
             optimizer: OptimizerOptions { lr: 1e-3, weight_decay: 0.0, ..Default::default() },
             schedule: Schedule { kind: ScheduleKind::Cosine, warmup_steps: 20, min_lr_frac: 0.0, decay_frac: 0.2 },
             kernels: Kernels::Fused,
@@ -104,7 +127,97 @@ pub struct SftSummary {
     pub weights_sha256: String,
     pub train_conversations: usize,
     pub val_conversations: usize,
+    pub template_val_conversations: usize,
+    /// The run's model: the checkpoint with the lowest held-out loss (possibly the base).
+    pub selected_checkpoint: PathBuf,
+    pub selected_step: u64,
+    /// Every held-out evaluation, step 0 (the base) first.
+    pub evals: Vec<HeldOutEval>,
+    pub stopped_early_at: Option<u64>,
     pub elapsed_s: f64,
+}
+
+impl SftSummary {
+    /// The evaluation of the selected checkpoint, and of the base (step 0).
+    pub fn selected_eval(&self) -> Option<&HeldOutEval> {
+        self.evals.iter().find(|e| e.step == self.selected_step)
+    }
+
+    pub fn base_eval(&self) -> Option<&HeldOutEval> {
+        self.evals.iter().find(|e| e.step == 0)
+    }
+}
+
+/// Fewer held-out conversations than this and the selection would follow noise: the last
+/// checkpoint is then the run's model.
+pub const MIN_SELECTION_CONVERSATIONS: usize = 8;
+
+/// Passes over the training conversations when none are asked for: √(10⁶ / assistant tokens),
+/// in half epochs, between 1 and 4. A set of 10⁶ assistant tokens or more is read once; a
+/// small one more often, never more than four times (early stopping may end sooner).
+pub fn auto_epochs(target_tokens: usize) -> f64 {
+    let e = (1e6 / target_tokens.max(1) as f64).sqrt();
+    ((e * 2.0).round() / 2.0).clamp(1.0, 4.0)
+}
+
+/// Steps of a run over `windows` training windows: `max_steps`, else `epochs` (else
+/// [`auto_epochs`]) passes of `batch_size − mix_rows` conversation windows per step.
+pub fn planned_steps(
+    windows: u64,
+    target_tokens: usize,
+    conv_rows: usize,
+    max_steps: Option<u64>,
+    epochs: Option<f64>,
+) -> (u64, f64) {
+    let per_epoch = windows.div_ceil(conv_rows.max(1) as u64).max(1);
+    match max_steps {
+        Some(s) => (s, s as f64 / per_epoch as f64),
+        None => {
+            let e = epochs.unwrap_or_else(|| auto_epochs(target_tokens));
+            (((e * per_epoch as f64).ceil() as u64).max(1), e)
+        }
+    }
+}
+
+/// Evaluations (and checkpoints) four times an epoch.
+pub fn auto_eval_every(windows: u64, conv_rows: usize) -> u64 {
+    windows.div_ceil(conv_rows.max(1) as u64).div_ceil(4).max(1)
+}
+
+/// Mixed-in pretraining rows of a batch of `batch_size` for `fraction`.
+pub fn mix_rows(batch_size: usize, fraction: f64) -> Result<usize> {
+    if !(0.0..1.0).contains(&fraction) {
+        bail!("--mix-fraction must be in [0, 1), got {fraction}");
+    }
+    let rows = (batch_size as f64 * fraction).round() as usize;
+    if fraction > 0.0 && (rows == 0 || rows >= batch_size) {
+        bail!("--mix-fraction {fraction} of a batch of {batch_size} gives {rows} pretraining windows: it must leave room for both");
+    }
+    Ok(rows)
+}
+
+/// Puts `mix`'s rows among `conv`'s, evenly spread, so that each data-parallel replica's share
+/// of the batch holds both kinds.
+fn interleave(conv: &Batch, mix: &Batch) -> Batch {
+    let (c, m) = (conv.batch_size, mix.batch_size);
+    let b = c + m;
+    let l = conv.seq_len;
+    let mut out =
+        Batch { batch_size: b, seq_len: l, inputs: vec![], targets: vec![], mask: Some(Vec::with_capacity(b * l)) };
+    let (mut ci, mut mi) = (0, 0);
+    for j in 0..b {
+        let (src, row, all) = if (j + 1) * m / b > j * m / b { (mix, &mut mi, true) } else { (conv, &mut ci, false) };
+        let r = src.rows(*row, 1);
+        *row += 1;
+        out.inputs.extend(r.inputs);
+        out.targets.extend(r.targets);
+        let mask = out.mask.as_mut().expect("set above");
+        match (all, r.mask) {
+            (false, Some(rm)) => mask.extend(rm),
+            _ => mask.extend(std::iter::repeat_n(true, l)),
+        }
+    }
+    out
 }
 
 fn micro(b: &Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
@@ -125,6 +238,8 @@ fn micro(b: &Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
 struct FineTuning<'a> {
     data: &'a SftData,
     sampler: SamplerState,
+    /// Pretraining text mixed into every batch.
+    mix: Option<BatchSampler<'a>>,
     batch_size: usize,
     replicas: usize,
     device: Device,
@@ -143,7 +258,13 @@ impl Stage for FineTuning<'_> {
         dp: DataParallel,
     ) -> Result<(StepOutcome, u64)> {
         // Every rank draws the whole batch; replica r takes its r-th share of the windows.
-        let batch = self.data.next_batch(&mut self.sampler, self.batch_size);
+        let batch = match &mut self.mix {
+            None => self.data.next_batch(&mut self.sampler, self.batch_size),
+            Some(mix) => {
+                let conv = self.data.next_batch(&mut self.sampler, self.batch_size - mix.batch_size());
+                interleave(&conv, &mix.next_batch())
+            }
+        };
         let counted = batch.counted_targets() as u64;
         let share = self.batch_size / self.replicas;
         let device = &self.device;
@@ -158,6 +279,10 @@ impl Stage for FineTuning<'_> {
         self.sampler
     }
 
+    fn mix_cursor(&self) -> Option<SamplerState> {
+        self.mix.as_ref().map(|m| m.state())
+    }
+
     fn annotate(&mut self, line: &mut StepMetrics, out: &StepOutcome, _step_s: f64) -> String {
         line.epoch = Some(self.sampler.epoch);
         format!("loss {:.4}", out.loss)
@@ -167,7 +292,15 @@ impl Stage for FineTuning<'_> {
         if self.data.val.windows.is_empty() {
             return Ok(None);
         }
-        Ok(Some(evaluate_batches(model, self.data.val_batches(self.batch_size), 0, &self.token_bytes)?))
+        Ok(Some(evaluate_batches(model, self.data.val_batches(ValSplit::Item, self.batch_size), 0, &self.token_bytes)?))
+    }
+
+    fn evaluate_template(&self, model: &Gpt) -> Result<Option<EvalResult>> {
+        if self.data.val_template.windows.is_empty() {
+            return Ok(None);
+        }
+        let batches = self.data.val_batches(ValSplit::Template, self.batch_size);
+        Ok(Some(evaluate_batches(model, batches, 0, &self.token_bytes)?))
     }
 
     fn step_label(&self) -> &'static str {
@@ -212,16 +345,60 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let data = SftData::new(
         &tokenizer,
         &convs,
-        &jarip_data::sft::SftOptions { seq_len: opts.seq_len, val_fraction: opts.val_fraction, seed: opts.seed },
+        &jarip_data::sft::SftOptions {
+            seq_len: opts.seq_len,
+            val_fraction: opts.val_fraction,
+            seed: opts.seed,
+            template_fraction: opts.template_fraction,
+        },
     )?;
     base.model.config().check_seq_len(opts.seq_len)?;
     let windows = data.train.windows.len() as u64;
-    let steps_per_epoch = windows.div_ceil(opts.batch_size as u64).max(1);
-    let total_steps = match (opts.max_steps, opts.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => ((e * steps_per_epoch as f64).ceil() as u64).max(1),
-        (None, None) => bail!("give a limit: --max-steps or --epochs"),
+    // Pretraining text mixed in: its shards (checked against the base's tokenizer) and sampler.
+    let rows = if opts.mix_data.is_some() { mix_rows(opts.batch_size, opts.mix_fraction)? } else { 0 };
+    if let Some(e) = opts.epochs.filter(|e| !(e.is_finite() && *e > 0.0)) {
+        bail!("--epochs must be positive, got {e}");
+    }
+    let (total_steps, epochs) =
+        planned_steps(windows, data.train.target_tokens, opts.batch_size - rows, opts.max_steps, opts.epochs);
+    let eval_every = opts.eval_every.unwrap_or_else(|| auto_eval_every(windows, opts.batch_size - rows));
+    // Selection needs evaluations and enough held-out conversations to rank checkpoints on.
+    let select = eval_every > 0 && data.val.conversations >= MIN_SELECTION_CONVERSATIONS;
+    let mut warnings = Vec::new();
+    if eval_every > 0 && !select {
+        warnings.push(format!(
+            "warning: only {} conversations are held out by item (fewer than {MIN_SELECTION_CONVERSATIONS}): too few to \
+             choose a checkpoint on, so the last checkpoint is the run's model and there is no early stopping \
+             (raise --val-fraction or add conversations)",
+            data.val.conversations
+        ));
+    }
+    let mix_set = match &opts.mix_data {
+        Some(dir) => Some((
+            dir.clone(),
+            ShardSet::open(dir, Some(tokenizer.sha256()))
+                .with_context(|| format!("--mix-data {}: cannot use these shards", dir.display()))?,
+        )),
+        None => None,
     };
+    let mix_start = SamplerState { seed: opts.seed, epoch: 0, position: 0 };
+    let mix_config = match &mix_set {
+        Some((dir, _)) => Some(MixConfig {
+            shards: dir.display().to_string(),
+            shards_merkle_root: jarip_ledger::Manifest::read(dir)
+                .map(|m| {
+                    m.settings
+                        .get("merkle_root")
+                        .and_then(|r| r.as_str())
+                        .map_or_else(|| m.content_hash(), str::to_string)
+                })
+                .with_context(|| format!("--mix-data {}: no shard manifest", dir.display()))?,
+            rows,
+            start: mix_start,
+        }),
+        None => None,
+    };
+    let has_templates = convs.iter().any(|c| c.template.is_some());
     let settings = serde_json::to_value(SftConfig {
         stage: "sft".into(),
         model: base.model.config().clone(),
@@ -242,6 +419,8 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         data_sha256: data_sha,
         // Absent for one replica, so runs recorded before the setting existed still resume.
         replicas: (dp.replicas > 1).then_some(dp.replicas),
+        template_fraction: has_templates.then_some(opts.template_fraction),
+        mix: mix_config,
     })?;
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
@@ -284,6 +463,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
             weights_sha256: base_sha.clone(),
             tokenizer_sha256: tokenizer.sha256().to_string(),
             total_steps: Some(total_steps),
+            mix_sampler: mix_set.as_ref().map(|_| mix_start),
         };
         (base.model, optim, state, None)
     };
@@ -307,12 +487,29 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
             sampler: state.sampler,
             resumed_from: resumed_from.as_ref().map(|d| d.display().to_string()),
             processes: Some(Processes { backend: comm.backend().into(), world_size: comm.world_size() }),
+            template_val_conversations: has_templates.then_some(data.val_template.conversations),
+            held_out_templates: data.held_out_templates.clone(),
+            mix_sampler: state.mix_sampler,
         })?,
     };
-    let banner = vec![format!(
-        "sft: {} train / {} val conversations, {windows} windows of {} tokens, {total_steps} steps",
-        data.train.conversations, data.val.conversations, opts.seq_len
+    let mut banner = vec![format!(
+        "sft: {} train / {} held-out / {} held-out-template conversations, {windows} windows of {} tokens; \
+         {total_steps} steps ({epochs:.2} epochs), evaluation and checkpoint every {eval_every} steps{}{}",
+        data.train.conversations,
+        data.val.conversations,
+        data.val_template.conversations,
+        opts.seq_len,
+        match (select, opts.patience) {
+            (true, Some(p)) => format!(", early stop after {p} without improvement"),
+            _ => String::new(),
+        },
+        if rows > 0 {
+            format!("; {rows} of {} windows per batch are pretraining text", opts.batch_size)
+        } else {
+            String::new()
+        },
     )];
+    banner.extend(warnings);
     let run = Run {
         comm,
         dp,
@@ -326,23 +523,100 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         total_steps: Some(total_steps),
         budget_s: None,
         stop_at_step: opts.stop_at_step,
-        eval_every: opts.eval_every,
-        checkpoint_every: opts.checkpoint_every,
+        eval_every,
+        checkpoint_every: eval_every,
         keep_checkpoints: opts.keep_checkpoints,
         step_delay_ms: opts.step_delay_ms,
         progress: opts.progress,
         banner,
+        select: select.then_some(crate::driver::Select { patience: opts.patience }),
+        reserve_steps: 0,
+    };
+    let mix = match (&mix_set, state.mix_sampler) {
+        (Some((_, set)), Some(at)) => Some(BatchSampler::resume(set, opts.seq_len, rows, at)?),
+        (None, None) => None,
+        _ => bail!("the checkpoint's pretraining-text cursor does not match the --mix-data setting"),
     };
     let mut stage = FineTuning {
         data: &data,
         sampler: state.sampler,
+        mix,
         batch_size: opts.batch_size,
         replicas: dp.replicas,
         device,
         token_bytes: token_byte_lengths(&tokenizer),
         base_weights_sha256: base_sha.clone(),
     };
+    let leader = dp.is_leader();
     let done = run.train(&mut stage, &model, &mut optim, state, resumed_from, start)?;
+    let last = done.last_checkpoint.clone().context("fine-tuning wrote no checkpoint")?;
+    let (selected_step, selected_dir, selected_sha, rule, reason) = if select {
+        let best = done
+            .evals
+            .iter()
+            .fold(None, |b: Option<&HeldOutEval>, e| match b {
+                Some(b) if b.val_loss <= e.val_loss => Some(b),
+                _ => Some(e),
+            })
+            .context("no held-out evaluation was recorded")?;
+        let (dir, sha) = if best.step == 0 {
+            (base.dir.clone(), base_sha.clone())
+        } else {
+            let dir = crate::checkpoint::checkpoint_dir(&opts.out, best.step);
+            let sha = jarip_ledger::Manifest::read(&dir)
+                .ok()
+                .and_then(|_| std::fs::read_to_string(dir.join(jarip_interop::model_dir::TRAINER_FILE)).ok())
+                .and_then(|t| serde_json::from_str::<TrainerState>(&t).ok())
+                .map(|t| t.weights_sha256)
+                .with_context(|| format!("the selected checkpoint {} cannot be read", dir.display()))?;
+            (dir, sha)
+        };
+        let base_loss = done.evals.iter().find(|e| e.step == 0).map(|e| e.val_loss);
+        let reason = match (best.step, base_loss) {
+            (0, _) => format!(
+                "no fine-tuning step lowered the held-out loss below the base model's {:.4}: the base is the run's model",
+                best.val_loss
+            ),
+            (s, Some(b)) => format!("lowest held-out loss {:.4} at step {s} (base {b:.4})", best.val_loss),
+            (s, None) => format!("lowest held-out loss {:.4} at step {s}", best.val_loss),
+        };
+        (best.step, dir, sha, "val_loss", reason)
+    } else {
+        (
+            done.state.step,
+            last.clone(),
+            model.weights_sha256()?,
+            "last",
+            "too few held-out conversations to choose on: the last checkpoint".to_string(),
+        )
+    };
+    if leader {
+        let selected = jarip_ledger::run_dir::Selected {
+            checkpoint: jarip_ledger::run_dir::relative_to_run(&opts.out, &selected_dir),
+            step: selected_step,
+            weights_sha256: selected_sha.clone(),
+            metric: rule.to_string(),
+            value: done.evals.iter().find(|e| e.step == selected_step).map(|e| e.val_loss),
+            reason: reason.clone(),
+        };
+        jarip_ledger::run_dir::write_selected(&opts.out, &selected)?;
+        let mut e = jarip_ledger::Entry::new("sft-select");
+        e.set_details(&SftSelection {
+            rule: rule.to_string(),
+            reason: reason.clone(),
+            selected_step,
+            selected_checkpoint: selected_dir.display().to_string(),
+            weights_sha256: selected_sha,
+            evaluations: done.evals.clone(),
+            patience: select.then_some(opts.patience).flatten(),
+            stopped_early_at: done.stopped_early_at,
+            val_conversations: data.val.conversations,
+        })?;
+        run.ledger.append(e)?;
+        if opts.progress {
+            eprintln!("sft: selected {} ({reason})", selected_dir.display());
+        }
+    }
     Ok(SftSummary {
         out: opts.out.clone(),
         steps: done.state.step,
@@ -355,6 +629,11 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         weights_sha256: model.weights_sha256()?,
         train_conversations: data.train.conversations,
         val_conversations: data.val.conversations,
+        template_val_conversations: data.val_template.conversations,
+        selected_checkpoint: selected_dir,
+        selected_step,
+        evals: done.evals,
+        stopped_early_at: done.stopped_early_at,
         elapsed_s: t_start.elapsed().as_secs_f64(),
     })
 }

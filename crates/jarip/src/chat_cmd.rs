@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct SftArgs {
-    /// The base model: a checkpoint directory, or a run directory (its newest checkpoint).
+    /// The base model: a checkpoint directory, or a run directory (its selected checkpoint,
+    /// else its newest).
     #[arg(long)]
     pub base: PathBuf,
     /// Conversations, one {"messages":[{"role","content"},…]} per line.
@@ -28,7 +29,8 @@ pub struct SftArgs {
     /// Stop after this many optimizer steps.
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Or after this many passes over the training conversations.
+    /// Or after this many passes over the training conversations (default: set by the data,
+    /// 1 to 4 passes, more for smaller sets).
     #[arg(long)]
     pub epochs: Option<f64>,
     /// Continue the run in --out from its newest checkpoint.
@@ -40,19 +42,33 @@ pub struct SftArgs {
     pub seq_len: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Share of conversations held out for validation.
+    /// Share of conversations held out for validation and checkpoint selection (by item).
     #[arg(long, default_value_t = 0.05)]
     pub val_fraction: f64,
+    /// Share of each kind's template variants held out whole (conversations with a
+    /// "template": "kind/variant" field; kinds with at least three variants).
+    #[arg(long, default_value_t = 0.2)]
+    pub template_fraction: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 20)]
     pub warmup_steps: u64,
-    #[arg(long, default_value_t = 200)]
-    pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 2)]
+    /// Checkpoints to keep (0 = all); the selected one is always kept.
+    #[arg(long, default_value_t = 0)]
     pub keep_checkpoints: usize,
-    #[arg(long, default_value_t = 100)]
-    pub eval_every: u64,
+    /// Evaluate held-out conversations and keep a checkpoint every N steps (default: four
+    /// times an epoch; 0: only at the end, and the last checkpoint is the run's model).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Stop after this many evaluations without a lower held-out loss (0: never stop early).
+    #[arg(long, default_value_t = 3)]
+    pub patience: u32,
+    /// Pretraining shards whose text is mixed into every batch (keeps what pretraining taught).
+    #[arg(long)]
+    pub mix_data: Option<PathBuf>,
+    /// Share of every batch's windows read from --mix-data.
+    #[arg(long, default_value_t = 0.25)]
+    pub mix_fraction: f64,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -72,9 +88,12 @@ impl SftArgs {
             batch_size: self.batch_size,
             replicas: self.engine.replicas,
             val_fraction: self.val_fraction,
-            checkpoint_every: self.checkpoint_every,
+            template_fraction: self.template_fraction,
             keep_checkpoints: self.keep_checkpoints,
             eval_every: self.eval_every,
+            patience: (self.patience > 0).then_some(self.patience),
+            mix_data: self.mix_data.clone(),
+            mix_fraction: self.mix_fraction,
             kernels: self.engine.kernels.into(),
             device: self.engine.device.clone(),
             progress: !self.engine.no_progress,
@@ -97,16 +116,35 @@ pub fn sft(a: &SftArgs) -> Result<SftSummary> {
     }
     let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
     println!(
-        "sft: {} steps, loss {}, val loss {}, val bpb {}; base {} ({}…) → {}",
+        "sft: {} steps{}, loss {}; base {} ({}…)",
         s.steps,
+        s.stopped_early_at.map_or(String::new(), |at| format!(" (stopped early at {at})")),
         fmt(s.final_loss),
-        fmt(s.val_loss),
-        fmt(s.val_bpb),
         s.base_checkpoint.display(),
         &s.base_weights_sha256[..12],
-        s.last_checkpoint.as_ref().map_or("no checkpoint".into(), |d| d.display().to_string())
     );
+    println!("{}", sft_verdict(&s));
     Ok(s)
+}
+
+/// One line: did fine-tuning lower the held-out loss, and which checkpoint is the model.
+pub fn sft_verdict(s: &SftSummary) -> String {
+    let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    let (base, sel) = (s.base_eval(), s.selected_eval());
+    let verdict = match (base, sel) {
+        (Some(b), Some(x)) if x.val_loss < b.val_loss => "improved",
+        (Some(_), Some(_)) => "NOT improved (the base is kept)",
+        _ => "not measured",
+    };
+    format!(
+        "sft verdict: held-out loss {} → {} ({verdict}); held-out-template loss {} → {}; model: {} (step {})",
+        fmt(base.map(|e| e.val_loss)),
+        fmt(sel.map(|e| e.val_loss)),
+        fmt(base.and_then(|e| e.template_loss)),
+        fmt(sel.and_then(|e| e.template_loss)),
+        s.selected_checkpoint.display(),
+        s.selected_step
+    )
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -187,6 +225,10 @@ pub struct GenerateArgs {
     /// Keys and values cached as f32, or f16 (half the memory; faster at long contexts).
     #[arg(long, default_value = "f32")]
     pub kv_cache: KvFormat,
+    /// Sample from the model's whole distribution: no mask keeping the output valid UTF-8
+    /// (to compare tokens and log-probabilities with engines that apply none).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 fn load_engine(model: &std::path::Path, weights: Option<WeightFormat>, kv: KvFormat) -> Result<(Engine, PathBuf)> {
@@ -206,6 +248,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         ids
     };
     let mut req = a.sampling.request(prompt);
+    req.raw = a.raw;
     if a.chat {
         req.stop_tokens = engine.chat_stop_tokens();
     } else {

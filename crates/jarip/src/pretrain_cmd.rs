@@ -100,6 +100,9 @@ pub struct PretrainArgs {
     pub warmup_steps: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// With --minutes: steps' worth of the budget left for a later stage (set by the speedrun).
+    #[arg(skip)]
+    pub reserve_steps: u64,
 }
 
 /// Where and how a training stage runs: the flags `pretrain` and `sft` share.
@@ -160,6 +163,7 @@ impl PretrainArgs {
             sample_every: self.sample_every,
             device: self.engine.device.clone(),
             progress: !self.engine.no_progress,
+            reserve_steps: self.reserve_steps,
             ..Default::default()
         };
         o.optimizer.lr = self.lr;

@@ -3,17 +3,23 @@
 //!
 //! ```text
 //! data/demo (fetch-demo) → RUN/prepared (prepare) → RUN/tokenizer (tokenizer train)
-//!   → RUN/shards (data shard) → RUN/ckpt-* (pretrain from a seeded initialisation)
-//!   → RUN/conversations.jsonl → RUN/sft/ckpt-* (fine-tune) → sample chats
+//!   → RUN/shards (data shard) → RUN/conversations.jsonl (and the fine-tuning plan)
+//!   → RUN/ckpt-* (pretrain from a seeded initialisation)
+//!   → RUN/sft/ckpt-* (fine-tune, best checkpoint selected) → sample chats
 //!   → RUN/evals (sanity tasks, base and SFT scores) → RUN/report.md (report card with charts)
 //! ```
 //!
-//! The base model's validation bits per byte are compared with a unigram baseline counted on
-//! the training shards; the fine-tuned model answers a few Korean and English questions.
-//! `--minutes` is the budget of the two training stages together (pretraining gets 3/4).
+//! `--minutes` is the budget of the two training stages together, split by the data before
+//! pretraining starts: fine-tuning gets the steps its conversations need (an epoch budget set
+//! by their size, see [`jarip_train::sft::auto_epochs`]) and pretraining the rest, planned in
+//! steps after its first few (so the run replays bit for bit). Each stage ends with a verdict
+//! line: the base model against a unigram baseline, the fine-tuned model against the base on
+//! held-out conversations and on the sanity tasks; the report card repeats them.
+//! `RUN/selected.json` names the run's model (the selected fine-tuning checkpoint), so
+//! `jarip chat RUN` talks to it.
 
 use crate::stages;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,7 +47,13 @@ pub struct SpeedrunArgs {
     /// Model size dial for pretraining.
     #[arg(long, default_value_t = 4)]
     pub depth: usize,
-    /// Wall-clock budget of pretraining plus fine-tuning, in minutes (pretraining gets 3/4).
+    /// Peak learning rate of pretraining.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Sequences per pretraining and fine-tuning step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Wall-clock budget of pretraining plus fine-tuning, in minutes (split by the data).
     #[arg(long, default_value_t = 26.0)]
     pub minutes: f64,
     /// The name the fine-tuned model gives itself.
@@ -54,6 +66,9 @@ pub struct SpeedrunArgs {
 
 pub fn run(a: &SpeedrunArgs) -> Result<()> {
     let t0 = Instant::now();
+    if !(a.minutes.is_finite() && a.minutes > 0.0) {
+        bail!("--minutes must be a positive number of minutes, got {}", a.minutes);
+    }
     std::fs::create_dir_all(&a.out)?;
     let ledger = a.out.join("ledger.jsonl");
 
@@ -86,10 +101,13 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     shard.hangul_repeat = 16;
     stages::shard(&shard)?;
 
+    println!("[5/8] demo conversations and the fine-tuning plan → {}", a.out.join("conversations.jsonl").display());
+    let plan = plan_fine_tuning(a)?;
+
     if !a.no_pretrain {
-        let base = pretrain_and_compare(a)?;
-        let sft = fine_tune(a, &base, &ledger)?;
-        let chats = sample_chats(&sft)?;
+        let base = pretrain_and_compare(a, &plan)?;
+        let sft = fine_tune(a, &plan, &base, &ledger)?;
+        let chats = sample_chats(&sft.selected_checkpoint)?;
         evaluate_and_report(a, &base, &sft, &chats)?;
     }
 
@@ -103,10 +121,77 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     Ok(())
 }
 
-fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
+/// Fine-tuning's share of the budget, fixed from the data before pretraining starts.
+struct SftPlan {
+    conversations: PathBuf,
+    steps: u64,
+    epochs: f64,
+    eval_every: u64,
+    /// Steps' worth of time pretraining leaves for fine-tuning: its steps, plus its evaluations
+    /// and checkpoints counted in steps.
+    reserve_steps: u64,
+}
+
+const SEQ_LEN: usize = 256;
+/// Share of every fine-tuning batch that is pretraining text.
+const MIX_FRACTION: f64 = 0.25;
+
+fn plan_fine_tuning(a: &SpeedrunArgs) -> Result<SftPlan> {
+    let path = a.out.join("conversations.jsonl");
+    let convs = jarip_data::conversations::demo_conversations(&a.demo, &a.name, a.seed, 400)?;
+    jarip_data::conversations::write_conversations(&path, &convs)?;
+    let tok = jarip_tokenizer::Tokenizer::load(&a.out.join("tokenizer"))?;
+    let opts = jarip_train::SftOptions::default();
+    let data = jarip_data::sft::SftData::new(
+        &tok,
+        &convs,
+        &jarip_data::sft::SftOptions {
+            seq_len: SEQ_LEN,
+            val_fraction: opts.val_fraction,
+            seed: a.seed,
+            template_fraction: opts.template_fraction,
+        },
+    )?;
+    let rows = jarip_train::sft::mix_rows(a.batch_size, MIX_FRACTION)?;
+    let conv_rows = a.batch_size - rows;
+    let windows = data.train.windows.len() as u64;
+    let (steps, epochs) = jarip_train::sft::planned_steps(windows, data.train.target_tokens, conv_rows, None, None);
+    let eval_every = jarip_train::sft::auto_eval_every(windows, conv_rows);
+    // An evaluation reads the held-out windows forward only (about a third of a step's work per
+    // batch); a checkpoint costs about a step.
+    let held_out_batches = (data.val.windows.len() + data.val_template.windows.len()).div_ceil(a.batch_size) as u64;
+    let evals = steps / eval_every + 2;
+    let reserve_steps = steps + evals * (held_out_batches.div_ceil(3) + 1);
+    let kinds: std::collections::BTreeSet<&str> = convs.iter().filter_map(|c| c.kind()).collect();
+    println!(
+        "      {} conversations of {} kinds; {} train, {} held out by item, {} by template ({}); \
+         {} assistant tokens in {windows} windows",
+        convs.len(),
+        kinds.len(),
+        data.train.conversations,
+        data.val.conversations,
+        data.val_template.conversations,
+        data.held_out_templates.join(", "),
+        data.train.target_tokens,
+    );
+    println!(
+        "      plan: fine-tuning {steps} steps ({epochs:.1} epochs, {rows} of {} windows per batch pretraining text), \
+         evaluated every {eval_every}; pretraining gets the rest of {:.1} min",
+        a.batch_size, a.minutes
+    );
+    Ok(SftPlan { conversations: path, steps, epochs, eval_every, reserve_steps })
+}
+
+fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<PathBuf> {
     let shards = a.out.join("shards");
     let tokenizer_dir = a.out.join("tokenizer");
-    println!("[5/8] pretrain depth {} for {:.1} min → {}", a.depth, a.minutes * 0.75, a.out.display());
+    println!(
+        "[6/8] pretrain depth {} for {:.1} min less {} steps kept for fine-tuning → {}",
+        a.depth,
+        a.minutes,
+        plan.reserve_steps,
+        a.out.display()
+    );
     let args = crate::pretrain_cmd::PretrainArgs {
         data: shards.clone(),
         out: a.out.clone(),
@@ -115,24 +200,25 @@ fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
         config: None,
         max_steps: None,
         tokens: None,
-        minutes: Some(a.minutes * 0.75),
+        minutes: Some(a.minutes),
         resume: false,
         seed: a.seed,
-        seq_len: 256,
-        batch_size: 8,
+        seq_len: SEQ_LEN,
+        batch_size: a.batch_size,
         batch_tokens: None,
         checkpoint_every: 200,
         keep_checkpoints: 0, // every checkpoint stays, so `provenance verify` can replay each interval
         eval_every: 100,
         eval_tokens: 32768,
         sample_every: 0,
-        lr: 3e-3,
+        lr: a.lr,
         weight_decay: 0.1,
         grad_clip: 1.0,
         muon: false,
         schedule: crate::pretrain_cmd::ScheduleArg::Cosine,
         warmup_steps: 50,
         engine: Default::default(),
+        reserve_steps: plan.reserve_steps,
     };
     let summary = crate::pretrain_cmd::run(&args)?;
 
@@ -142,13 +228,14 @@ fn pretrain_and_compare(a: &SpeedrunArgs) -> Result<PathBuf> {
     let unigram = jarip_data::baseline::unigram_bpb(&set, &token_bytes)?;
     match summary.val_bpb {
         Some(bpb) => {
-            let verdict = if bpb < unigram { "below" } else { "NOT below" };
+            let verdict = if bpb < unigram { "improved" } else { "NOT improved" };
             println!(
-                "      validation bits/byte: model {bpb:.3}, unigram baseline {unigram:.3} ({verdict} it by {:.0}%)",
-                100.0 * (1.0 - bpb / unigram).abs()
+                "      pretraining verdict: validation bits/byte {bpb:.3} vs unigram baseline {unigram:.3} ({verdict}: {:.0}% {})",
+                100.0 * (1.0 - bpb / unigram).abs(),
+                if bpb < unigram { "below" } else { "above" }
             )
         }
-        None => println!("      unigram baseline {unigram:.3} bits/byte (no validation figure)"),
+        None => println!("      pretraining verdict: not measured (unigram baseline {unigram:.3} bits/byte)"),
     }
     let ckpt = summary.last_checkpoint.context("pretraining wrote no checkpoint")?;
     let engine = engine_for(&ckpt)?;
@@ -168,52 +255,65 @@ fn engine_for(model: &std::path::Path) -> Result<jarip_infer::Engine> {
     jarip_infer::Engine::new(&loaded.model, loaded.tokenizer)
 }
 
-/// Writes the demo conversations and fine-tunes the base checkpoint on them for the rest of
-/// the budget (converted to steps from the pretraining speed, so the run stays replayable).
-fn fine_tune(a: &SpeedrunArgs, base: &std::path::Path, ledger: &std::path::Path) -> Result<PathBuf> {
-    let convs_path = a.out.join("conversations.jsonl");
-    let convs = jarip_data::conversations::demo_conversations(&a.demo, &a.name, a.seed, 400)?;
-    jarip_data::conversations::write_conversations(&convs_path, &convs)?;
-    let (seq_len, batch_size) = (256usize, 8usize);
-    let metrics = jarip_train::metrics::MetricsLog::steps(&a.out.join(jarip_train::metrics::METRICS_FILE))?;
-    let step_s = metrics.iter().rev().find_map(|m| m.step_ms).map_or(1.0, |ms| ms / 1e3);
-    let steps = ((a.minutes * 0.25 * 60.0 / step_s) as u64).max(10);
+/// Fine-tunes the base checkpoint on the demo conversations for the planned steps, with
+/// pretraining text mixed in, and makes the selected checkpoint the run's model.
+fn fine_tune(
+    a: &SpeedrunArgs,
+    plan: &SftPlan,
+    base: &std::path::Path,
+    ledger: &std::path::Path,
+) -> Result<jarip_train::SftSummary> {
     let out = a.out.join("sft");
     println!(
-        "[6/8] fine-tune on {} demo conversations for {steps} steps (~{:.1} min) → {}",
-        convs.len(),
-        steps as f64 * step_s / 60.0,
+        "[7/8] fine-tune for up to {} steps ({:.1} epochs), keeping the best checkpoint → {}",
+        plan.steps,
+        plan.epochs,
         out.display()
     );
     let args = crate::chat_cmd::SftArgs {
         base: base.to_path_buf(),
-        data: convs_path,
+        data: plan.conversations.clone(),
         out: out.clone(),
         ledger: Some(ledger.to_path_buf()),
-        max_steps: Some(steps),
+        max_steps: Some(plan.steps),
         epochs: None,
         resume: false,
         seed: a.seed,
-        seq_len,
-        batch_size,
-        val_fraction: 0.05,
+        seq_len: SEQ_LEN,
+        batch_size: a.batch_size,
+        val_fraction: jarip_train::SftOptions::default().val_fraction,
+        template_fraction: jarip_train::SftOptions::default().template_fraction,
         lr: 1e-3,
         warmup_steps: 20,
-        checkpoint_every: 200,
         keep_checkpoints: 0,
-        eval_every: 100,
+        eval_every: Some(plan.eval_every),
+        patience: 3,
+        mix_data: Some(a.out.join("shards")),
+        mix_fraction: MIX_FRACTION,
         engine: Default::default(),
     };
-    crate::chat_cmd::sft(&args)?;
-    Ok(out)
+    let summary = crate::chat_cmd::sft(&args)?;
+    // The run's model is the fine-tuning's selected checkpoint.
+    let selected = jarip_ledger::run_dir::Selected {
+        checkpoint: jarip_ledger::run_dir::relative_to_run(&a.out, &summary.selected_checkpoint),
+        step: summary.selected_step,
+        weights_sha256: jarip_ledger::run_dir::read_selected(&out)?
+            .map(|(_, s)| s.weights_sha256)
+            .context("fine-tuning selected no checkpoint")?,
+        metric: "val_loss".into(),
+        value: summary.selected_eval().map(|e| e.val_loss),
+        reason: "the fine-tuning's selected checkpoint".into(),
+    };
+    jarip_ledger::run_dir::write_selected(&a.out, &selected)?;
+    Ok(summary)
 }
 
-/// Scores the base and fine-tuned models on sanity tasks generated from the demo corpus, then
-/// writes the report card `RUN/report.md`.
+/// Scores the base and the selected fine-tuned model on sanity tasks generated from the demo
+/// corpus, prints each stage's verdict, then writes the report card `RUN/report.md`.
 fn evaluate_and_report(
     a: &SpeedrunArgs,
     base: &std::path::Path,
-    sft: &std::path::Path,
+    sft: &jarip_train::SftSummary,
     chats: &[(String, String)],
 ) -> Result<()> {
     println!("[8/8] evaluate on sanity tasks from the demo corpus → {}", a.out.join("report.md").display());
@@ -221,7 +321,8 @@ fn evaluate_and_report(
     let tasks = jarip_eval::sanity::write_demo_tasks(&a.demo, &evals.join("tasks"), a.seed)?;
     let specs: Vec<jarip_eval::TaskSpec> =
         tasks.iter().map(|t| jarip_eval::TaskSpec::new(jarip_eval::Layout::Jsonl, t.clone())).collect();
-    for (name, model) in [("base", base), ("sft", sft)] {
+    let mut scored = Vec::new();
+    for (name, model) in [("base", base), ("sft", sft.selected_checkpoint.as_path())] {
         let reports = jarip_eval::run_eval(&jarip_eval::EvalRequest {
             models: vec![model.to_path_buf()],
             tasks: specs.clone(),
@@ -230,16 +331,67 @@ fn evaluate_and_report(
             ledger: jarip_eval::LedgerChoice::Auto,
         })?;
         println!("{}", jarip_eval::render_table(&reports));
+        scored.push(reports.into_iter().next().context("the evaluation returned no report")?);
+    }
+    let mut verdicts = vec![crate::chat_cmd::sft_verdict(sft)];
+    verdicts.extend(sanity_verdicts(&scored[0], &scored[1]));
+    for v in &verdicts {
+        println!("      {v}");
     }
     let report = jarip_eval::write_report(&a.out)?;
     let mut text = std::fs::read_to_string(&report)?;
-    text.push_str(&format!("\n## Sample chats ({})\n\n", sft.display()));
+    text.push_str("\n## Stage verdicts\n\n");
+    for v in &verdicts {
+        text.push_str(&format!("- {v}\n"));
+    }
+    text.push_str(&format!("\n## Sample chats ({})\n\n", sft.selected_checkpoint.display()));
     for (q, answer) in chats {
         text.push_str(&format!("> {q}\n\n```text\n{}\n```\n\n", answer.trim()));
     }
     jarip_ledger::atomic_write(&report, text.as_bytes())?;
     println!("      report card: {}", report.display());
     Ok(())
+}
+
+/// Per sanity task: is the fine-tuned model within error bars of the base or better?
+/// Accuracy-like metrics: not more than two standard errors of the difference below the base;
+/// bits per byte: not more than 0.05 above it.
+fn sanity_verdicts(base: &jarip_eval::EvalReport, sft: &jarip_eval::EvalReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in &base.results {
+        let Some(s) = sft.results.iter().find(|r| r.name == b.name) else { continue };
+        let (Some((metric, bv)), Some((_, sv))) = (b.primary(), s.primary()) else { continue };
+        let line = if metric == "bits_per_byte" {
+            let kept = sv <= bv + 0.05;
+            format!(
+                "sanity {}: bits/byte {bv:.3} → {sv:.3} ({})",
+                b.name,
+                if sv < bv {
+                    "improved"
+                } else if kept {
+                    "kept: within +0.05"
+                } else {
+                    "WORSE: more than +0.05"
+                }
+            )
+        } else {
+            let se = |r: &jarip_eval::TaskResult| r.metric(&format!("{metric}_stderr")).unwrap_or(0.0);
+            let band = 2.0 * (se(b).powi(2) + se(s).powi(2)).sqrt();
+            format!(
+                "sanity {}: {metric} {bv:.3} → {sv:.3} ({}; two standard errors {band:.3})",
+                b.name,
+                if sv > bv + band {
+                    "improved"
+                } else if sv >= bv - band {
+                    "kept"
+                } else {
+                    "WORSE"
+                }
+            )
+        };
+        out.push(line);
+    }
+    out
 }
 
 /// A few questions of the kinds the demo conversations teach, in Korean and English.

@@ -152,10 +152,8 @@ fn an_honest_run_verifies_replays_and_gets_a_card() {
             "2",
             "--keep-checkpoints",
             "0",
-            "--checkpoint-every",
-            "1",
             "--eval-every",
-            "0",
+            "1",
         ]));
     };
     sft(&run, &run.join("sft"), &run.join("ledger.jsonl"));
