@@ -302,8 +302,10 @@ impl Run<'_> {
                     let planned = left.saturating_sub(self.reserve_steps) + step;
                     // Rank 0's clock decides for every rank.
                     let planned = agree_u64(self.comm, planned)?;
+                    // Too small: nothing left past the planning steps, or (when a later stage was
+                    // given its share) not even one evaluation interval.
                     let least = self.eval_every.max(1);
-                    if planned < least {
+                    if planned <= step || (self.reserve_steps > 0 && planned < least) {
                         pb.abandon();
                         let need_s =
                             (least + self.reserve_steps) as f64 * per_step + p.run_start.elapsed().as_secs_f64();

@@ -637,3 +637,48 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         elapsed_s: t_start.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_sets_the_epochs_and_the_evaluation_cadence() {
+        assert_eq!(auto_epochs(2_000_000), 1.0);
+        assert_eq!(auto_epochs(250_000), 2.0);
+        assert_eq!(auto_epochs(100_000), 3.0);
+        assert_eq!(auto_epochs(1_000), 4.0);
+        // 354 windows, 6 conversation rows a step: 59 steps an epoch.
+        assert_eq!(planned_steps(354, 50_000, 6, None, None), (236, 4.0));
+        assert_eq!(planned_steps(354, 50_000, 6, None, Some(1.5)), (89, 1.5));
+        assert_eq!(planned_steps(354, 50_000, 6, Some(10), None).0, 10);
+        assert_eq!(auto_eval_every(354, 6), 15);
+        assert_eq!(auto_eval_every(1, 6), 1);
+    }
+
+    #[test]
+    fn mixed_rows_are_spread_and_count_every_token() {
+        assert_eq!(mix_rows(8, 0.25).unwrap(), 2);
+        assert!(mix_rows(8, 0.01).unwrap_err().to_string().contains("room for both"));
+        assert!(mix_rows(8, 1.0).is_err());
+        let l = 3;
+        let conv = Batch {
+            batch_size: 6,
+            seq_len: l,
+            inputs: (0..18).collect(),
+            targets: (100..118).collect(),
+            mask: Some((0..18).map(|i| i % 2 == 0).collect()),
+        };
+        let mix = Batch { batch_size: 2, seq_len: l, inputs: vec![7; 6], targets: vec![9; 6], mask: None };
+        let b = interleave(&conv, &mix);
+        assert_eq!(b.batch_size, 8);
+        let kinds: Vec<bool> = (0..8).map(|r| b.rows(r, 1).inputs[0] == 7).collect();
+        // One pretraining row in each half, so two replicas get one each.
+        assert_eq!(kinds, [false, false, false, true, false, false, false, true]);
+        let mask = b.mask.as_ref().unwrap();
+        assert!(mask[3 * l..4 * l].iter().all(|&m| m), "pretraining rows count every token");
+        assert_eq!(&mask[..l], &conv.mask.as_ref().unwrap()[..l]);
+        assert_eq!(b.rows(4, 1).inputs, conv.rows(3, 1).inputs, "conversation rows keep their order");
+        assert_eq!(b.counted_targets(), conv.counted_targets() + 6);
+    }
+}

@@ -15,8 +15,8 @@
 //! steps after its first few (so the run replays bit for bit). Each stage ends with a verdict
 //! line: the base model against a unigram baseline, the fine-tuned model against the base on
 //! held-out conversations and on the sanity tasks; the report card repeats them.
-//! `RUN/selected.json` names the run's model (the selected fine-tuning checkpoint), so
-//! `jarip chat RUN` talks to it.
+//! `RUN` means the base model (its last checkpoint) and `RUN/sft` the fine-tuned one: the
+//! checkpoint fine-tuning selected (`RUN/sft/selected.json`), for every command.
 
 use crate::stages;
 use anyhow::{bail, Context, Result};
@@ -256,7 +256,7 @@ fn engine_for(model: &std::path::Path) -> Result<jarip_infer::Engine> {
 }
 
 /// Fine-tunes the base checkpoint on the demo conversations for the planned steps, with
-/// pretraining text mixed in, and makes the selected checkpoint the run's model.
+/// pretraining text mixed in; `RUN/sft` then means the checkpoint it selected.
 fn fine_tune(
     a: &SpeedrunArgs,
     plan: &SftPlan,
@@ -292,20 +292,7 @@ fn fine_tune(
         mix_fraction: MIX_FRACTION,
         engine: Default::default(),
     };
-    let summary = crate::chat_cmd::sft(&args)?;
-    // The run's model is the fine-tuning's selected checkpoint.
-    let selected = jarip_ledger::run_dir::Selected {
-        checkpoint: jarip_ledger::run_dir::relative_to_run(&a.out, &summary.selected_checkpoint),
-        step: summary.selected_step,
-        weights_sha256: jarip_ledger::run_dir::read_selected(&out)?
-            .map(|(_, s)| s.weights_sha256)
-            .context("fine-tuning selected no checkpoint")?,
-        metric: "val_loss".into(),
-        value: summary.selected_eval().map(|e| e.val_loss),
-        reason: "the fine-tuning's selected checkpoint".into(),
-    };
-    jarip_ledger::run_dir::write_selected(&a.out, &selected)?;
-    Ok(summary)
+    crate::chat_cmd::sft(&args)
 }
 
 /// Scores the base and the selected fine-tuned model on sanity tasks generated from the demo

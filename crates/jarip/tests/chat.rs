@@ -204,6 +204,29 @@ fn bad_inputs_are_refused_clearly() {
         fails_with(&jarip(&sft_args(&s(&run), &s(&bad), &s(&d.path().join("x")), "2")), &[needle]);
     }
 
+    // A time budget too small for one evaluation: said so, with the minimum.
+    fails_with(
+        &jarip(&[
+            "pretrain",
+            "--data",
+            &s(&run.join("shards")),
+            "--out",
+            &s(&d.path().join("short")),
+            "--depth",
+            "1",
+            "--minutes",
+            "0.0001",
+            "--eval-every",
+            "100000",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]),
+        &["time budget of 0.0 min is too small", "fewer than the 100000 of one evaluation", "give at least"],
+    );
+
     // A prompt longer than the context: a clear message, or truncation when asked.
     let long = "대한민국 ".repeat(1500);
     fails_with(
@@ -254,4 +277,111 @@ fn bad_inputs_are_refused_clearly() {
     let settings = jarip_ledger::Manifest::read(&run.join("ckpt-000010")).unwrap().settings;
     jarip_ledger::Manifest::for_dir("checkpoint", &ckpt, vec![], settings).unwrap().write(&ckpt).unwrap();
     fails_with(&jarip(&["generate", "--model", &s(&ckpt), "--prompt", "x"]), &["does not match the model"]);
+}
+
+/// Conversations of three kinds, each with several question forms (`template`).
+fn templated_conversations(path: &Path) {
+    let lines: Vec<String> = (0..72)
+        .map(|i| {
+            let (kind, forms) = [("article", 5), ("continue", 4), ("identity", 2)][i % 3];
+            let v = (i / 3) % forms;
+            let q = format!("{kind} form {v}: 제{i}조는 무엇입니까?");
+            serde_json::json!({
+                "messages": [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": format!("제{i}조: 대한민국은 민주공화국이다. number {i}")},
+                ],
+                "template": format!("{kind}/v{v}"),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn sft_selects_its_best_checkpoint_and_every_command_uses_it() {
+    let d = tempfile::tempdir().unwrap();
+    let run = base_model(d.path());
+    let convs = d.path().join("templated.jsonl");
+    templated_conversations(&convs);
+    let sft = run.join("sft");
+    let (run_s, convs_s, sft_s) = (s(&run), s(&convs), s(&sft));
+    let ledger = s(&run.join("ledger.jsonl"));
+    let shards = s(&run.join("shards"));
+    let mut args = sft_args(&run_s, &convs_s, &sft_s, "16");
+    let at = args.iter().position(|a| *a == "--eval-every").unwrap() + 1;
+    args[at] = "2";
+    args.extend([
+        "--val-fraction",
+        "0.3",
+        "--patience",
+        "2",
+        "--lr",
+        "0.03",
+        "--mix-data",
+        &shards,
+        "--mix-fraction",
+        "0.5",
+        "--ledger",
+        &ledger,
+    ]);
+    let out = jarip(&args);
+    let text = ok(&out);
+    assert!(text.contains("sft verdict: held-out loss"), "{text}");
+
+    // Step 0 is the base model's evaluation, both held-out sets reported.
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(sft.join("metrics.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
+    assert_eq!(first["step"], 0);
+    assert!(first["val_loss"].is_f64() && first["val_template_loss"].is_f64(), "{first}");
+
+    // The selection: the earliest lowest held-out loss, recorded in the ledger and selected.json.
+    let entries = jarip_ledger::Ledger::at(&run.join("ledger.jsonl")).verify_chain().unwrap();
+    let sel = &entries.iter().rev().find(|e| e.stage == "sft-select").expect("an sft-select entry").details;
+    let evals = sel["evaluations"].as_array().unwrap();
+    assert_eq!(evals[0]["step"], 0);
+    assert!(evals.iter().all(|e| e["template_loss"].is_f64()));
+    let loss = |e: &serde_json::Value| e["val_loss"].as_f64().unwrap();
+    let best = evals.iter().fold(&evals[0], |b, e| if loss(e) < loss(b) { e } else { b });
+    assert_eq!(sel["selected_step"], best["step"], "{sel}");
+    assert_eq!(sel["rule"], "val_loss");
+    let step = best["step"].as_u64().unwrap();
+    let selected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sft.join("selected.json")).unwrap()).unwrap();
+    let dir = sft.join(selected["checkpoint"].as_str().unwrap());
+    if step == 0 {
+        assert_eq!(std::fs::canonicalize(&dir).unwrap(), std::fs::canonicalize(run.join("ckpt-000010")).unwrap());
+    } else {
+        assert_eq!(dir, sft.join(format!("ckpt-{step:06}")));
+        assert_eq!(selected["weights_sha256"].as_str().unwrap(), trainer_hash(&dir));
+    }
+    // Early stopping: `patience` evaluations without improvement, then the run ends.
+    match sel["stopped_early_at"].as_u64() {
+        Some(at) => {
+            assert!(at < 16);
+            assert_eq!(evals.iter().filter(|e| e["step"].as_u64().unwrap() > step).count(), 2, "{sel}");
+        }
+        None => assert!(evals.iter().filter(|e| e["step"].as_u64().unwrap() > step).count() < 2, "{sel}"),
+    }
+    // Every command that takes the run directory gets the selected checkpoint.
+    let gen = |m: &Path| generate_json(m, "대한민국은", &["--max-tokens", "8", "--seed", "5", "--temperature", "1.0"]);
+    assert_eq!(gen(&sft), gen(&dir));
+
+    // The pretraining text's cursor is in every checkpoint entry, and replay covers it.
+    let ckpts: Vec<_> = entries.iter().filter(|e| e.stage == "sft-checkpoint").collect();
+    assert!(ckpts.iter().all(|e| e.details["mix_data"]["sampler_after"]["position"].as_u64().unwrap() > 0));
+    let v = ok(&jarip(&["provenance", "verify", &run_s, "--replay-sft", "1"]));
+    assert!(v.contains("PASS  replay sft 1"), "{v}");
+
+    // Too few held-out conversations to choose on: said so, and the last checkpoint is the model.
+    let few = d.path().join("few");
+    let out = jarip(&sft_args(&run_s, &convs_s, &s(&few), "4"));
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too few to choose a checkpoint on"), "{err}");
+    let selected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(few.join("selected.json")).unwrap()).unwrap();
+    assert_eq!((selected["metric"].as_str(), selected["step"].as_u64()), (Some("last"), Some(4)));
 }

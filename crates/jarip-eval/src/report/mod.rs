@@ -224,6 +224,34 @@ fn stage_summary(md: &mut String, stages: &[Option<&Stage>; 2], evals: &[EvalDoc
     md.push('\n');
 }
 
+/// Which fine-tuning checkpoint is the model, and whether fine-tuning beat the base on the
+/// held-out conversations (the ledger's last `sft-select` entry).
+fn selection_summary(md: &mut String, ledger: Option<&LedgerView>) {
+    let Some(sel) = ledger
+        .and_then(|l| l.entries.iter().rev().find(|e| e.stage == "sft-select"))
+        .and_then(|e| serde_json::from_value::<jarip_ledger::records::SftSelection>(e.details.clone()).ok())
+    else {
+        return;
+    };
+    let at = |step: u64| sel.evaluations.iter().find(|e| e.step == step);
+    let f = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.4}"));
+    let (base, chosen) = (at(0), at(sel.selected_step));
+    let _ = writeln!(
+        md,
+        "Fine-tuning's model is step {} (`{}`), chosen by `{}`: {}. Held-out conversations: loss {} at the start \
+         (the base) → {}; held out by template: {} → {}.{}\n",
+        sel.selected_step,
+        sel.selected_checkpoint,
+        sel.rule,
+        sel.reason,
+        f(base.map(|e| e.val_loss)),
+        f(chosen.map(|e| e.val_loss)),
+        f(base.and_then(|e| e.template_loss)),
+        f(chosen.and_then(|e| e.template_loss)),
+        sel.stopped_early_at.map_or(String::new(), |s| format!(" Early stopping ended the run at step {s}."))
+    );
+}
+
 fn provenance(md: &mut String, ledger: Option<&LedgerView>) {
     md.push_str("## Provenance\n\n");
     let Some(l) = ledger else {
@@ -398,6 +426,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     );
     md.push_str("## Summary\n\n");
     stage_summary(&mut md, &[base.as_ref(), sft.as_ref()], &evals);
+    selection_summary(&mut md, ledger.as_ref());
     if base.is_none() {
         md.push_str("No pretraining log (`metrics.jsonl`) in this run.\n\n");
     }
