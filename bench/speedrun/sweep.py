@@ -23,6 +23,11 @@ CONFIGS = [
     ("d4-w256-b8-lr6e-3", 4, 256, 8, 6e-3),
     ("d4-w256-b16-lr3e-3", 4, 256, 16, 3e-3),
     ("d4-w256-b4-lr3e-3", 4, 256, 4, 3e-3),
+    # Second round, around the first round's best (the smallest model, the highest rate).
+    ("d3-w192-b8-lr6e-3", 3, 192, 8, 6e-3),
+    ("d3-w192-b8-lr1e-2", 3, 192, 8, 1e-2),
+    ("d2-w128-b8-lr6e-3", 2, 128, 8, 6e-3),
+    ("d3-w192-b4-lr6e-3", 3, 192, 4, 6e-3),
 ]
 
 

@@ -103,7 +103,7 @@ pub fn evaluate_model(loaded: &LoadedModel, tasks: &[Task], opts: &EvalOptions) 
     })
 }
 
-/// Loads a checkpoint (or a run's newest) on the CPU and scores `tasks`.
+/// Loads a checkpoint (or a run's selected checkpoint, else its newest) on the CPU and scores `tasks`.
 pub fn evaluate_checkpoint(model: &Path, tasks: &[Task], opts: &EvalOptions) -> Result<EvalReport> {
     let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
     evaluate_model(&loaded, tasks, opts)

@@ -50,23 +50,12 @@ pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
     run.join(format!("ckpt-{step:06}"))
 }
 
-/// Completed checkpoints of a run, oldest first.
+/// Completed checkpoints of a run, oldest first (none when the run directory does not exist).
 pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
     if !run.exists() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    for e in std::fs::read_dir(run).with_context(|| format!("cannot list {}", run.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
-            if e.file_type()?.is_dir() {
-                out.push((step, e.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    jarip_ledger::run_dir::checkpoints(run)
 }
 
 pub fn latest_checkpoint(run: &Path) -> Result<Option<(u64, PathBuf)>> {

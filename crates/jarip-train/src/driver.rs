@@ -174,12 +174,8 @@ struct Progress {
 }
 
 impl Progress {
-    /// The evaluation with the lowest held-out loss (the earliest of equals).
     fn best(&self) -> Option<&HeldOutEval> {
-        self.evals.iter().fold(None, |b: Option<&HeldOutEval>, e| match b {
-            Some(b) if b.val_loss <= e.val_loss => Some(b),
-            _ => Some(e),
-        })
+        best_eval(&self.evals)
     }
 
     /// Evaluations since the best one.
@@ -493,6 +489,14 @@ impl Run<'_> {
         p.last_ckpt = Some(dir);
         Ok(())
     }
+}
+
+/// The evaluation with the lowest held-out loss (the earliest of equals).
+pub(crate) fn best_eval(evals: &[HeldOutEval]) -> Option<&HeldOutEval> {
+    evals.iter().fold(None, |b: Option<&HeldOutEval>, e| match b {
+        Some(b) if b.val_loss <= e.val_loss => Some(b),
+        _ => Some(e),
+    })
 }
 
 /// The held-out figures of a metrics line that has them.

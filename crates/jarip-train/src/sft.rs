@@ -39,7 +39,7 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftOptions {
-    /// The base model: a checkpoint directory, or a run directory (its newest checkpoint).
+    /// The base model: a checkpoint directory, or a run directory (its selected checkpoint, else its newest).
     pub base: PathBuf,
     /// Conversations, one `{"messages":[…]}` per line.
     pub data: PathBuf,
@@ -551,14 +551,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let done = run.train(&mut stage, &model, &mut optim, state, resumed_from, start)?;
     let last = done.last_checkpoint.clone().context("fine-tuning wrote no checkpoint")?;
     let (selected_step, selected_dir, selected_sha, rule, reason) = if select {
-        let best = done
-            .evals
-            .iter()
-            .fold(None, |b: Option<&HeldOutEval>, e| match b {
-                Some(b) if b.val_loss <= e.val_loss => Some(b),
-                _ => Some(e),
-            })
-            .context("no held-out evaluation was recorded")?;
+        let best = crate::driver::best_eval(&done.evals).context("no held-out evaluation was recorded")?;
         let (dir, sha) = if best.step == 0 {
             (base.dir.clone(), base_sha.clone())
         } else {

@@ -203,7 +203,7 @@ impl SamplingArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    /// A checkpoint directory, or a run directory (its selected checkpoint, else its newest).
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long)]
@@ -284,7 +284,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
-    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    /// A checkpoint directory, or a run directory (its selected checkpoint, else its newest).
     #[arg(long)]
     pub model: PathBuf,
     /// A system message to start every conversation with.

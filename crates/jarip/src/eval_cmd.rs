@@ -12,7 +12,7 @@ fn layouts_help() -> String {
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Checkpoint directory (RUN/ckpt-STEP) or run directory (its newest checkpoint); repeat to
+    /// Checkpoint directory (RUN/ckpt-STEP) or run directory (its selected checkpoint, else its newest); repeat to
     /// compare models side by side.
     #[arg(long, required = true)]
     pub model: Vec<PathBuf>,

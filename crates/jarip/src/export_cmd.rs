@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Checkpoint directory, or a run directory (its newest checkpoint).
+    /// Checkpoint directory, or a run directory (its selected checkpoint, else its newest).
     #[arg(long)]
     pub model: PathBuf,
     /// Output: a directory for `hf`, a `.gguf` file for `gguf` (written atomically; must not exist).

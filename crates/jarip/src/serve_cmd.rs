@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// A checkpoint directory, or a run directory (its newest checkpoint).
+    /// A checkpoint directory, or a run directory (its selected checkpoint, else its newest).
     #[arg(long)]
     pub model: PathBuf,
     /// Address to listen on; loopback unless you say otherwise.
