@@ -106,10 +106,10 @@ pub fn run(a: &SpeedrunArgs) -> Result<()> {
     let plan = plan_fine_tuning(a)?;
 
     if !a.no_pretrain {
-        let base = pretrain_and_compare(a, &plan)?;
+        let (base, verdict) = pretrain_and_compare(a, &plan)?;
         let sft = fine_tune(a, &plan, &base, &ledger)?;
         let chats = sample_chats(&sft.selected_checkpoint)?;
-        evaluate_and_report(a, &base, &sft, &chats)?;
+        evaluate_and_report(a, &base, verdict, &sft, &chats)?;
     }
 
     let entries = jarip_ledger::Ledger::at(&ledger).verify_chain()?;
@@ -183,7 +183,8 @@ fn plan_fine_tuning(a: &SpeedrunArgs) -> Result<SftPlan> {
     Ok(SftPlan { conversations: path, steps, epochs, eval_every, reserve_steps })
 }
 
-fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<PathBuf> {
+/// Pretrains the base model; returns its last checkpoint and the stage's verdict line.
+fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<(PathBuf, String)> {
     let shards = a.out.join("shards");
     let tokenizer_dir = a.out.join("tokenizer");
     println!(
@@ -227,17 +228,16 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<PathBuf> {
     let set = jarip_data::ShardSet::open(&shards, Some(tok.sha256()))?;
     let token_bytes = jarip_train::eval::token_byte_lengths(&tok);
     let unigram = jarip_data::baseline::unigram_bpb(&set, &token_bytes)?;
-    match summary.val_bpb {
-        Some(bpb) => {
-            let verdict = if bpb < unigram { "improved" } else { "NOT improved" };
-            println!(
-                "      pretraining verdict: validation bits/byte {bpb:.3} vs unigram baseline {unigram:.3} ({verdict}: {:.0}% {})",
-                100.0 * (1.0 - bpb / unigram).abs(),
-                if bpb < unigram { "below" } else { "above" }
-            )
-        }
-        None => println!("      pretraining verdict: not measured (unigram baseline {unigram:.3} bits/byte)"),
-    }
+    let verdict = match summary.val_bpb {
+        Some(bpb) => format!(
+            "pretraining verdict: validation bits/byte {bpb:.3} vs unigram baseline {unigram:.3} ({}: {:.0}% {})",
+            if bpb < unigram { "improved" } else { "NOT improved" },
+            100.0 * (1.0 - bpb / unigram).abs(),
+            if bpb < unigram { "below" } else { "above" }
+        ),
+        None => format!("pretraining verdict: not measured (unigram baseline {unigram:.3} bits/byte)"),
+    };
+    println!("      {verdict}");
     let ckpt = summary.last_checkpoint.context("pretraining wrote no checkpoint")?;
     let engine = engine_for(&ckpt)?;
     for prompt in ["대한민국은", "모든 국민은", "To be, or not to be", "KING HENRY."] {
@@ -248,7 +248,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<PathBuf> {
         let c = engine.generate(jarip_infer::Request::new(ids, 40, sampling), |_| {})?;
         println!("      sample: {prompt}{}", c.text.replace('\n', " ⏎ "));
     }
-    Ok(ckpt)
+    Ok((ckpt, verdict))
 }
 
 fn engine_for(model: &std::path::Path) -> Result<jarip_infer::Engine> {
@@ -301,6 +301,7 @@ fn fine_tune(
 fn evaluate_and_report(
     a: &SpeedrunArgs,
     base: &std::path::Path,
+    base_verdict: String,
     sft: &jarip_train::SftSummary,
     chats: &[(String, String)],
 ) -> Result<()> {
@@ -321,9 +322,9 @@ fn evaluate_and_report(
         println!("{}", jarip_eval::render_table(&reports));
         scored.push(reports.into_iter().next().context("the evaluation returned no report")?);
     }
-    let mut verdicts = vec![crate::chat_cmd::sft_verdict(sft)];
+    let mut verdicts = vec![base_verdict, crate::chat_cmd::sft_verdict(sft)];
     verdicts.extend(sanity_verdicts(&scored[0], &scored[1]));
-    for v in &verdicts {
+    for v in &verdicts[1..] {
         println!("      {v}");
     }
     let report = jarip_eval::write_report(&a.out)?;
