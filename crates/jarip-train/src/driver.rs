@@ -259,9 +259,10 @@ impl Run<'_> {
         // A time budget becomes a step count after a few measured steps, so that the schedule
         // (and hence every weight) is a function of the step alone: resumable and replayable bit
         // for bit. Steps before the plan are at most the first step past warmup, whose rate does
-        // not depend on the total.
-        let plan_after = self.schedule.warmup_steps.clamp(1, 3);
-        let (first_step, mut timed_s) = (p.state.step, 0f64);
+        // not depend on the total. The rate is the median of the measured steps after the first
+        // (which pays for allocations and cold caches), over up to ten.
+        let plan_after = self.schedule.warmup_steps.clamp(1, 10);
+        let (first_step, mut step_times) = (p.state.step, Vec::new());
         let mut stopped_early_at = None;
         if self.select.is_some() && p.state.step == 0 {
             // The starting point is a candidate too: fine-tuning that never beats the base
@@ -290,10 +291,10 @@ impl Run<'_> {
             p.last_loss = Some(out.loss);
             let step = p.state.step;
             let dt = t0.elapsed().as_secs_f64();
-            timed_s += dt;
+            step_times.push(dt);
             if let (Some(b), None) = (self.budget_s, p.total) {
                 if step - first_step >= plan_after {
-                    let per_step = timed_s / (step - first_step) as f64;
+                    let per_step = typical_step_s(&step_times);
                     let left = ((b - p.run_start.elapsed().as_secs_f64()).max(0.0) / per_step) as u64;
                     let planned = left.saturating_sub(self.reserve_steps) + step;
                     // Rank 0's clock decides for every rank.
@@ -491,6 +492,14 @@ impl Run<'_> {
     }
 }
 
+/// A step's duration for planning: the median of those measured, leaving out the first when
+/// there are three or more.
+fn typical_step_s(times: &[f64]) -> f64 {
+    let mut t: Vec<f64> = if times.len() >= 3 { times[1..].to_vec() } else { times.to_vec() };
+    t.sort_by(f64::total_cmp);
+    t.get(t.len() / 2).copied().unwrap_or(0.0).max(1e-9)
+}
+
 /// The evaluation with the lowest held-out loss (the earliest of equals).
 pub(crate) fn best_eval(evals: &[HeldOutEval]) -> Option<&HeldOutEval> {
     evals.iter().fold(None, |b: Option<&HeldOutEval>, e| match b {
@@ -507,4 +516,16 @@ fn held_out_eval(line: &StepMetrics) -> Option<HeldOutEval> {
         val_bpb: line.val_bpb?,
         template_loss: line.val_template_loss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planning_ignores_the_slow_first_step() {
+        assert_eq!(typical_step_s(&[2.0, 0.5, 0.4, 0.6, 0.5]), 0.5);
+        assert_eq!(typical_step_s(&[2.0, 0.4]), 2.0);
+        assert!(typical_step_s(&[]) > 0.0);
+    }
 }
