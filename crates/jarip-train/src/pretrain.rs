@@ -56,6 +56,13 @@ fn to_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
+/// The identity of a shard set: the Merkle root of its shard files, which the shard writer
+/// records in its manifest, or the manifest's own content hash for shard sets that lack it.
+pub(crate) fn shards_merkle_root(dir: &Path) -> Result<String> {
+    let m = Manifest::read(dir)?;
+    Ok(m.settings.get("merkle_root").and_then(|r| r.as_str()).map_or_else(|| m.content_hash(), str::to_string))
+}
+
 /// The model a run trains: drawn from the seed, or restored from the run's newest checkpoint
 /// (with its trainer state and directory) when resuming, after checking that the invocation
 /// asks for the same run.
@@ -226,11 +233,8 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         Tokenizer::load(&tok_path).with_context(|| format!("cannot load tokenizer {}", tok_path.display()))?;
     let shards = ShardSet::open(&opts.data, Some(tokenizer.sha256()))?;
     let vocab = tokenizer.vocab_size();
-    // The shard writer records the Merkle root of its shard files in its manifest; fall back
-    // to the manifest's own content hash for shard sets that lack it.
     let shards_root = if opts.data.join(jarip_ledger::manifest::MANIFEST_FILE).exists() {
-        let m = Manifest::read(&opts.data)?;
-        Some(m.settings.get("merkle_root").and_then(|r| r.as_str()).map_or_else(|| m.content_hash(), str::to_string))
+        Some(shards_merkle_root(&opts.data)?)
     } else {
         None
     };

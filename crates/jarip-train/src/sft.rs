@@ -385,13 +385,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let mix_config = match &mix_set {
         Some((dir, _)) => Some(MixConfig {
             shards: dir.display().to_string(),
-            shards_merkle_root: jarip_ledger::Manifest::read(dir)
-                .map(|m| {
-                    m.settings
-                        .get("merkle_root")
-                        .and_then(|r| r.as_str())
-                        .map_or_else(|| m.content_hash(), str::to_string)
-                })
+            shards_merkle_root: crate::pretrain::shards_merkle_root(dir)
                 .with_context(|| format!("--mix-data {}: no shard manifest", dir.display()))?,
             rows,
             start: mix_start,
