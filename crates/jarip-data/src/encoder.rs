@@ -5,6 +5,10 @@
 pub trait TokenEncoder: Sync {
     /// Encodes texts (in parallel where the implementation can), preserving order.
     fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>>;
+    /// Encodes one text (for callers that are already parallel over documents).
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_batch(&[text]).pop().unwrap_or_default()
+    }
     /// Id of `<|bos|>`, written before every document.
     fn bos_id(&self) -> u32;
     /// Number of ids (every id is below it); decides u16 versus u32 shards.
@@ -16,6 +20,9 @@ pub trait TokenEncoder: Sync {
 impl TokenEncoder for jarip_tokenizer::Tokenizer {
     fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         jarip_tokenizer::Tokenizer::encode_batch(self, texts)
+    }
+    fn encode(&self, text: &str) -> Vec<u32> {
+        jarip_tokenizer::Tokenizer::encode(self, text)
     }
     fn bos_id(&self) -> u32 {
         jarip_tokenizer::Tokenizer::bos_id(self)

@@ -10,6 +10,8 @@
 //! - [`shard`]: tokenizing prepared documents into binary `train-*.bin` / `val-*.bin` shards;
 //! - [`conversations`], [`sft`]: chat data for fine-tuning (validated conversation files, the
 //!   demo conversation generator, packing with assistant-only loss masks);
+//! - [`contamination`]: which evaluation items a corpus holds (GPT-3's 13-gram rule, Llama 2's
+//!   ≥ 10-token spans), exact, streamed past an index of the evaluation set's n-grams;
 //! - [`reader`]: memory-mapped shard sets, validated, with a deterministic, resumable batch sampler.
 //!
 //! Every output directory is built with [`jarip_ledger::AtomicDir`] and described by a
@@ -19,10 +21,12 @@
 
 pub mod baseline;
 pub mod clean;
+pub mod contamination;
 pub mod conversations;
 pub mod dedup;
 pub mod encoder;
 pub mod ingest;
+pub mod licence;
 pub mod prepare;
 pub mod reader;
 pub mod script;

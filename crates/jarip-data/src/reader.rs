@@ -339,7 +339,9 @@ pub struct BatchSampler<'a> {
 
 /// Fisher–Yates with ChaCha8 (stream = epoch). Written out rather than `SliceRandom::shuffle`
 /// so that the order depends only on ChaCha's output, not on a `rand` version's algorithm.
-pub(crate) fn epoch_order(windows: u64, seed: u64, epoch: u64) -> Vec<u64> {
+/// Public so that provenance can rebuild a recorded order (window indexes, as
+/// [`BatchSampler::read_window`] numbers them).
+pub fn epoch_order(windows: u64, seed: u64, epoch: u64) -> Vec<u64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(epoch);
     let mut order: Vec<u64> = (0..windows).collect();
@@ -389,6 +391,16 @@ impl<'a> BatchSampler<'a> {
         self.batch_size
     }
 
+    /// Window `w`'s `seq_len + 1` tokens (windows numbered across train shards in shard order,
+    /// as [`epoch_order`] permutes them) into `out`.
+    pub fn read_window(&self, w: u64, out: &mut Vec<u32>) {
+        let l = self.seq_len;
+        let shard = self.prefix.partition_point(|&p| p <= w) - 1;
+        let start = (w - self.prefix[shard]) * l as u64;
+        out.clear();
+        self.set.read_tokens(Split::Train, shard, start, l + 1, out);
+    }
+
     /// The next batch; moves into the next epoch (reshuffled) when this one runs out.
     pub fn next_batch(&mut self) -> Batch {
         let (b, l) = (self.batch_size, self.seq_len);
@@ -403,10 +415,7 @@ impl<'a> BatchSampler<'a> {
             }
             let w = self.order[self.state.position as usize];
             self.state.position += 1;
-            let shard = self.prefix.partition_point(|&p| p <= w) - 1;
-            let start = (w - self.prefix[shard]) * l as u64;
-            window.clear();
-            self.set.read_tokens(Split::Train, shard, start, l + 1, &mut window);
+            self.read_window(w, &mut window);
             inputs.extend_from_slice(&window[..l]);
             targets.extend_from_slice(&window[1..]);
         }

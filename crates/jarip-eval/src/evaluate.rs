@@ -1,7 +1,7 @@
 //! Scoring tasks on any [`LanguageModel`]: requests built, scored in batches, reduced to metrics.
 
 use crate::lm::{LanguageModel, LlRequest, SharedContext};
-use crate::metrics::{gen_metrics, mc_metrics, mc_outcome, TextTotals, PRIMARY_METRICS};
+use crate::metrics::{gen_metrics, mc_metrics, mc_outcome, McOutcome, TextTotals, PRIMARY_METRICS};
 use crate::prompt::{encode_pair, fewshot_indices, gen_context, mc_context};
 use crate::task::{Examples, GenExample, Layout, McExample, Task};
 use anyhow::{bail, Context, Result};
@@ -67,6 +67,86 @@ pub struct TaskResult {
     pub seconds: f64,
     /// UTF-8 bytes of text read by the model (bits-per-byte tasks), for throughput.
     pub text_bytes: u64,
+    /// The same scores over the task's clean examples alone (when [`Task::clean`] is set).
+    pub clean: Option<SubsetResult>,
+}
+
+/// Scores over a subset of a task's examples: the clean ones of a contamination report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubsetResult {
+    /// Examples in the subset.
+    pub n: usize,
+    /// Examples scored but left out of it (contaminated).
+    pub excluded: usize,
+    /// Metric name → value, as [`TaskResult::metrics`]; NaN when the subset is empty.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl SubsetResult {
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// What each scored example came to, kept so that metrics can be reduced over the whole task
+/// and over a subset from the same model outputs.
+enum Outcomes {
+    MultipleChoice(Vec<McOutcome>),
+    Generative {
+        generations: Vec<String>,
+        answers: Vec<Vec<String>>,
+    },
+    /// The task's totals (summed as scored) and each document's own.
+    Text {
+        total: TextTotals,
+        per_doc: Vec<TextTotals>,
+    },
+}
+
+impl Outcomes {
+    fn metrics(&self, macro_f1: bool) -> Vec<(String, f64)> {
+        match self {
+            Outcomes::MultipleChoice(o) => mc_metrics(o, macro_f1),
+            Outcomes::Generative { generations, answers } => gen_metrics(generations, answers),
+            Outcomes::Text { total, .. } => total.metrics(),
+        }
+    }
+
+    /// Metrics over the examples `keep` marks (`keep` covers at least the scored examples).
+    fn subset(&self, keep: &[bool], macro_f1: bool) -> SubsetResult {
+        let pick = |i: usize| keep.get(i).copied().unwrap_or(false);
+        let (n, metrics) = match self {
+            Outcomes::MultipleChoice(o) => {
+                let sub: Vec<McOutcome> = o.iter().enumerate().filter(|(i, _)| pick(*i)).map(|(_, x)| *x).collect();
+                (sub.len(), mc_metrics(&sub, macro_f1))
+            }
+            Outcomes::Generative { generations, answers } => {
+                let idx: Vec<usize> = (0..generations.len()).filter(|&i| pick(i)).collect();
+                let g: Vec<String> = idx.iter().map(|&i| generations[i].clone()).collect();
+                let a: Vec<Vec<String>> = idx.iter().map(|&i| answers[i].clone()).collect();
+                (idx.len(), gen_metrics(&g, &a))
+            }
+            Outcomes::Text { per_doc, .. } => {
+                let mut t = TextTotals::default();
+                let mut n = 0;
+                for d in per_doc.iter().enumerate().filter(|(i, _)| pick(*i)).map(|(_, d)| d) {
+                    t.nats += d.nats;
+                    t.tokens += d.tokens;
+                    t.bytes += d.bytes;
+                    t.words += d.words;
+                    n += 1;
+                }
+                (n, t.metrics())
+            }
+        };
+        let total = match self {
+            Outcomes::MultipleChoice(o) => o.len(),
+            Outcomes::Generative { generations, .. } => generations.len(),
+            Outcomes::Text { per_doc, .. } => per_doc.len(),
+        };
+        let metrics = if n == 0 { metrics.into_iter().map(|(k, _)| (k, f64::NAN)).collect() } else { metrics };
+        SubsetResult { n, excluded: total - n, metrics }
+    }
 }
 
 impl TaskResult {
@@ -113,21 +193,31 @@ pub fn evaluate_task<M: LanguageModel + ?Sized>(
     opts: &EvalOptions,
 ) -> Result<TaskResult> {
     let t0 = Instant::now();
-    let (n, metrics, text_bytes) = match &task.examples {
+    let (n, outcomes) = match &task.examples {
         Examples::MultipleChoice(v) => {
             let n = limited(v, opts);
-            (n, multiple_choice(lm, tok, task, v, n, opts)?, 0)
+            (n, multiple_choice(lm, tok, task, v, n, opts)?)
         }
         Examples::Generative(v) => {
             let n = limited(v, opts);
-            (n, generative(lm, tok, task, v, n, opts)?, 0)
+            (n, generative(lm, tok, task, v, n, opts)?)
         }
         Examples::Text(docs) => {
             let n = limited(docs, opts);
-            let totals = bits_per_byte(lm, tok, task, &docs[..n], opts)?;
-            (n, totals.metrics(), totals.bytes)
+            (n, bits_per_byte(lm, tok, task, &docs[..n], opts)?)
         }
     };
+    let text_bytes = match &outcomes {
+        Outcomes::Text { total, .. } => total.bytes,
+        _ => 0,
+    };
+    if let Some(clean) = &task.clean {
+        if clean.len() != task.examples.len() {
+            bail!("the contamination report covers {} examples, the task holds {}", clean.len(), task.examples.len());
+        }
+    }
+    let metrics = outcomes.metrics(task.macro_f1);
+    let clean = task.clean.as_ref().map(|keep| outcomes.subset(&keep[..n], task.macro_f1));
     let result = TaskResult {
         name: task.name.clone(),
         layout: task.layout,
@@ -138,6 +228,7 @@ pub fn evaluate_task<M: LanguageModel + ?Sized>(
         metrics,
         seconds: t0.elapsed().as_secs_f64(),
         text_bytes,
+        clean,
     };
     done(opts, &result);
     Ok(result)
@@ -163,7 +254,7 @@ fn multiple_choice<M: LanguageModel + ?Sized>(
     all: &[McExample],
     n: usize,
     opts: &EvalOptions,
-) -> Result<Vec<(String, f64)>> {
+) -> Result<Outcomes> {
     let mut questions = Vec::with_capacity(n);
     for (i, ex) in all[..n].iter().enumerate() {
         let shots: Vec<&McExample> =
@@ -187,7 +278,7 @@ fn multiple_choice<M: LanguageModel + ?Sized>(
         progress(opts, || format!("  {}: {}/{n} questions scored", task.name, scores.len()));
     }
     let outcomes: Vec<_> = all[..n].iter().zip(&scores).map(|(ex, s)| mc_outcome(s, &ex.choices, ex.gold)).collect();
-    Ok(mc_metrics(&outcomes, task.macro_f1))
+    Ok(Outcomes::MultipleChoice(outcomes))
 }
 
 fn generative<M: LanguageModel + ?Sized>(
@@ -197,7 +288,7 @@ fn generative<M: LanguageModel + ?Sized>(
     all: &[GenExample],
     n: usize,
     opts: &EvalOptions,
-) -> Result<Vec<(String, f64)>> {
+) -> Result<Outcomes> {
     // Generation ends at a stop string or at any special token (<|eos|>, <|end|>, …).
     let stop_tokens: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_special(t)).collect();
     let mut requests = Vec::with_capacity(n);
@@ -225,7 +316,7 @@ fn generative<M: LanguageModel + ?Sized>(
         progress(opts, || format!("  {}: {}/{n} generated", task.name, generations.len()));
     }
     let answers: Vec<Vec<String>> = all[..n].iter().map(|e| e.answers.clone()).collect();
-    Ok(gen_metrics(&generations, &answers))
+    Ok(Outcomes::Generative { generations, answers })
 }
 
 /// Token windows covering a document: `<|bos|>` then the text's tokens, cut into disjoint
@@ -248,30 +339,47 @@ fn bits_per_byte<M: LanguageModel + ?Sized>(
     task: &Task,
     docs: &[String],
     opts: &EvalOptions,
-) -> Result<TextTotals> {
+) -> Result<Outcomes> {
     let mut totals = TextTotals::default();
+    let mut per_doc = Vec::with_capacity(docs.len());
     let mut windows = Vec::new();
-    for d in docs {
+    // The document each window belongs to.
+    let mut owner = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
         let mut ids = vec![tok.bos_id()];
         tok.encode_into(d, &mut ids);
-        totals.tokens += ids.len() as u64 - 1;
-        totals.bytes += d.len() as u64;
-        totals.words += d.split_whitespace().count() as u64;
-        windows.extend(rolling_windows(&ids, lm.max_len()));
+        let doc = TextTotals {
+            nats: 0.0,
+            tokens: ids.len() as u64 - 1,
+            bytes: d.len() as u64,
+            words: d.split_whitespace().count() as u64,
+        };
+        totals.tokens += doc.tokens;
+        totals.bytes += doc.bytes;
+        totals.words += doc.words;
+        per_doc.push(doc);
+        let w = rolling_windows(&ids, lm.max_len());
+        owner.extend(std::iter::repeat_n(i, w.len()));
+        windows.extend(w);
     }
     let requests: Vec<LlRequest> =
         windows.iter().map(|w| LlRequest { context: w[..1].to_vec(), continuation: w[1..].to_vec() }).collect();
     let per_call = (CHUNK / 8).max(opts.batch_size);
     let mut done = 0;
     for chunk in requests.chunks(per_call) {
-        totals.nats -= lm.logprobs(chunk)?.iter().sum::<f64>();
+        let lps = lm.logprobs(chunk)?;
+        // The task's total is summed per call, as it always was; each document's on the side.
+        totals.nats -= lps.iter().sum::<f64>();
+        for (lp, &o) in lps.iter().zip(&owner[done..done + chunk.len()]) {
+            per_doc[o].nats -= lp;
+        }
         done += chunk.len();
         progress(opts, || format!("  {}: {done}/{} windows", task.name, windows.len()));
     }
     if totals.bytes == 0 {
         bail!("no text to measure");
     }
-    Ok(totals)
+    Ok(Outcomes::Text { total: totals, per_doc })
 }
 
 #[cfg(test)]

@@ -29,10 +29,10 @@ pub mod sanity;
 pub mod table;
 pub mod task;
 
-pub use evaluate::{evaluate, evaluate_task, EvalOptions, TaskResult};
+pub use evaluate::{evaluate, evaluate_task, EvalOptions, SubsetResult, TaskResult};
 pub use layouts::{load_task, load_tasks};
 pub use lm::{GptLm, LanguageModel, LlRequest, LlScore, SharedContext};
 pub use report::write_report;
-pub use run::{evaluate_checkpoint, run_eval, EvalReport, EvalRequest, LedgerChoice, ModelInfo};
+pub use run::{apply_contamination, evaluate_checkpoint, run_eval, EvalReport, EvalRequest, LedgerChoice, ModelInfo};
 pub use table::render_table;
 pub use task::{Examples, Layout, Task, TaskSpec};

@@ -1,6 +1,10 @@
 //! `jarip eval` as a library call: check the output path, read every task file, load each model,
 //! score, write the JSON (atomically, only when everything succeeded), append the ledger entry.
 //! The CLI and `jarip speedrun` both go through [`run_eval`].
+//!
+//! With a contamination report (`jarip data contamination --out`), each task is also scored on
+//! its clean examples alone ([`apply_contamination`]): examples are matched by their index in the
+//! task file, and the report must name the task file's SHA-256, so a changed file is refused.
 
 use crate::evaluate::{evaluate, EvalOptions, TaskResult};
 use crate::layouts::load_tasks;
@@ -8,7 +12,7 @@ use crate::lm::GptLm;
 use crate::task::{Task, TaskSpec};
 use anyhow::{bail, Context, Result};
 use jarip_infer::LoadedModel;
-use jarip_ledger::records::{CheckpointSettings, EvalDetails, EvalModel};
+use jarip_ledger::records::{CheckpointSettings, ContaminationReport, EvalDetails, EvalModel};
 use jarip_ledger::{Entry, FileRef, Ledger};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -44,6 +48,8 @@ pub struct EvalReport {
     pub results: Vec<TaskResult>,
     pub time: String,
     pub elapsed_s: f64,
+    /// The contamination report whose clean subsets were scored too.
+    pub contamination: Option<FileRef>,
 }
 
 fn finite(x: f64) -> Value {
@@ -84,8 +90,95 @@ impl EvalReport {
         if let Some(c) = jarip_ledger::git_commit() {
             out["git_commit"] = c.into();
         }
+        if let Some(clean) = self.clean_results() {
+            out["clean_results"] = clean;
+        }
+        if let Some(c) = &self.contamination {
+            out["contamination"] = json!({"report": c.path, "sha256": c.sha256});
+        }
         out
     }
+
+    /// `{TASK: {metric: value, …, "n": N, "n_contaminated": K}}` over each task's clean examples,
+    /// when a contamination report was given.
+    pub fn clean_results(&self) -> Option<Value> {
+        let mut clean = Map::new();
+        for r in &self.results {
+            if let Some(c) = &r.clean {
+                let mut m: Map<String, Value> = c.metrics.iter().map(|(k, v)| (k.clone(), finite(*v))).collect();
+                m.insert("n".into(), c.n.into());
+                m.insert("n_contaminated".into(), c.excluded.into());
+                clean.insert(r.name.clone(), Value::Object(m));
+            }
+        }
+        (!clean.is_empty()).then_some(Value::Object(clean))
+    }
+}
+
+/// The first 16 characters of a hash, for messages.
+fn short(h: &str) -> String {
+    h.chars().take(16).collect()
+}
+
+/// Marks each task's clean examples from a contamination report (`clean[i]` = item `i` is not
+/// `contaminated`). A task is found in the report by its file's SHA-256 and layout; a report
+/// naming the same file with another hash means the file changed since, and is refused, as is
+/// a task the report does not cover. Returns the report file's reference for the record.
+pub fn apply_contamination(tasks: &mut [Task], report_path: &Path) -> Result<FileRef> {
+    let text = std::fs::read_to_string(report_path)
+        .with_context(|| format!("cannot read the contamination report {}", report_path.display()))?;
+    let report: ContaminationReport = serde_json::from_str(&text).with_context(|| {
+        format!("{} is not a contamination report (written by `jarip data contamination --out`)", report_path.display())
+    })?;
+    for task in tasks.iter_mut() {
+        let layout = task.layout.name();
+        let path = task.path.display().to_string();
+        let Some(rt) = report.tasks.iter().find(|t| t.sha256 == task.sha256 && t.layout == layout) else {
+            let same_file = report.tasks.iter().find(|t| t.path == path || t.name == task.name);
+            match same_file {
+                Some(t) if t.sha256 != task.sha256 => bail!(
+                    "task file {path} changed since the contamination report {} was made (sha256 {}…, the report \
+                     has {}…): run `jarip data contamination` again",
+                    report_path.display(),
+                    short(&task.sha256),
+                    short(&t.sha256)
+                ),
+                Some(t) => bail!(
+                    "the contamination report {} read {path} as layout {}, this evaluation as {layout}",
+                    report_path.display(),
+                    t.layout
+                ),
+                None => bail!(
+                    "the contamination report {} does not cover task {} ({path}, sha256 {}…)",
+                    report_path.display(),
+                    task.name,
+                    short(&task.sha256)
+                ),
+            }
+        };
+        let n = task.examples.len();
+        if rt.n_items != n || rt.items.len() != n {
+            bail!(
+                "the contamination report {} lists {} items for {path}, which holds {n}",
+                report_path.display(),
+                rt.items.len()
+            );
+        }
+        let mut clean = vec![false; n];
+        for it in &rt.items {
+            match clean.get_mut(it.index) {
+                Some(c) => *c = !it.contaminated,
+                None => bail!(
+                    "the contamination report {} names item {} of {path}, which holds {n}",
+                    report_path.display(),
+                    it.index
+                ),
+            }
+        }
+        task.clean = Some(clean);
+    }
+    let bytes = std::fs::metadata(report_path).ok().map(|m| m.len());
+    Ok(FileRef { path: report_path.display().to_string(), sha256: jarip_ledger::sha256_bytes(text.as_bytes()), bytes })
 }
 
 /// Scores `tasks` on a loaded model.
@@ -100,6 +193,7 @@ pub fn evaluate_model(loaded: &LoadedModel, tasks: &[Task], opts: &EvalOptions) 
         results,
         time,
         elapsed_s: t0.elapsed().as_secs_f64(),
+        contamination: None,
     })
 }
 
@@ -160,13 +254,20 @@ fn ledger_entry(report: &EvalReport, tasks: &[Task], json_out: Option<&Path>) ->
         let bytes = std::fs::metadata(&weights).ok().map(|m| m.len());
         e.inputs.push(FileRef { path: weights.display().to_string(), sha256: sha.clone(), bytes });
     }
+    if let Some(c) = &report.contamination {
+        e.inputs.push(c.clone());
+    }
     if let Some(out) = json_out {
         e.outputs.push(FileRef::of_file(out)?);
     }
     e.config = serde_json::to_value(&report.options)?;
     e.seed = Some(report.options.seed);
     let doc = report.to_json();
-    e.set_details(&EvalDetails { model: report.model.clone(), results: doc["results"].clone() })?;
+    e.set_details(&EvalDetails {
+        model: report.model.clone(),
+        results: doc["results"].clone(),
+        clean_results: report.clean_results(),
+    })?;
     Ok(e)
 }
 
@@ -180,6 +281,8 @@ pub struct EvalRequest {
     /// Where to write the JSON results.
     pub json: Option<PathBuf>,
     pub ledger: LedgerChoice,
+    /// A `jarip data contamination` report: also score each task's clean examples.
+    pub contamination: Option<PathBuf>,
 }
 
 /// Checks the output path, reads and checks every task, scores each model, then writes the
@@ -194,13 +297,19 @@ pub fn run_eval(req: &EvalRequest) -> Result<Vec<EvalReport>> {
     if let Some(out) = &req.json {
         check_writable(out)?;
     }
-    let tasks = load_tasks(&req.tasks)?;
+    let mut tasks = load_tasks(&req.tasks)?;
+    let contamination = match &req.contamination {
+        Some(p) => Some(apply_contamination(&mut tasks, p)?),
+        None => None,
+    };
     let mut reports = Vec::new();
     for m in &req.models {
         if req.options.progress {
             eprintln!("evaluating {} on {} task(s)", m.display(), tasks.len());
         }
-        reports.push(evaluate_checkpoint(m, &tasks, &req.options).with_context(|| format!("model {}", m.display()))?);
+        let mut r = evaluate_checkpoint(m, &tasks, &req.options).with_context(|| format!("model {}", m.display()))?;
+        r.contamination = contamination.clone();
+        reports.push(r);
     }
     if let Some(out) = &req.json {
         write_json(out, &reports)?;
@@ -216,4 +325,97 @@ pub fn run_eval(req: &EvalRequest) -> Result<Vec<EvalReport>> {
         }
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layouts::test_files;
+    use crate::task::Layout;
+    use jarip_ledger::records::{ContaminationClass, ContaminationConfig, ItemContamination, TaskContamination};
+
+    fn report_for(task: &Task, contaminated: &[bool]) -> ContaminationReport {
+        let items: Vec<ItemContamination> = contaminated
+            .iter()
+            .enumerate()
+            .map(|(index, &c)| ItemContamination {
+                index,
+                tokens: 20,
+                contaminated: c,
+                ngram13: c,
+                fraction: if c { 1.0 } else { 0.0 },
+                class: if c { ContaminationClass::Dirty } else { ContaminationClass::Clean },
+                spans: vec![],
+                n_spans: 0,
+            })
+            .collect();
+        let n = |c: bool| contaminated.iter().filter(|x| **x == c).count();
+        ContaminationReport {
+            config: ContaminationConfig {
+                ngram: 13,
+                span: 10,
+                dirty_above: 0.8,
+                clean_below: 0.2,
+                contaminated_rule: String::new(),
+                item_text: String::new(),
+                tokenizer_sha256: String::new(),
+                corpus: vec![],
+                tasks: vec![],
+            },
+            scan: Default::default(),
+            tasks: vec![TaskContamination {
+                name: task.name.clone(),
+                layout: task.layout.name().into(),
+                path: task.path.display().to_string(),
+                sha256: task.sha256.clone(),
+                n_items: items.len(),
+                n_contaminated: n(true),
+                n_ngram13: n(true),
+                n_dirty: n(true),
+                n_not_clean: 0,
+                n_clean: n(false),
+                items,
+            }],
+            jarip_version: String::new(),
+            time: String::new(),
+        }
+    }
+
+    #[test]
+    fn reports_mark_clean_items_and_refuse_what_they_do_not_match() {
+        let d = tempfile::tempdir().unwrap();
+        let rows = [
+            serde_json::json!({"context": "a", "choices": ["x", "y"], "gold": 0}),
+            serde_json::json!({"context": "b", "choices": ["x", "y"], "gold": 1}),
+        ];
+        let p = test_files::jsonl(d.path(), "t.jsonl", &rows);
+        let task = crate::load_task(&TaskSpec::new(Layout::Jsonl, &p)).unwrap();
+        let write = |r: &ContaminationReport| {
+            let f = d.path().join("report.json");
+            std::fs::write(&f, serde_json::to_string(r).unwrap()).unwrap();
+            f
+        };
+        let f = write(&report_for(&task, &[true, false]));
+        let mut tasks = vec![task.clone()];
+        let r = apply_contamination(&mut tasks, &f).unwrap();
+        assert_eq!(tasks[0].clean, Some(vec![false, true]));
+        assert_eq!(r.sha256, jarip_ledger::sha256_file(&f).unwrap());
+
+        // Another layout, another item count, another task, a file that is no report.
+        let mut other = report_for(&task, &[true, false]);
+        other.tasks[0].layout = "kobest_boolq".into();
+        let e = apply_contamination(&mut [task.clone()], &write(&other)).unwrap_err().to_string();
+        assert!(e.contains("as layout kobest_boolq"), "{e}");
+        let e = apply_contamination(&mut [task.clone()], &write(&report_for(&task, &[true]))).unwrap_err();
+        assert!(e.to_string().contains("lists 1 items"), "{e}");
+        let mut other = report_for(&task, &[true, false]);
+        other.tasks[0].sha256 = "00".repeat(32);
+        other.tasks[0].name = "elsewhere".into();
+        other.tasks[0].path = "elsewhere.jsonl".into();
+        let e = apply_contamination(&mut [task.clone()], &write(&other)).unwrap_err();
+        assert!(e.to_string().contains("does not cover task t"), "{e}");
+        std::fs::write(&f, "{\"results\": {}}").unwrap();
+        let e = apply_contamination(&mut [task], &f).unwrap_err();
+        assert!(format!("{e:#}").contains("is not a contamination report"), "{e:#}");
+    }
 }

@@ -26,31 +26,56 @@ fn labels(reports: &[EvalReport]) -> Vec<String> {
         .collect()
 }
 
+/// One task's scores in a table: its full set, or its clean subset.
+struct Scores<'a> {
+    n: usize,
+    metrics: &'a [(String, f64)],
+}
+
+/// A task's scores in `r`: over all its examples, or over its clean ones (`clean`).
+fn scores<'a>(r: &'a EvalReport, task: &str, clean: bool) -> Option<Scores<'a>> {
+    let t = r.results.iter().find(|t| t.name == task)?;
+    if clean {
+        let c = t.clean.as_ref()?;
+        Some(Scores { n: c.n, metrics: &c.metrics })
+    } else {
+        Some(Scores { n: t.n, metrics: &t.metrics })
+    }
+}
+
+fn cell(s: Option<Scores>, metric: &str) -> String {
+    let Some(s) = s else { return "-".into() };
+    if metric == "n" {
+        return s.n.to_string();
+    }
+    let get = |name: &str| s.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    match (get(metric), get(&format!("{metric}_stderr"))) {
+        (Some(v), Some(se)) => format!("{} ± {}", format_value(metric, v), format_value(metric, se)),
+        (Some(v), None) => format_value(metric, v),
+        (None, _) => "-".into(),
+    }
+}
+
+/// Rows per task and metric; a task scored with a contamination report gets a second block,
+/// `TASK (clean)`, over its clean examples.
 pub fn render_table(reports: &[EvalReport]) -> String {
     let mut header = vec!["task".to_string(), "metric".to_string()];
     header.extend(labels(reports));
     let mut rows: Vec<Vec<String>> = Vec::new();
     let Some(first) = reports.first() else { return String::new() };
     for task in &first.results {
-        let mut first_row = true;
         let mut metric_names: Vec<&str> = vec!["n"];
         metric_names.extend(task.metrics.iter().map(|(m, _)| m.as_str()).filter(|m| !m.ends_with("_stderr")));
-        for metric in metric_names {
-            let mut row = vec![if first_row { task.name.clone() } else { String::new() }, metric.to_string()];
-            first_row = false;
-            for r in reports {
-                let cell = match r.results.iter().find(|t| t.name == task.name) {
-                    None => "-".into(),
-                    Some(t) if metric == "n" => t.n.to_string(),
-                    Some(t) => match (t.metric(metric), t.metric(&format!("{metric}_stderr"))) {
-                        (Some(v), Some(se)) => format!("{} ± {}", format_value(metric, v), format_value(metric, se)),
-                        (Some(v), None) => format_value(metric, v),
-                        (None, _) => "-".into(),
-                    },
-                };
-                row.push(cell);
+        let mut blocks = vec![(task.name.clone(), false)];
+        if reports.iter().any(|r| scores(r, &task.name, true).is_some()) {
+            blocks.push((format!("{} (clean)", task.name), true));
+        }
+        for (label, clean) in blocks {
+            for (i, metric) in metric_names.iter().enumerate() {
+                let mut row = vec![if i == 0 { label.clone() } else { String::new() }, metric.to_string()];
+                row.extend(reports.iter().map(|r| cell(scores(r, &task.name, clean), metric)));
+                rows.push(row);
             }
-            rows.push(row);
         }
     }
     let widths: Vec<usize> = (0..header.len())

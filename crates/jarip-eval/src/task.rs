@@ -183,6 +183,10 @@ pub struct Task {
     pub examples: Examples,
     /// Also report macro-F1 over the gold labels (KoBEST reports it).
     pub macro_f1: bool,
+    /// `clean[i]`: example `i` is free of contamination (from `jarip data contamination`'s
+    /// report, set by `jarip eval --contamination`). When set, every score is computed a second
+    /// time over the clean examples alone; `None` scores the full set only.
+    pub clean: Option<Vec<bool>>,
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ fn request(run: &Path, tasks: Vec<TaskSpec>, json_out: Option<PathBuf>, batch_si
         options: EvalOptions { batch_size, max_gen_tokens: 8, ..Default::default() },
         json: json_out,
         ledger: LedgerChoice::Auto,
+        contamination: None,
     }
 }
 

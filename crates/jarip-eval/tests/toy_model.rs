@@ -95,11 +95,10 @@ fn metric(r: &jarip_eval::TaskResult, name: &str) -> f64 {
     r.metric(name).unwrap_or_else(|| panic!("no {name} in {:?}", r.metrics))
 }
 
-#[test]
-fn acc_acc_norm_and_acc_bytes_match_hand_computed_values() {
-    let d = tempfile::tempdir().unwrap();
+/// Four two-choice questions and the log-likelihoods the toy model gives each continuation.
+fn four_questions(dir: &Path) -> (PathBuf, Toy) {
     let p = jsonl(
-        d.path(),
+        dir,
         "toy.jsonl",
         &[
             json!({"context": "Q1", "choices": ["yes", "no"], "gold": 0}),
@@ -123,6 +122,13 @@ fn acc_acc_norm_and_acc_bytes_match_hand_computed_values() {
         ("Q4|예", -2.4),
         ("Q4|yes", -3.0),
     ]);
+    (p, toy)
+}
+
+#[test]
+fn acc_acc_norm_and_acc_bytes_match_hand_computed_values() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, toy) = four_questions(d.path());
     let task = load_task(&TaskSpec::new(Layout::Jsonl, &p)).unwrap();
     let r = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap();
     assert_eq!(r.n, 4);
@@ -242,4 +248,64 @@ fn bits_per_byte_of_a_one_bit_per_token_model_is_tokens_over_bytes() {
     // 3 windows of 64 predicted tokens cover it (max_len 64), each scored once.
     let words = text.split_whitespace().count() as f64;
     assert!((metric(&r, "word_perplexity") - (text.len() as f64 * std::f64::consts::LN_2 / words).exp()).abs() < 1e-9);
+}
+
+#[test]
+fn clean_subsets_are_scored_from_the_same_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    // The multiple-choice task of the first test: acc per question [0, 0, 1, 0], acc_norm all 1.
+    let (p, toy) = four_questions(d.path());
+    let mut task = load_task(&TaskSpec::new(Layout::Jsonl, &p)).unwrap();
+    let full = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap();
+    assert!(full.clean.is_none());
+    task.clean = Some(vec![false, true, true, false]);
+    let r = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap();
+    assert_eq!(r.metrics, full.metrics, "the full set's scores do not change");
+    let c = r.clean.as_ref().unwrap();
+    assert_eq!((c.n, c.excluded), (2, 2));
+    assert_eq!((c.metric("acc"), c.metric("acc_norm")), (Some(0.5), Some(1.0)));
+    // With --limit, the subset is taken among the scored examples.
+    let r = evaluate_task(&toy, &toy.tok, &task, &EvalOptions { limit: Some(2), ..Default::default() }).unwrap();
+    let c = r.clean.unwrap();
+    assert_eq!((c.n, c.excluded, c.metric("acc")), (1, 1, Some(0.0)));
+    // An empty subset scores NaN, never a made-up number.
+    task.clean = Some(vec![false; 4]);
+    let c = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap().clean.unwrap();
+    assert_eq!(c.n, 0);
+    assert!(c.metric("acc").unwrap().is_nan());
+    // A mask of the wrong length is refused.
+    task.clean = Some(vec![true; 3]);
+    assert!(evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).is_err());
+
+    // Generation: the clean subset is the second and third prompts.
+    let p = jsonl(
+        d.path(),
+        "gen.jsonl",
+        &[
+            json!({"prompt": "a:", "answer": "x"}),
+            json!({"prompt": "b:", "answer": "y"}),
+            json!({"prompt": "c:", "answer": "z"}),
+        ],
+    );
+    let mut toy = Toy::new(&[]);
+    for (k, v) in [("a:", "x"), ("b:", "y"), ("c:", "q")] {
+        toy.script.insert(k.into(), v.into());
+    }
+    let mut task = load_task(&TaskSpec::new(Layout::Jsonl, &p)).unwrap();
+    task.clean = Some(vec![false, true, true]);
+    let r = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap();
+    assert!((metric(&r, "exact_match") - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(r.clean.unwrap().metric("exact_match"), Some(0.5));
+
+    // Bits per byte over the clean documents alone: one bit per byte-token, so tokens/bytes.
+    let p =
+        jsonl(d.path(), "text.jsonl", &[json!({"text": "ab"}), json!({"text": "대한민국"}), json!({"text": "c d"})]);
+    let toy = Toy::new(&[]);
+    let mut task = load_task(&TaskSpec::new(Layout::Bpb, &p)).unwrap();
+    task.clean = Some(vec![true, false, true]);
+    let r = evaluate_task(&toy, &toy.tok, &task, &EvalOptions::default()).unwrap();
+    assert_eq!(metric(&r, "bytes"), 17.0);
+    let c = r.clean.unwrap();
+    assert_eq!((c.n, c.metric("bytes"), c.metric("tokens")), (2, Some(5.0), Some(5.0)));
+    assert!((c.metric("bits_per_byte").unwrap() - 1.0).abs() < 1e-12);
 }

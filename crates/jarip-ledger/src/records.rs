@@ -79,6 +79,10 @@ fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 pub struct PretrainConfig<D: Domain> {
     pub model: D::Model,
     pub seed: u64,
+    /// The seed of the data order (`--data-seed`); runs that predate the field used `seed`
+    /// (read it with [`PretrainConfig::order_seed`]); the trainer always writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
     pub seq_len: usize,
     pub batch_size: usize,
     pub batch_tokens: usize,
@@ -97,11 +101,17 @@ pub struct PretrainConfig<D: Domain> {
 }
 
 impl<D: Domain> PretrainConfig<D> {
+    /// The seed the sampler shuffled the data with.
+    pub fn order_seed(&self) -> u64 {
+        self.data_seed.unwrap_or(self.seed)
+    }
+
     /// What must not change when a run is resumed (kernels and device may: they do not change
     /// the arithmetic's definition, only where it runs).
     pub fn same_run_as(&self, other: &Self) -> bool {
         self.model == other.model
             && self.seed == other.seed
+            && self.order_seed() == other.order_seed()
             && self.seq_len == other.seq_len
             && self.batch_size == other.batch_size
             && self.batch_tokens == other.batch_tokens
@@ -423,6 +433,68 @@ pub struct LineageDetails {
     pub plot: Option<String>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Data sources
+
+/// One input file of `data prepare` (the `sources` of its entry's details): what it was, and
+/// the licence it was given under, as stated by `--licence` or a `licences.json` beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// SPDX licence expression; `None` when none was stated.
+    pub licence: Option<String>,
+    /// Where it was stated (`--licence PATTERN` or the licences file).
+    pub licence_from: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data order
+
+/// `config` of `data-order`: how the run's recorded order was sampled and tested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataOrderConfig {
+    /// Training steps sampled across the run (one unit of the test each).
+    pub batches: usize,
+    /// Windows scored per sampled step.
+    pub windows_per_batch: usize,
+    pub alpha: f64,
+    /// Monte Carlo permutations of the rank statistic.
+    pub permutations: usize,
+    /// Seed of the permutations.
+    pub seed: u64,
+}
+
+/// `details` of `data-order`: the model tested against the run's order, and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataOrderDetails {
+    /// The model as named on the command line.
+    pub model: String,
+    /// Hash of its weights' tensors as loaded.
+    pub model_weights_sha256: String,
+    pub model_tokenizer_sha256: String,
+    pub run_tokenizer_sha256: String,
+    /// Whether the run's text was re-tokenised with the model's own tokenizer.
+    pub retokenised: bool,
+    /// The seed the recorded order was drawn with.
+    pub data_seed: u64,
+    /// `trained-on-this-order` or `not-shown`.
+    pub verdict: String,
+    pub batches: usize,
+    pub spearman: f64,
+    pub kendall: f64,
+    #[serde(deserialize_with = "null_as_nan")]
+    pub p_value: f64,
+    #[serde(deserialize_with = "null_as_nan")]
+    pub log10_p: f64,
+    /// How the p-value was obtained (permutations, or the asymptotic law beyond their reach).
+    pub method: String,
+    /// The JSON report and plot the entry's outputs hold.
+    pub report: Option<String>,
+    pub plot: Option<String>,
+}
+
 /// The model an `eval` entry scored (also the `model` object of `jarip eval --json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalModel {
@@ -446,6 +518,165 @@ pub struct EvalDetails {
     pub model: EvalModel,
     /// Task → metric → value (and `n`).
     pub results: Value,
+    /// With `--contamination`: task → the same metrics over the task's clean items only (and
+    /// `n`, `n_contaminated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_results: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contamination
+
+/// An evaluation item's class under Llama 2's rule (Touvron et al. 2023, sec. A.6), from the
+/// share of its tokens that matched spans of the corpus cover: `dirty` above 80 %, `clean`
+/// below 20 %, `not-clean` in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContaminationClass {
+    Clean,
+    NotClean,
+    Dirty,
+}
+
+impl ContaminationClass {
+    /// The class of an item whose matched spans cover `fraction` of its tokens.
+    pub fn of(fraction: f64, clean_below: f64, dirty_above: f64) -> Self {
+        if fraction > dirty_above {
+            Self::Dirty
+        } else if fraction < clean_below {
+            Self::Clean
+        } else {
+            Self::NotClean
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::NotClean => "not-clean",
+            Self::Dirty => "dirty",
+        }
+    }
+}
+
+/// One `--corpus` of a `contamination` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationCorpus {
+    /// The path as given: a prepared-corpus directory or a file.
+    pub path: String,
+    /// SHA-256 of a prepared directory's `manifest.json` (`null` for a plain file).
+    pub manifest_sha256: Option<String>,
+    /// The files read, with their SHA-256 (a prepared directory's from its manifest).
+    pub files: Vec<crate::FileRef>,
+}
+
+/// One `--task` of a `contamination` entry: which file, read in which layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationTaskFile {
+    /// The task's name, as `jarip eval` keys its results.
+    pub name: String,
+    pub layout: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+/// `config` of `contamination`, and the `config` of its report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationConfig {
+    /// GPT-3's rule: an item is contaminated when any of its `ngram`-token n-grams (13) occurs
+    /// in the corpus; an item shorter than that is one n-gram of its own length.
+    pub ngram: usize,
+    /// Llama 2's rule: a token is contaminated when a corpus match of at least `span` tokens
+    /// (10) covers it.
+    pub span: usize,
+    /// Llama 2's classes: `dirty` above this share of contaminated tokens (0.8) …
+    pub dirty_above: f64,
+    /// … `clean` below this one (0.2).
+    pub clean_below: f64,
+    /// What `contaminated` means in the report.
+    pub contaminated_rule: String,
+    /// The text checked for each item.
+    pub item_text: String,
+    pub tokenizer_sha256: String,
+    pub corpus: Vec<ContaminationCorpus>,
+    pub tasks: Vec<ContaminationTaskFile>,
+}
+
+/// A run of an item's tokens covered by corpus matches: tokens `start..end` of the item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContaminationSpan {
+    pub start: usize,
+    pub end: usize,
+    /// The span's tokens decoded.
+    pub text: String,
+}
+
+/// One evaluation item (its index in the task file, counting from 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemContamination {
+    pub index: usize,
+    /// Tokens of the text checked.
+    pub tokens: usize,
+    /// `ngram13 || class == dirty`: the item is left out of the clean subset `jarip eval
+    /// --contamination` scores.
+    pub contaminated: bool,
+    /// GPT-3's rule fired.
+    pub ngram13: bool,
+    /// Llama 2's contaminated share of the item's tokens.
+    pub fraction: f64,
+    pub class: ContaminationClass,
+    /// The covered runs (the first few; `n_spans` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<ContaminationSpan>,
+    #[serde(default)]
+    pub n_spans: usize,
+}
+
+/// One task's figures; `items` is absent in the ledger entry (the report file holds them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskContamination {
+    pub name: String,
+    pub layout: String,
+    pub path: String,
+    pub sha256: String,
+    pub n_items: usize,
+    pub n_contaminated: usize,
+    pub n_ngram13: usize,
+    pub n_dirty: usize,
+    pub n_not_clean: usize,
+    pub n_clean: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemContamination>,
+}
+
+/// What the corpus scan read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationScan {
+    pub documents: u64,
+    /// UTF-8 bytes of the documents' text.
+    pub bytes: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+}
+
+/// The file `jarip data contamination --out` writes (and `--json` prints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationReport {
+    pub config: ContaminationConfig,
+    pub scan: ContaminationScan,
+    pub tasks: Vec<TaskContamination>,
+    pub jarip_version: String,
+    pub time: String,
+}
+
+/// `details` of `contamination`: the per-task figures, and the report file if one was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationDetails {
+    pub scan: ContaminationScan,
+    pub tasks: Vec<TaskContamination>,
+    pub report: Option<String>,
+    pub report_sha256: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,6 +752,7 @@ mod tests {
         let pre = PretrainConfig::<Opaque> {
             model: Value::Null,
             seed: 5,
+            data_seed: Some(6),
             seq_len: 8,
             batch_size: 2,
             batch_tokens: 16,

@@ -8,7 +8,7 @@
 use crate::record::{Pretraining, RunRecord};
 use crate::verify::{verify, Check, Report, VerifyOptions};
 use anyhow::{Context, Result};
-use jarip_ledger::records::LineageDetails;
+use jarip_ledger::records::{ContaminationDetails, LineageDetails};
 use jarip_ledger::{Entry, Manifest};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -76,7 +76,203 @@ fn training_json(rec: &RunRecord, p: &Pretraining) -> Value {
     })
 }
 
+/// Contamination checks recorded with `jarip data contamination`: per check and task, how many
+/// evaluation items the corpus holds (GPT-3's 13-gram rule or Llama 2 `dirty`), and how many are
+/// Llama 2 `dirty` / `clean`.
+fn contamination_json(rec: &RunRecord) -> Vec<Value> {
+    rec.entries
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.stage == "contamination")
+        .map(|e| match e.details_as::<ContaminationDetails>() {
+            Ok(d) => json!({
+                "seq": e.seq,
+                "time": e.time,
+                "documents": d.scan.documents,
+                "bytes": d.scan.bytes,
+                "report": d.report,
+                "report_sha256": d.report_sha256,
+                "tasks": d.tasks.iter().map(|t| json!({
+                    "name": t.name, "layout": t.layout, "sha256": t.sha256, "n_items": t.n_items,
+                    "n_contaminated": t.n_contaminated, "n_dirty": t.n_dirty, "n_not_clean": t.n_not_clean,
+                    "n_clean": t.n_clean,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(_) => json!({"seq": e.seq, "time": e.time}),
+        })
+        .collect()
+}
+
+fn render_contamination(m: &mut String, checks: &[Value]) {
+    if checks.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "\n## Benchmark contamination\n\nEvaluation items found in the training corpus by exact token overlap \
+         (`jarip data contamination`): contaminated = a 13-gram of the item occurs in the corpus (GPT-3) or matched \
+         spans of ≥ 10 tokens cover more than 80 % of its tokens (Llama 2 dirty); clean = under 20 % covered. \
+         Paraphrases and translations are not caught, and a match does not prove the model memorised the item.\n\n\
+         | # | task | items | contaminated | dirty | not clean | clean |\n|---|---|---|---|---|---|---|"
+    );
+    for c in checks {
+        for t in c["tasks"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                s(&c["seq"]),
+                s(&t["name"]),
+                s(&t["n_items"]),
+                s(&t["n_contaminated"]),
+                s(&t["n_dirty"]),
+                s(&t["n_not_clean"]),
+                s(&t["n_clean"])
+            );
+        }
+    }
+}
+
 /// Builds the card of the run at `path` (verifying it first, without replay).
+/// The corpus's input files by licence (from the `prepare` entry's `sources`), the first files,
+/// and what cleaning and deduplication removed.
+fn sources_json(prepare: Option<&Entry>) -> Value {
+    use jarip_ledger::records::DataSource;
+    let Some(e) = prepare else { return Value::Null };
+    let sources: Vec<DataSource> = serde_json::from_value(e.details["sources"].clone()).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for src in &sources {
+        let k = by.entry(src.licence.clone().unwrap_or_else(|| "not stated".into())).or_default();
+        k.0 += 1;
+        k.1 += src.bytes;
+    }
+    let d = &e.details;
+    json!({
+        "recorded": !sources.is_empty(),
+        "count": sources.len(),
+        "unstated": sources.iter().filter(|s| s.licence.is_none()).count(),
+        "by_licence": by.iter().map(|(l, (n, b))| json!({"licence": l, "files": n, "bytes": b})).collect::<Vec<_>>(),
+        "files": sources.iter().take(50).collect::<Vec<_>>(),
+        "dedup": {
+            "documents_in": d["documents_in"], "documents_out": d["documents_out"],
+            "bytes_in": d["bytes_in"], "bytes_out": d["bytes_out"],
+            "exact_duplicates": d["exact_duplicates"], "near_duplicates": d["near_duplicates"],
+            "too_short": d["dropped_too_short"],
+        },
+    })
+}
+
+fn render_sources(m: &mut String, j: &Value) {
+    if j.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "
+## Data sources and licences
+"
+    );
+    if j["recorded"].as_bool() != Some(true) {
+        let _ = writeln!(m, "The preparation entry predates per-file licence records.");
+    } else {
+        let _ = writeln!(m, "| licence (SPDX) | files | bytes |\n|---|---|---|");
+        for l in j["by_licence"].as_array().into_iter().flatten() {
+            let _ = writeln!(m, "| {} | {} | {} |", s(&l["licence"]), s(&l["files"]), s(&l["bytes"]));
+        }
+        let unstated = j["unstated"].as_u64().unwrap_or(0);
+        if unstated > 0 {
+            let _ = writeln!(
+                m,
+                "
+**{unstated} input files have no stated licence.**"
+            );
+        }
+        let _ = writeln!(
+            m,
+            "
+| input file | SHA-256 | bytes | licence | stated by |\n|---|---|---|---|---|"
+        );
+        for f in j["files"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                m,
+                "| `{}` | `{}` | {} | {} | {} |",
+                s(&f["path"]),
+                short(&s(&f["sha256"])),
+                s(&f["bytes"]),
+                s(&f["licence"]),
+                s(&f["licence_from"])
+            );
+        }
+        let n = j["count"].as_u64().unwrap_or(0);
+        if n > 50 {
+            let _ = writeln!(
+                m,
+                "
+… and {} more files (all in the ledger's `prepare` entry).",
+                n - 50
+            );
+        }
+    }
+    let d = &j["dedup"];
+    let _ = writeln!(
+        m,
+        "
+Cleaning and deduplication: {} documents in, {} kept ({} → {} bytes); {} exact and {} near duplicates removed, {} too short.",
+        s(&d["documents_in"]),
+        s(&d["documents_out"]),
+        s(&d["bytes_in"]),
+        s(&d["bytes_out"]),
+        s(&d["exact_duplicates"]),
+        s(&d["near_duplicates"]),
+        s(&d["too_short"])
+    );
+}
+
+/// Data-order tests recorded in the run's ledger (`jarip provenance data-order`).
+fn data_order_json(rec: &RunRecord) -> Vec<Value> {
+    use jarip_ledger::records::DataOrderDetails;
+    rec.entries
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.stage == "data-order")
+        .filter_map(|e| {
+            let d: DataOrderDetails = e.details_as().ok()?;
+            Some(json!({
+                "seq": e.seq, "time": e.time, "model": d.model, "verdict": d.verdict,
+                "log10_p": d.log10_p, "spearman": d.spearman, "batches": d.batches,
+                "retokenised": d.retokenised, "alpha": e.config["alpha"], "plot": d.plot,
+            }))
+        })
+        .collect()
+}
+
+fn render_data_order(m: &mut String, tests: &[Value]) {
+    if tests.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "
+## Data-order tests
+
+Recorded training batches scored under a model: a loss that falls with the step at which this run read them (Spearman's ρ, a permutation test exact under the null) shows the weights were trained on this run's order.
+
+| entry | model | verdict | ρ | log10 p | α | batches |\n|---|---|---|---|---|---|---|"
+    );
+    for t in tests {
+        let _ = writeln!(
+            m,
+            "| #{} | `{}` | {} | {:.3} | {:.2} | {} | {} |",
+            s(&t["seq"]),
+            s(&t["model"]),
+            s(&t["verdict"]),
+            t["spearman"].as_f64().unwrap_or(f64::NAN),
+            t["log10_p"].as_f64().unwrap_or(f64::NAN),
+            s(&t["alpha"]),
+            s(&t["batches"])
+        );
+    }
+}
+
 pub fn card(path: &Path) -> Result<Card> {
     let report = verify(path, &VerifyOptions::default())?;
     let rec = RunRecord::open(path)?;
@@ -180,6 +376,9 @@ pub fn card(path: &Path) -> Result<Card> {
         "training": p.as_ref().map(|p| training_json(&rec, p)),
         "later_stages": later,
         "lineage": lineage,
+        "contamination": contamination_json(&rec),
+        "sources": sources_json(prepare),
+        "data_order": data_order_json(&rec),
         "from_scratch": {
             "statement": "Architecture, tokenizer and weights were made in this run: the tokenizer was trained on the corpus below, the weights were initialised from the recorded seed and changed only by the recorded training steps. No pretrained tensor was imported.",
             "evidence": evidence,
@@ -366,6 +565,9 @@ fn render_markdown(j: &Value) -> String {
             );
         }
     }
+    render_sources(&mut m, &j["sources"]);
+    render_contamination(&mut m, j["contamination"].as_array().map_or(&[], Vec::as_slice));
+    render_data_order(&mut m, j["data_order"].as_array().map_or(&[], Vec::as_slice));
     let _ = writeln!(m, "\n## Checks at the time of writing\n\n| check | result | detail |\n|---|---|---|");
     for c in j["checks"].as_array().into_iter().flatten() {
         let pass = c["pass"].as_bool() == Some(true);

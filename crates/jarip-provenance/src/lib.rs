@@ -5,6 +5,9 @@
 //!   the hash chain, every recorded file hash, the shards' Merkle root, the continuity of the
 //!   training record, and [`replay`] re-initialises the model from the recorded seed and re-runs
 //!   recorded checkpoint intervals bit for bit;
+//! - `provenance data-order` — [`data_order`]: scores training batches drawn from the run's
+//!   recorded order under any model jarip loads and tests whether their loss falls with the step
+//!   at which the run read them (a permutation test, exact under the null);
 //! - `provenance card` — [`card`]: a model card (Markdown and JSON) stating what was built from
 //!   scratch, with the evidence and the command that re-checks it;
 //! - `lineage` — [`weights`] streams safetensors models (sharded with an index; f32, bf16, f16,
@@ -21,6 +24,7 @@
 
 pub mod calibrate;
 pub mod card;
+pub mod data_order;
 pub mod independence;
 pub mod invariants;
 pub mod lineage;

@@ -243,7 +243,7 @@ impl RunRecord {
                 "checkpoint" => p.checkpoints.push(CheckpointRec::parse(i, e)?),
                 "pretrain-resume" => p.resumes.push(i),
                 // A lineage test recorded while the run goes on annotates it; training continues.
-                "lineage" => continue,
+                "lineage" | "data-order" => continue,
                 _ => break,
             }
         }

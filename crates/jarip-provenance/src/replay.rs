@@ -40,6 +40,7 @@ fn options(rec: &RunRecord, p: &Pretraining, out: &Path, total_steps: u64, stop:
         max_steps: Some(total_steps),
         stop_at_step: Some(stop),
         seed: c.seed,
+        data_seed: Some(c.order_seed()),
         seq_len: c.seq_len,
         batch_size: c.batch_size,
         batch_tokens: Some(c.batch_tokens),

@@ -388,7 +388,7 @@ fn tokenizer_check(rec: &RunRecord, p: &Pretraining, hashes: &Hashes) -> Check {
 }
 
 /// Recomputes the shards' Merkle root (train shards then val shards, in the writer's order).
-fn merkle_check(rec: &RunRecord, p: &Pretraining, hashes: &Hashes) -> Check {
+pub(crate) fn merkle_check(rec: &RunRecord, p: &Pretraining, hashes: &Hashes) -> Check {
     let name = "shards merkle root";
     let Some(recorded) = &p.shard_manifest else {
         return Check::fail(name, "pretrain-start records no shard manifest input");

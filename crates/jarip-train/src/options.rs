@@ -29,7 +29,11 @@ pub struct PretrainOptions {
     pub stop_at_step: Option<u64>,
     /// Continue the run in `out` from its newest checkpoint.
     pub resume: bool,
+    /// Seeds the weights at step 0 and the sampling RNG.
     pub seed: u64,
+    /// Seeds the data order (the sampler's shuffle); `None` = `seed`. Apart from `seed` so that two
+    /// runs can share an initialisation and differ only in the order they saw the data.
+    pub data_seed: Option<u64>,
     pub seq_len: usize,
     /// Sequences per micro-batch (one forward/backward).
     pub batch_size: usize,
@@ -66,6 +70,13 @@ pub struct PretrainOptions {
     pub reserve_steps: u64,
 }
 
+impl PretrainOptions {
+    /// The seed of the data order: `--data-seed`, else `--seed`.
+    pub fn order_seed(&self) -> u64 {
+        self.data_seed.unwrap_or(self.seed)
+    }
+}
+
 impl Default for PretrainOptions {
     fn default() -> Self {
         Self {
@@ -80,6 +91,7 @@ impl Default for PretrainOptions {
             stop_at_step: None,
             resume: false,
             seed: 42,
+            data_seed: None,
             seq_len: 256,
             batch_size: 8,
             batch_tokens: None,

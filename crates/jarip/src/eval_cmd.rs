@@ -50,6 +50,10 @@ pub struct EvalArgs {
     /// Score the model with its weight matrices as f32 or q8_0 (what `serve --weights` serves).
     #[arg(long, default_value = "f32")]
     pub weights: jarip_infer::WeightFormat,
+    /// A report of `jarip data contamination --out`: also score each task on its clean items
+    /// (rows `TASK (clean)`); refused if a task file changed since the report.
+    #[arg(long, value_name = "REPORT.json")]
+    pub contamination: Option<PathBuf>,
 }
 
 impl EvalArgs {
@@ -76,6 +80,7 @@ impl EvalArgs {
                 (Some(p), false) => LedgerChoice::File(p.clone()),
                 (None, false) => LedgerChoice::Auto,
             },
+            contamination: self.contamination.clone(),
         })
     }
 }

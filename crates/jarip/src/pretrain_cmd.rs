@@ -59,8 +59,13 @@ pub struct PretrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Seeds the weights at step 0, the data order (unless --data-seed) and the samples.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Seeds the data order apart from the initialisation (default: --seed); recorded in the
+    /// ledger, which `provenance data-order` reads.
+    #[arg(long)]
+    pub data_seed: Option<u64>,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     /// Sequences per micro-batch.
@@ -152,6 +157,7 @@ impl PretrainArgs {
             minutes: self.minutes,
             resume: self.resume,
             seed: self.seed,
+            data_seed: self.data_seed,
             seq_len: self.seq_len,
             batch_size: self.batch_size,
             batch_tokens: self.batch_tokens,

@@ -20,6 +20,11 @@ pub enum ProvenanceCommand {
     /// Write MODEL_CARD.md and model_card.json: what was built from scratch, with the evidence
     /// from the ledger and the command that re-checks it.
     Card(CardArgs),
+    /// Test whether a model's weights carry the trace of this run's recorded data order:
+    /// recorded training batches are scored under the model and Spearman's ρ of their loss
+    /// against the step is tested (a permutation test, exact under the null). Verdict
+    /// `trained-on-this-order` when p < --alpha, else `not-shown`.
+    DataOrder(crate::data_order_cmd::DataOrderArgs),
 }
 
 #[derive(Args, Debug)]

@@ -205,6 +205,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<(PathBuf, St
         minutes: Some(a.minutes),
         resume: false,
         seed: a.seed,
+        data_seed: None,
         seq_len: SEQ_LEN,
         batch_size: a.batch_size,
         batch_tokens: None,
@@ -318,6 +319,7 @@ fn evaluate_and_report(
             options: jarip_eval::EvalOptions { limit: Some(200), progress: false, ..Default::default() },
             json: Some(evals.join(format!("{name}.json"))),
             ledger: jarip_eval::LedgerChoice::Auto,
+            contamination: None,
         })?;
         println!("{}", jarip_eval::render_table(&reports));
         scored.push(reports.into_iter().next().context("the evaluation returned no report")?);

@@ -52,7 +52,7 @@ impl InputArgs {
 }
 
 /// Ledger file for a stage writing `out`, unless one was named.
-fn ledger_for(out: &Path, named: &Option<PathBuf>) -> Ledger {
+pub(crate) fn ledger_for(out: &Path, named: &Option<PathBuf>) -> Ledger {
     let path = match named {
         Some(p) => p.clone(),
         None => match out.parent() {
@@ -74,6 +74,28 @@ fn outputs_of(dir: &Path) -> Result<Vec<FileRef>> {
             bytes: Some(f.bytes),
         })
         .collect())
+}
+
+/// Every input file with its hash, size and stated licence (see [`jarip_data::licence`]).
+fn data_sources(
+    source: &DocumentSource,
+    rules: &[jarip_data::licence::LicenceRule],
+) -> Result<Vec<jarip_ledger::records::DataSource>> {
+    source
+        .files()
+        .iter()
+        .map(|f| {
+            let r = FileRef::of_file(&f.path)?;
+            let stated = jarip_data::licence::resolve(&f.path, rules)?;
+            Ok(jarip_ledger::records::DataSource {
+                path: r.path,
+                sha256: r.sha256,
+                bytes: r.bytes.unwrap_or(0),
+                licence: stated.as_ref().map(|s| s.spdx.clone()),
+                licence_from: stated.map(|s| s.from),
+            })
+        })
+        .collect()
 }
 
 fn input_refs(source: &DocumentSource) -> Result<Vec<FileRef>> {
@@ -99,6 +121,11 @@ pub struct PrepareArgs {
     /// Keep near duplicates (exact duplicates are still removed).
     #[arg(long)]
     pub no_near_dedup: bool,
+    /// The licence of matching inputs as PATH_OR_GLOB=SPDX (repeatable; the first match wins,
+    /// then a licences.json beside the data): recorded per input file in the ledger and listed
+    /// by `provenance card`.
+    #[arg(long = "licence", value_name = "PATH_OR_GLOB=SPDX")]
+    pub licences: Vec<jarip_data::licence::LicenceRule>,
     /// Ledger to append to (default: OUT/../ledger.jsonl).
     #[arg(long)]
     pub ledger: Option<PathBuf>,
@@ -112,6 +139,7 @@ impl PrepareArgs {
             min_chars: 32,
             near_dup_threshold: 0.8,
             no_near_dedup: false,
+            licences: vec![],
             ledger,
         }
     }
@@ -122,6 +150,7 @@ pub fn prepare(a: &PrepareArgs) -> Result<jarip_data::PrepareSummary> {
         bail!("--near-dup-threshold must be between 0 and 1, got {}", a.near_dup_threshold);
     }
     let source = a.input.source()?;
+    let sources = data_sources(&source, &a.licences)?;
     let mut opts = jarip_data::PrepareOptions::default();
     opts.clean.min_chars = a.min_chars;
     opts.dedup.threshold = a.near_dup_threshold;
@@ -143,11 +172,34 @@ pub fn prepare(a: &PrepareArgs) -> Result<jarip_data::PrepareSummary> {
         100.0 * s.share_other,
         s.mb_per_s
     );
+    let unstated = sources.iter().filter(|s| s.licence.is_none()).count();
+    let mut by_licence: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for src in &sources {
+        let e = by_licence.entry(src.licence.as_deref().unwrap_or("not stated")).or_default();
+        e.0 += 1;
+        e.1 += src.bytes;
+    }
+    let listed: Vec<String> =
+        by_licence.iter().map(|(l, (n, b))| format!("{l}: {n} files, {:.1} MB", *b as f64 / 1e6)).collect();
+    println!("licences: {}", listed.join("; "));
+    if unstated > 0 {
+        eprintln!(
+            "warning: {unstated} of {} input files have no stated licence (give --licence PATH_OR_GLOB=SPDX, or a {} beside the data)",
+            sources.len(),
+            jarip_data::licence::LICENCES_FILE
+        );
+    }
     let mut e = Entry::new("prepare");
-    e.inputs = input_refs(&source)?;
+    e.inputs = sources
+        .iter()
+        .map(|s| FileRef { path: s.path.clone(), sha256: s.sha256.clone(), bytes: Some(s.bytes) })
+        .collect();
     e.outputs = outputs_of(&a.out)?;
     e.config = serde_json::to_value(&opts)?;
     e.details = serde_json::to_value(&s)?;
+    if let Some(d) = e.details.as_object_mut() {
+        d.insert("sources".into(), serde_json::to_value(&sources)?);
+    }
     ledger_for(&a.out, &a.ledger).append(e)?;
     Ok(s)
 }

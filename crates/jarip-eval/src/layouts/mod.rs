@@ -60,6 +60,7 @@ pub fn load_task(spec: &TaskSpec) -> Result<Task> {
                 | Layout::KobestHellaswag
                 | Layout::KobestSentineg
         ),
+        clean: None,
     })
 }
 

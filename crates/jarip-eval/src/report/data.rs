@@ -82,30 +82,35 @@ pub struct EvalDoc {
     pub model_dir: String,
     pub step: Option<u64>,
     pub stage: String,
-    /// Task → metrics (as written, including `n`).
+    /// Task → metrics (as written, including `n`); a task scored with a contamination report
+    /// is followed by `TASK (clean)`, its scores over its clean examples.
     pub results: Vec<(String, Vec<(String, f64)>)>,
 }
 
 impl EvalDoc {
     fn from_json(file: &Path, v: &Value) -> Option<Self> {
         let results = v.get("results")?.as_object()?;
+        let clean = v.get("clean_results").and_then(Value::as_object);
         let model = v.get("model");
         let get = |k: &str| model.and_then(|m| m.get(k));
+        let metrics = |m: &Value| -> Vec<(String, f64)> {
+            m.as_object()
+                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+                .unwrap_or_default()
+        };
+        let mut rows = Vec::new();
+        for (task, m) in results {
+            rows.push((task.clone(), metrics(m)));
+            if let Some(c) = clean.and_then(|c| c.get(task)) {
+                rows.push((format!("{task} (clean)"), metrics(c)));
+            }
+        }
         Some(Self {
             file: file.to_path_buf(),
             model_dir: get("dir").and_then(Value::as_str).unwrap_or("?").to_string(),
             step: get("step").and_then(Value::as_u64),
             stage: get("stage").and_then(Value::as_str).unwrap_or("base").to_string(),
-            results: results
-                .iter()
-                .map(|(task, m)| {
-                    let metrics = m
-                        .as_object()
-                        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
-                        .unwrap_or_default();
-                    (task.clone(), metrics)
-                })
-                .collect(),
+            results: rows,
         })
     }
 

@@ -1,6 +1,7 @@
 //! `jarip report RUN`: a Markdown report card (`RUN/report.md`) with PNG charts beside it —
 //! loss and bits per byte against tokens seen, learning rate, throughput and MFU, evaluation
-//! scores per checkpoint — a summary table per stage (base, SFT) and the provenance summary.
+//! scores per checkpoint — a summary table per stage (base, SFT), the provenance summary, and
+//! the contamination checks the ledger records.
 //!
 //! It reads what the run left: `RUN/metrics.jsonl` (pretraining), `RUN/sft/metrics.jsonl`,
 //! `RUN/ledger.jsonl` and `RUN/evals/*.json` (from `jarip eval --json`). Anything absent is
@@ -14,7 +15,7 @@ use crate::table::format_value;
 use anyhow::{bail, Result};
 use charts::{plain, si, Chart, Series};
 use data::{read_evals, read_ledger, read_stage, EvalDoc, LedgerView, Stage, StepLog};
-use jarip_ledger::records::{CheckpointDetails, LineageDetails, Opaque, PretrainStart};
+use jarip_ledger::records::{CheckpointDetails, ContaminationDetails, LineageDetails, Opaque, PretrainStart};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -386,6 +387,49 @@ fn lineage_section(md: &mut String, ledger: Option<&LedgerView>) {
     }
 }
 
+/// Contamination checks recorded in the ledger (`jarip data contamination`): per task, how many
+/// items the corpus holds by GPT-3's 13-gram rule or Llama 2's ≥ 10-token spans.
+fn contamination_section(md: &mut String, ledger: Option<&LedgerView>) {
+    let Some(l) = ledger else { return };
+    let checks: Vec<&jarip_ledger::Entry> = l.entries.iter().filter(|e| e.stage == "contamination").collect();
+    if checks.is_empty() {
+        return;
+    }
+    md.push_str("## Contamination\n\n");
+    md.push_str(
+        "Evaluation items found in the training corpus by exact token overlap: `contaminated` = a 13-gram of the \
+         item occurs in the corpus (GPT-3) or matched spans of ≥ 10 tokens cover more than 80 % of it (Llama 2 \
+         `dirty`); `clean` = under 20 % covered. Paraphrases and translations are not caught.\n\n",
+    );
+    for e in checks {
+        let Ok(d) = e.details_as::<ContaminationDetails>() else {
+            let _ = writeln!(md, "- #{}: its details are not a contamination record\n", e.seq);
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "Entry #{} ({}): {} corpus documents, {:.1} MB, {} tokens{}.\n",
+            e.seq,
+            e.time,
+            d.scan.documents,
+            d.scan.bytes as f64 / 1e6,
+            d.scan.tokens,
+            d.report.as_deref().map_or(String::new(), |r| format!("; report `{r}`"))
+        );
+        md.push_str("| task | items | contaminated | % | 13-gram | dirty | not clean | clean |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|\n");
+        for t in &d.tasks {
+            let pct = if t.n_items == 0 { 0.0 } else { 100.0 * t.n_contaminated as f64 / t.n_items as f64 };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {pct:.1} | {} | {} | {} | {} |",
+                t.name, t.n_items, t.n_contaminated, t.n_ngram13, t.n_dirty, t.n_not_clean, t.n_clean
+            );
+        }
+        md.push('\n');
+    }
+}
+
 /// Writes `RUN/report.md` and its charts; returns the report's path.
 pub fn write_report(run: &Path) -> Result<PathBuf> {
     if !run.is_dir() {
@@ -456,6 +500,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     evaluation_section(&mut md, &evals, &problems, &refs);
     provenance(&mut md, ledger.as_ref());
     lineage_section(&mut md, ledger.as_ref());
+    contamination_section(&mut md, ledger.as_ref());
 
     let path = run.join(REPORT_FILE);
     jarip_ledger::atomic_write(&path, md.as_bytes())?;
