@@ -54,7 +54,7 @@ print(f"{label:<22} {secs:6.1f} s  batches {r['batches']:5d}  rho {r['spearman']
       f"tau {r['kendall']:+.4f}  log10 p {r['log10_p']:8.2f}  {r['verdict']}")
 PY
 }
-echo "data-order test of $OWN's recorded order, 1024 batches × 1 window:"
+echo "data-order test of $OWN's recorded order (default --batches, 1 window each):"
 test_one own "$OWN"
 test_one "twin (other order)" "$WORK/twin"
 test_one independent "$WORK/independent"

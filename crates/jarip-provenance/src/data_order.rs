@@ -69,7 +69,7 @@ pub struct DataOrderOptions {
 
 impl Default for DataOrderOptions {
     fn default() -> Self {
-        Self { batches: 1024, windows_per_batch: 1, alpha: 1e-6, permutations: 1_000_000, seed: 0 }
+        Self { batches: 2560, windows_per_batch: 1, alpha: 1e-6, permutations: 1_000_000, seed: 0 }
     }
 }
 
