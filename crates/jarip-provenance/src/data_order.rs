@@ -45,7 +45,6 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -591,25 +590,25 @@ pub fn run_test(
     })
 }
 
-/// Which steps each window was visited at (for tests: the last-visit rule against a plain walk).
-pub fn visits(w: u64, seed: u64, end: u64) -> HashMap<u64, Vec<u64>> {
-    let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
-    let mut epoch = u64::MAX;
-    let mut order = Vec::new();
-    for f in 0..end {
-        if f / w != epoch {
-            epoch = f / w;
-            order = jarip_data::reader::epoch_order(w, seed, epoch);
-        }
-        out.entry(order[(f % w) as usize]).or_default().push(f);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// Which steps each window was visited at (for tests: the last-visit rule against a plain walk).
+    fn visits(w: u64, seed: u64, end: u64) -> std::collections::HashMap<u64, Vec<u64>> {
+        let mut out: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+        let mut epoch = u64::MAX;
+        let mut order = Vec::new();
+        for f in 0..end {
+            if f / w != epoch {
+                epoch = f / w;
+                order = jarip_data::reader::epoch_order(w, seed, epoch);
+            }
+            out.entry(order[(f % w) as usize]).or_default().push(f);
+        }
+        out
+    }
 
     #[test]
     fn units_hold_each_window_at_its_last_visit() {
