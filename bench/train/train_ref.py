@@ -4,6 +4,8 @@ Model (as jarip-model): token embedding; per block pre-norm RMSNorm (learned gai
 projections, QK-norm (RMSNorm over each head), rotary embeddings (half split, base 10000),
 causal attention (n_kv_head = n_head), output projection, pre-norm ReLU² MLP (4x); final
 RMSNorm; untied head; logits soft-capped at 15 in fp32; cross-entropy. No biases.
+`--arch llama|qwen3` runs jarip's presets of those families: SwiGLU MLP of 8/3·C rounded up to a
+multiple of 64, no soft-cap, RoPE base 500k/1M, and (llama) no QK-norm.
 AdamW (lr 1e-3, betas 0.9/0.95, wd 0.1 on matrices and head) with grad clipping at 1.0.
 
 Prints one JSON line: median ms/step over --steps after --warmup, tokens/s, MFU, peak RSS.
@@ -15,6 +17,7 @@ micro-batches through DistributedDataParallel (gloo backend, CPU); rank 0 prints
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import time
@@ -43,41 +46,54 @@ def rope(x, cos, sin):  # x: [B, T, H, D]
 
 
 class Block(nn.Module):
-    def __init__(self, c, h, hidden):
+    def __init__(self, c, h, hidden, swiglu=False, qk_norm=True):
         super().__init__()
         self.h, self.d = h, c // h
         self.attn_norm = RMSNorm(c)
         self.q = nn.Linear(c, c, bias=False)
         self.k = nn.Linear(c, c, bias=False)
         self.v = nn.Linear(c, c, bias=False)
-        self.q_norm = RMSNorm(self.d)
-        self.k_norm = RMSNorm(self.d)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(self.d)
+            self.k_norm = RMSNorm(self.d)
         self.o = nn.Linear(c, c, bias=False)
         self.mlp_norm = RMSNorm(c)
+        self.gate = nn.Linear(c, hidden, bias=False) if swiglu else None
         self.up = nn.Linear(c, hidden, bias=False)
         self.down = nn.Linear(hidden, c, bias=False)
 
     def forward(self, x, cos, sin):
         b, t, c = x.shape
         h = self.attn_norm(x)
-        q = rope(self.q_norm(self.q(h).view(b, t, self.h, self.d)), cos, sin)
-        k = rope(self.k_norm(self.k(h).view(b, t, self.h, self.d)), cos, sin)
+        q = self.q(h).view(b, t, self.h, self.d)
+        k = self.k(h).view(b, t, self.h, self.d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         v = self.v(h).view(b, t, self.h, self.d)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         x = x + self.o(y.transpose(1, 2).reshape(b, t, c))
-        return x + self.down(F.relu(self.up(self.mlp_norm(x))).square())
+        hn = self.mlp_norm(x)
+        if self.gate is not None:
+            return x + self.down(F.silu(self.gate(hn)) * self.up(hn))
+        return x + self.down(F.relu(self.up(hn)).square())
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab, depth, seq_len):
+    def __init__(self, vocab, depth, seq_len, arch="jarip"):
         super().__init__()
         c, h = depth * 64, depth
+        swiglu = arch != "jarip"
+        hidden = math.ceil(math.ceil(8 * c / 3) / 64) * 64 if swiglu else 4 * c
+        self.cap = 15.0 if arch == "jarip" else None
+        base = {"jarip": 10000.0, "llama": 500000.0, "qwen3": 1000000.0}[arch]
         self.embed = nn.Embedding(vocab, c)
-        self.blocks = nn.ModuleList([Block(c, h, 4 * c) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(c, h, hidden, swiglu, arch != "llama") for _ in range(depth)])
         self.norm = RMSNorm(c)
         self.head = nn.Linear(c, vocab, bias=False)
         d = c // h
-        inv = 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+        inv = base ** (-torch.arange(0, d, 2).float() / d)
         ang = torch.arange(seq_len).float()[:, None] * inv[None, :]
         self.register_buffer("cos", ang.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", ang.sin()[None, :, None, :], persistent=False)
@@ -89,7 +105,8 @@ class GPT(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin)
         logits = self.head(self.norm(x)).float()
-        logits = 15.0 * torch.tanh(logits / 15.0)
+        if self.cap:
+            logits = self.cap * torch.tanh(logits / self.cap)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
@@ -103,13 +120,14 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, default=269.0)
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step, over all ranks")
+    p.add_argument("--arch", choices=["jarip", "llama", "qwen3"], default="jarip")
     a = p.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if a.accum % world:
         raise SystemExit(f"--accum {a.accum} cannot be split among {world} ranks")
     torch.manual_seed(0)
-    model = GPT(a.vocab, a.depth, a.seq_len)
+    model = GPT(a.vocab, a.depth, a.seq_len, a.arch)
     ddp = None
     if world > 1:
         dist.init_process_group("gloo")
@@ -151,7 +169,7 @@ def main():
     med = times[len(times) // 2]
     flops = flops_per_token * tokens
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} fp32 ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
+        "impl": f"pytorch {torch.__version__} fp32 {a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
         "params": params,
         "ms_per_step": med * 1e3,
         "tokens_per_s": tokens / med,

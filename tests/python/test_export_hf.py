@@ -59,6 +59,18 @@ def exported_swiglu_gqa(tmp_path_factory):
     return run_dir, out
 
 
+@pytest.fixture(scope="module")
+def exported_uncapped(tmp_path_factory):
+    # Llama-style: logit_softcap 0 (no soft-cap, written as HF's null) and no QK-norm.
+    root = tmp_path_factory.mktemp("export-uncapped")
+    run_dir = tiny_model(root, {**SWIGLU_GQA, "logit_softcap": 0.0, "qk_norm": False})
+    out = root / "hf"
+    run("export", "--model", run_dir, "--out", out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["final_logit_softcapping"] is None and cfg["qk_norm"] is False
+    return run_dir, out
+
+
 def jarip_json(*args):
     out = subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
@@ -90,8 +102,10 @@ def numpy_logits(d, ids):
         q = (hn @ w[p + "self_attn.q_proj.weight"].T).reshape(t, h, hd)
         k = (hn @ w[p + "self_attn.k_proj.weight"].T).reshape(t, hkv, hd)
         v = (hn @ w[p + "self_attn.v_proj.weight"].T).reshape(t, hkv, hd)
-        q = rope(rms_norm(q, w[p + "self_attn.q_norm.weight"], eps))
-        k = rope(rms_norm(k, w[p + "self_attn.k_norm.weight"], eps))
+        if cfg.get("qk_norm", True):
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+        q, k = rope(q), rope(k)
         rep = h // hkv
         y = np.zeros((t, h, hd))
         for head in range(h):
@@ -110,7 +124,7 @@ def numpy_logits(d, ids):
         x = x + act @ w[p + "mlp.down_proj.weight"].T
     z = rms_norm(x[-1], w["model.norm.weight"], eps) @ w["lm_head.weight"].T
     cap = cfg["final_logit_softcapping"]
-    return cap * np.tanh(z / cap)
+    return cap * np.tanh(z / cap) if cap else z  # null: no soft-cap
 
 
 def log_softmax(z):
@@ -205,7 +219,7 @@ def run_on_numpy_torch(out, dtype, prompt, continuation):
     return res
 
 
-@pytest.mark.parametrize("export", ["exported", "exported_swiglu_gqa"])
+@pytest.mark.parametrize("export", ["exported", "exported_swiglu_gqa", "exported_uncapped"])
 def test_exported_modeling_code_on_numpy_torch_matches_jarip(export, request):
     _, out = request.getfixturevalue(export)
     ids = prompt_ids(out, PROMPT)

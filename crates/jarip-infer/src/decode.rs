@@ -104,7 +104,7 @@ impl DecodeModel {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| l.matrices().map(Mat::bytes).sum::<usize>() + 4 * l.norms().iter().map(|g| g.len()).sum::<usize>())
+            .map(|l| l.matrices().map(Mat::bytes).sum::<usize>() + 4 * l.norms().map(|g| g.len()).sum::<usize>())
             .sum();
         l + self.lm_head.bytes() + 4 * (self.final_norm.len() + self.cfg.n_embd)
     }
@@ -153,10 +153,12 @@ impl DecodeModel {
             lw.wq.apply(&hn, n, &mut q);
             lw.wk.apply(&hn, n, &mut k);
             lw.wv.apply(&hn, n, &mut v);
-            let qn = q.clone();
-            rms_norm_rows(&qn, &lw.q_norm, cfg.norm_eps as f32, &mut q);
-            let kn = k.clone();
-            rms_norm_rows(&kn, &lw.k_norm, cfg.norm_eps as f32, &mut k);
+            if let (Some(qg), Some(kg)) = (&lw.q_norm, &lw.k_norm) {
+                let qn = q.clone();
+                rms_norm_rows(&qn, qg, cfg.norm_eps as f32, &mut q);
+                let kn = k.clone();
+                rms_norm_rows(&kn, kg, cfg.norm_eps as f32, &mut k);
+            }
             rope_rows_inplace(&mut q, &pos, h, d, &self.cos, &self.sin);
             rope_rows_inplace(&mut k, &pos, hkv, d, &self.cos, &self.sin);
             // Append the new keys/values to their sequences' caches, head by head.
@@ -212,7 +214,9 @@ impl DecodeModel {
         let mut logits = vec![0f32; rows.len() * vsz];
         self.lm_head.apply(&sel, rows.len(), &mut logits);
         let cap = cfg.logit_softcap;
-        logits.par_iter_mut().for_each(|z| *z = cap * tanh(*z / cap));
+        if cap > 0.0 {
+            logits.par_iter_mut().for_each(|z| *z = cap * tanh(*z / cap));
+        }
         let mut out = Vec::with_capacity(seqs.len());
         if all_positions {
             let mut r = 0;

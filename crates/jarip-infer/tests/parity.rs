@@ -145,3 +145,33 @@ fn the_grid_would_see_a_swapped_gain() {
     let d = max_diff(&decode_logits(&dm, &ids, 7), &reference);
     assert!(d > 0.25, "a swapped gain moved the logits by only {d}");
 }
+
+#[test]
+fn llama_and_qwen3_shapes_decode_as_they_train() {
+    // logit_softcap 0 (Llama- and Qwen-style heads), with QK-norm (Qwen3) and without (Llama):
+    // both training paths and the decode path give the raw logits, which here reach beyond ±15
+    // (a cap of 15 would have bent them).
+    for qk_norm in [true, false] {
+        let mut cfg = config(MlpKind::SwiGlu, 2);
+        cfg.logit_softcap = 0.0;
+        cfg.qk_norm = qk_norm;
+        uncapped_cell(&cfg);
+    }
+}
+
+fn uncapped_cell(cfg: &ModelConfig) {
+    let cfg = cfg.clone();
+    let ids: Vec<u32> = (0..40).map(|i| ((i * 37 + 11) % 97) as u32).collect();
+    let mut tensors = varied(&cfg).tensors();
+    let head = tensors.remove("lm_head.weight").unwrap();
+    tensors.insert("lm_head.weight".into(), (head * 10.0).unwrap());
+    let build = || Gpt::from_tensors(&cfg, tensors.clone(), &Device::Cpu).unwrap();
+    let fused = training_logits(&mut build(), &ids, Kernels::Fused);
+    let composed = training_logits(&mut build(), &ids, Kernels::Composed);
+    let top = fused.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(top > 20.0, "logits should pass the old cap of 15: {top}");
+    assert!(max_diff(&fused, &composed) < 1e-3, "fused vs composed: {}", max_diff(&fused, &composed));
+    let dm = DecodeModel::new(&build()).unwrap();
+    let d = max_diff(&decode_logits(&dm, &ids, 7), &fused);
+    assert!(d < 2e-4, "qk_norm {}: decode differs from the training forward by {d}", cfg.qk_norm);
+}

@@ -21,6 +21,7 @@ class JaripConfig(PretrainedConfig):
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
         final_logit_softcapping=15.0,
+        qk_norm=True,
         tie_word_embeddings=False,
         **kwargs,
     ):
@@ -36,4 +37,5 @@ class JaripConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
         self.final_logit_softcapping = final_logit_softcapping
+        self.qk_norm = qk_norm
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

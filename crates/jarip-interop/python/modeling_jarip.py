@@ -48,13 +48,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c, self.hkv * self.d, bias=False)
         self.v_proj = nn.Linear(c, self.hkv * self.d, bias=False)
         self.o_proj = nn.Linear(self.h * self.d, c, bias=False)
-        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        # QK-norm: RMSNorm with gains on each head's queries and keys (off in Llama-style models).
+        self.qk_norm = getattr(cfg, "qk_norm", True)
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, past):
         b, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, t, self.h, self.d)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(b, t, self.hkv, self.d)).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.h, self.d)
+        k = self.k_proj(x).view(b, t, self.hkv, self.d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.hkv, self.d).transpose(1, 2)
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         if past is not None:
@@ -169,7 +175,8 @@ class JaripForCausalLM(PreTrainedModel, GenerationMixin):
             presents.append(present)
         logits = self.lm_head(self.model.norm(x)).float()
         cap = self.config.final_logit_softcapping
-        logits = cap * torch.tanh(logits / cap)
+        if cap:  # None or 0: no soft-cap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)

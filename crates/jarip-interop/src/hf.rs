@@ -68,11 +68,12 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Resul
         "head_dim": cfg.head_dim(),
         "hidden_act": act,
         "mlp_type": mlp,
-        "qk_norm": true,
+        "qk_norm": cfg.qk_norm,
         "max_position_embeddings": cfg.max_seq_len,
         "rope_theta": cfg.rope_base,
         "rms_norm_eps": cfg.norm_eps,
-        "final_logit_softcapping": cfg.logit_softcap,
+        // HF's convention: null = no soft-cap.
+        "final_logit_softcapping": (cfg.logit_softcap > 0.0).then_some(cfg.logit_softcap),
         "attention_bias": false,
         "tie_word_embeddings": false,
         "bos_token_id": tok.bos_id(),
@@ -116,8 +117,11 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
         mlp,
         max_seq_len: int("max_position_embeddings")?,
         rope_base: float("rope_theta")?,
-        logit_softcap: float("final_logit_softcapping")? as f32,
+        // Absent or null: no soft-cap (Llama, Qwen, Mistral write none).
+        logit_softcap: v.get("final_logit_softcapping").and_then(Value::as_f64).unwrap_or(0.0) as f32,
         norm_eps: float("rms_norm_eps")?,
+        // Exports from before the field always had QK-norm.
+        qk_norm: v.get("qk_norm").and_then(Value::as_bool).unwrap_or(true),
     };
     if let Some(hd) = v.get("head_dim").and_then(Value::as_u64) {
         if hd as usize != cfg.head_dim() {
@@ -280,11 +284,13 @@ mod tests {
     fn export_then_load_gives_the_same_weights_and_config() {
         let tmp = tempfile::tempdir().unwrap();
         let tok = tokenizer(tmp.path());
-        for mlp in [MlpKind::Relu2, MlpKind::SwiGlu] {
+        // Both MLPs; with and without a soft-cap (0 is written as HF's null).
+        for (mlp, cap) in [(MlpKind::Relu2, 15.0), (MlpKind::SwiGlu, 15.0), (MlpKind::SwiGlu, 0.0)] {
             let mut cfg = ModelConfig::tiny(300);
             cfg.mlp = mlp;
+            cfg.logit_softcap = cap;
             let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
-            let out = tmp.path().join(format!("hf-{mlp:?}"));
+            let out = tmp.path().join(format!("hf-{mlp:?}-{cap}"));
             let e = export_hf(&model, &tok, &out, WeightType::F32, json!({"source": "test"})).unwrap();
             assert_eq!(e.weights_sha256, model.weights_sha256().unwrap(), "f32 export keeps the weights");
             assert!(is_hf_export(&out));
@@ -295,6 +301,7 @@ mod tests {
             // The HF fields alone map back to the same config.
             let mut v: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_FILE)).unwrap()).unwrap();
             v.as_object_mut().unwrap().remove("jarip");
+            assert_eq!(v["final_logit_softcapping"].is_null(), cap == 0.0);
             assert_eq!(&model_config_from_hf(&v).unwrap(), model.config());
         }
     }

@@ -26,6 +26,41 @@ pub enum MlpKind {
     SwiGlu,
 }
 
+/// An architecture preset: the family a model's blocks follow. The weights are always the
+/// team's own (drawn from the seed); the preset only picks the shape, so that engines which know
+/// the family can run the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// ReLU² MLP, QK-norm, logit soft-cap 15 (the default).
+    #[default]
+    Jarip,
+    /// Llama 3 style: SwiGLU, no QK-norm, no soft-cap, RoPE θ 500,000.
+    Llama,
+    /// Qwen3 dense style: SwiGLU, QK-norm with gains, no soft-cap, RoPE θ 1,000,000.
+    Qwen3,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "jarip" => Ok(Arch::Jarip),
+            "llama" => Ok(Arch::Llama),
+            "qwen3" => Ok(Arch::Qwen3),
+            other => bail!("unknown architecture {other:?}: jarip, llama or qwen3"),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -44,9 +79,13 @@ pub struct ModelConfig {
     /// Longest context the rotary tables cover.
     pub max_seq_len: usize,
     pub rope_base: f64,
-    /// Logits are `cap · tanh(z / cap)`, computed in fp32.
+    /// Logits are `cap · tanh(z / cap)`, computed in fp32; 0 = no soft-cap (Llama, Qwen).
     pub logit_softcap: f32,
     pub norm_eps: f64,
+    /// RMSNorm (with gains) on each head's queries and keys before the rotary embedding. Written
+    /// only when off, so configs from before the field read and write unchanged.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub qk_norm: bool,
 }
 
 impl ModelConfig {
@@ -66,7 +105,31 @@ impl ModelConfig {
             rope_base: 10_000.0,
             logit_softcap: 15.0,
             norm_eps: 1e-5,
+            qk_norm: true,
         }
+    }
+
+    /// The depth dial's shape in the family `arch`: Llama and Qwen3 take a SwiGLU MLP of the
+    /// same parameter count as ReLU²'s 4·C (8/3·C, rounded up to a multiple of 64), no soft-cap,
+    /// and their RoPE θ; Llama drops QK-norm.
+    pub fn from_depth_arch(depth: usize, vocab_size: usize, arch: Arch) -> Self {
+        let mut c = Self::from_depth(depth, vocab_size);
+        c.set_arch(arch);
+        c
+    }
+
+    /// Turns this shape into the family `arch` (width, depth, heads and context kept).
+    pub fn set_arch(&mut self, arch: Arch) {
+        if arch == Arch::Jarip {
+            return;
+        }
+        self.mlp = MlpKind::SwiGlu;
+        self.mlp_hidden = (8 * self.n_embd).div_ceil(3).div_ceil(64) * 64;
+        self.logit_softcap = 0.0;
+        (self.qk_norm, self.rope_base) = match arch {
+            Arch::Llama => (false, 500_000.0),
+            _ => (true, 1_000_000.0),
+        };
     }
 
     /// A small shape for tests: 2 layers, width 64, 4 heads of 16 (2 KV heads), context 32.
@@ -83,6 +146,7 @@ impl ModelConfig {
             rope_base: 10_000.0,
             logit_softcap: 15.0,
             norm_eps: 1e-5,
+            qk_norm: true,
         }
     }
 
@@ -122,8 +186,8 @@ impl ModelConfig {
         if self.vocab_size > u32::MAX as usize {
             bail!("model config: vocab_size {} does not fit token ids (u32)", self.vocab_size);
         }
-        if !(self.logit_softcap > 0.0 && self.logit_softcap.is_finite()) {
-            bail!("model config: logit_softcap must be positive and finite");
+        if !(self.logit_softcap >= 0.0 && self.logit_softcap.is_finite()) {
+            bail!("model config: logit_softcap must be finite and ≥ 0 (0 = no soft-cap)");
         }
         if !(self.rope_base > 1.0 && self.norm_eps > 0.0) {
             bail!("model config: rope_base must exceed 1 and norm_eps be positive");
@@ -191,6 +255,36 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_shape_the_dial_and_old_configs_read_and_write_unchanged() {
+        let j = ModelConfig::from_depth_arch(6, 8192, Arch::Jarip);
+        assert_eq!(j, ModelConfig::from_depth(6, 8192));
+        let text = serde_json::to_string(&j).unwrap();
+        assert!(!text.contains("qk_norm"), "the default is left out: {text}");
+        let back: ModelConfig = serde_json::from_str(&text).unwrap();
+        assert!(back.qk_norm && back == j);
+        let l = ModelConfig::from_depth_arch(6, 8192, Arch::Llama);
+        assert_eq!(
+            (l.mlp, l.mlp_hidden, l.qk_norm, l.logit_softcap, l.rope_base),
+            (MlpKind::SwiGlu, 1024, false, 0.0, 5e5)
+        );
+        assert!(serde_json::to_string(&l).unwrap().contains("\"qk_norm\":false"));
+        let q = ModelConfig::from_depth_arch(6, 8192, Arch::Qwen3);
+        assert_eq!((q.mlp, q.qk_norm, q.logit_softcap, q.rope_base), (MlpKind::SwiGlu, true, 0.0, 1e6));
+        for c in [&l, &q] {
+            c.validate().unwrap();
+            assert_eq!((c.n_layer, c.n_embd, c.n_head), (j.n_layer, j.n_embd, j.n_head));
+            let p_swiglu = 3 * c.n_embd * c.mlp_hidden;
+            let p_relu2 = 2 * j.n_embd * j.mlp_hidden;
+            assert!(p_swiglu.abs_diff(p_relu2) * 50 < p_relu2, "SwiGLU keeps ReLU²'s MLP size");
+        }
+        assert_eq!("qwen3".parse::<Arch>().unwrap(), Arch::Qwen3);
+        assert!("gpt5".parse::<Arch>().unwrap_err().to_string().contains("jarip, llama or qwen3"));
+        let mut bad = l.clone();
+        bad.logit_softcap = -1.0;
+        assert!(bad.validate().unwrap_err().to_string().contains("logit_softcap"));
+    }
 
     #[test]
     fn depth_six_is_the_benchmark_shape() {

@@ -83,7 +83,11 @@ impl Part {
 
     /// Whether a model with `cfg` has this part.
     pub fn present(self, cfg: &ModelConfig) -> bool {
-        self != Part::Gate || cfg.mlp == MlpKind::SwiGlu
+        match self {
+            Part::Gate => cfg.mlp == MlpKind::SwiGlu,
+            Part::QNorm | Part::KNorm => cfg.qk_norm,
+            _ => true,
+        }
     }
 
     /// `[rows, cols]` of a matrix (`out × in`, the layout every matrix is stored and read in), or
@@ -167,8 +171,9 @@ pub struct Block<N, M> {
     pub wq: M,
     pub wk: M,
     pub wv: M,
-    pub q_norm: N,
-    pub k_norm: N,
+    /// QK-norm's gains; `None` without QK-norm.
+    pub q_norm: Option<N>,
+    pub k_norm: Option<N>,
     pub wo: M,
     pub mlp_norm: N,
     /// SwiGLU's gate; `None` for ReLU².
@@ -195,8 +200,8 @@ impl<N, M> Block<N, M> {
             wq: mat(Part::Q)?,
             wk: mat(Part::K)?,
             wv: mat(Part::V)?,
-            q_norm: norm(&Part::QNorm.name(layer))?,
-            k_norm: norm(&Part::KNorm.name(layer))?,
+            q_norm: if Part::QNorm.present(cfg) { Some(norm(&Part::QNorm.name(layer))?) } else { None },
+            k_norm: if Part::KNorm.present(cfg) { Some(norm(&Part::KNorm.name(layer))?) } else { None },
             wo: mat(Part::O)?,
             mlp_norm: norm(&Part::MlpNorm.name(layer))?,
             w_gate: if Part::Gate.present(cfg) { Some(mat(Part::Gate)?) } else { None },
@@ -213,9 +218,9 @@ impl<N, M> Block<N, M> {
             .chain([&self.w_up, &self.w_down])
     }
 
-    /// The block's norm gains.
-    pub fn norms(&self) -> [&N; 4] {
-        [&self.attn_norm, &self.q_norm, &self.k_norm, &self.mlp_norm]
+    /// The block's norm gains (QK-norm's where present).
+    pub fn norms(&self) -> impl Iterator<Item = &N> {
+        [&self.attn_norm].into_iter().chain(self.q_norm.as_ref()).chain(self.k_norm.as_ref()).chain([&self.mlp_norm])
     }
 }
 

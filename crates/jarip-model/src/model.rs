@@ -5,10 +5,10 @@
 //! for each block:
 //!     h = rmsnorm(x)
 //!     q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ                       q: H heads, k/v: Hkv heads of D
-//!     q, k = rope(rmsnorm(q)), rope(rmsnorm(k))           QK-norm per head, then rotary
+//!     q, k = rope(rmsnorm(q)), rope(rmsnorm(k))           QK-norm per head (if on), rotary
 //!     x = x + causal_attention(q, k, v)·Woᵀ
 //!     x = x + mlp(rmsnorm(x))                             ReLU² or SwiGLU
-//! logits = cap · tanh((rmsnorm(x)·W_headᵀ) / cap)          fp32, untied head
+//! logits = cap · tanh((rmsnorm(x)·W_headᵀ) / cap)          fp32, untied head (cap 0: none)
 //! ```
 //! No biases anywhere. Weights are fp32 master copies (candle `Var`s); with a bf16 compute
 //! dtype (CUDA) each forward casts them, and the gradient flows back to the fp32 copy.
@@ -167,8 +167,12 @@ impl Gpt {
             let q = self.linear(&hn, &blk.wq, (b, t, h, d))?;
             let k = self.linear(&hn, &blk.wk, (b, t, hkv, d))?;
             let v = self.linear(&hn, &blk.wv, (b, t, hkv, d))?;
-            let q = ops::rope::rope(&self.norm(&q, &blk.q_norm)?, &self.rope, 0, k_ops)?;
-            let k = ops::rope::rope(&self.norm(&k, &blk.k_norm)?, &self.rope, 0, k_ops)?;
+            let (q, k) = match (&blk.q_norm, &blk.k_norm) {
+                (Some(qn), Some(kn)) => (self.norm(&q, qn)?, self.norm(&k, kn)?),
+                _ => (q, k),
+            };
+            let q = ops::rope::rope(&q, &self.rope, 0, k_ops)?;
+            let k = ops::rope::rope(&k, &self.rope, 0, k_ops)?;
             let y = ops::attention::causal_attention(&q, &k, &v, k_ops)?;
             x = (x + self.linear(&y, &blk.wo, (n, cfg.n_embd))?)?;
 

@@ -3,7 +3,7 @@
 //!
 //! cargo run --release -p jarip-train --example bench_train -- [--depth 6] [--vocab 8192]
 //!     [--seq-len 256] [--batch 8] [--steps 10] [--warmup 2] [--kernels fused|composed]
-//!     [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown] [--accum 1]
+//!     [--arch jarip|llama|qwen3] [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown] [--accum 1]
 //!
 //! Data-parallel (build with `--features mpi`): `mpirun -n N bench_train --dist mpi --accum A`
 //! splits each step's A micro-batches among the N ranks; rank 0 prints, with the time spent
@@ -57,7 +57,8 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
         _ => Kernels::Fused,
     };
 
-    let mut cfg = ModelConfig::from_depth(depth, vocab);
+    let arch: jarip_model::Arch = arg(&args, "--arch", jarip_model::Arch::Jarip);
+    let mut cfg = ModelConfig::from_depth_arch(depth, vocab, arch);
     if arg(&args, "--mlp", "relu2".to_string()) == "swiglu" {
         // Same parameter count: 3 matrices of 8/3·C instead of 2 of 4·C.
         cfg.mlp = jarip_model::MlpKind::SwiGlu;
@@ -120,7 +121,7 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
     let flops = cfg.train_flops_per_token(seq_len) * tokens as f64;
     let line = serde_json::json!({
         "impl": format!(
-            "jarip ({}, {:?}, {} rank{} × {} threads)",
+            "jarip ({}, {arch:?}: {:?}, {} rank{} × {} threads)",
             if kernels == Kernels::Fused { "fused" } else { "composed" },
             cfg.mlp,
             comm.world_size(),

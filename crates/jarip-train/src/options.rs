@@ -29,6 +29,9 @@ pub struct PretrainOptions {
     pub stop_at_step: Option<u64>,
     /// Continue the run in `out` from its newest checkpoint.
     pub resume: bool,
+    /// The architecture family of the depth dial's shape (ignored with a config file, which sets
+    /// every field itself).
+    pub arch: jarip_model::Arch,
     /// Seeds the weights at step 0 and the sampling RNG.
     pub seed: u64,
     /// Seeds the data order (the sampler's shuffle); `None` = `seed`. Apart from `seed` so that two
@@ -90,6 +93,7 @@ impl Default for PretrainOptions {
             minutes: None,
             stop_at_step: None,
             resume: false,
+            arch: jarip_model::Arch::Jarip,
             seed: 42,
             data_seed: None,
             seq_len: 256,

@@ -59,6 +59,11 @@ pub struct PretrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Architecture family of the --depth shape: jarip (ReLU², QK-norm, soft-cap 15), llama
+    /// (SwiGLU, no QK-norm, no soft-cap, RoPE θ 500k) or qwen3 (SwiGLU, QK-norm, no soft-cap,
+    /// RoPE θ 1M). Every weight is still drawn from --seed.
+    #[arg(long, default_value = "jarip")]
+    pub arch: jarip_model::Arch,
     /// Seeds the weights at step 0, the data order (unless --data-seed) and the samples.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -156,6 +161,7 @@ impl PretrainArgs {
             tokens: self.tokens,
             minutes: self.minutes,
             resume: self.resume,
+            arch: self.arch,
             seed: self.seed,
             data_seed: self.data_seed,
             seq_len: self.seq_len,

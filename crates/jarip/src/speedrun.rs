@@ -204,6 +204,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<(PathBuf, St
         tokens: None,
         minutes: Some(a.minutes),
         resume: false,
+        arch: jarip_model::Arch::Jarip,
         seed: a.seed,
         data_seed: None,
         seq_len: SEQ_LEN,

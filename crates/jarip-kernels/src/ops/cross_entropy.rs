@@ -3,6 +3,10 @@
 //!
 //! `c = cap·tanh(z/cap)`, `loss = logsumexp(c) − c[t]`.
 //! Backward: `dz = g · (softmax(c) − onehot(t)) · (1 − (c/cap)²)`.
+//!
+//! `cap = 0` means no soft-cap (Llama- and Qwen-style heads): `c = z`, so
+//! `loss = logsumexp(z) − z[t]` (with the row's maximum subtracted first: raw logits are not
+//! bounded) and `dz = g · (softmax(z) − onehot(t))`.
 
 use super::fastmath::{exp_inplace, tanh_inplace};
 use super::{rows_per_task, slice_f32, with_f32, Kernels};
@@ -19,8 +23,11 @@ pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f32, kernel
     }
 }
 
-/// `cap · tanh(z / cap)` in fp32.
+/// `cap · tanh(z / cap)` in fp32; `cap = 0`: the logits unchanged (in fp32).
 pub fn softcap(logits: &Tensor, cap: f32) -> Result<Tensor> {
+    if cap == 0.0 {
+        return logits.to_dtype(DType::F32);
+    }
     let cap = cap as f64;
     (logits.to_dtype(DType::F32)? / cap)?.tanh()? * cap
 }
@@ -36,6 +43,14 @@ pub fn softcap_cross_entropy_composed(logits: &Tensor, targets: &Tensor, cap: f3
 
 /// Loss and log-sum-exp of one row of raw logits `z` (`buf`: scratch of the row's length).
 pub(crate) fn row_forward(z: &[f32], target: u32, cap: f32, buf: &mut [f32]) -> (f32, f32) {
+    if cap == 0.0 {
+        // c = z: logsumexp after subtracting the row's maximum.
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        buf.iter_mut().zip(z).for_each(|(b, &zj)| *b = zj - max);
+        exp_inplace(buf);
+        let lse = max + buf.iter().sum::<f32>().ln();
+        return (lse - z[target as usize], lse);
+    }
     // u = tanh(z/cap); c = cap·u. The capped logits lie in (−cap, cap), so exp(c − cap)
     // cannot overflow and needs no max pass.
     let inv_cap = 1.0 / cap;
@@ -51,6 +66,14 @@ pub(crate) fn row_forward(z: &[f32], target: u32, cap: f32, buf: &mut [f32]) -> 
 
 /// Turns a row of raw logits `z` into `dloss/dz` in place, for upstream gradient `g`.
 pub(crate) fn row_backward(z: &mut [f32], target: u32, lse: f32, g: f32, cap: f32, e: &mut [f32]) {
+    if cap == 0.0 {
+        // dz = g·(softmax(z) − onehot(t)), softmax(z) = exp(z − lse).
+        e.iter_mut().zip(z.iter()).for_each(|(e, &zj)| *e = zj - lse);
+        exp_inplace(e);
+        z.iter_mut().zip(e.iter()).for_each(|(d, &p)| *d = g * p);
+        z[target as usize] -= g;
+        return;
+    }
     // z ← u = tanh(z/cap); e ← softmax(c) = exp(cap·u − lse)
     let inv_cap = 1.0 / cap;
     z.iter_mut().for_each(|d| *d *= inv_cap);
@@ -141,14 +164,38 @@ mod tests {
         let t: Vec<u32> = (0..n as u32).map(|i| (i * 97) % v as u32).collect();
         let t = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
         let w = randn(&[n], 2, 1.0);
-        let run = |k: Kernels| {
-            let l = softcap_cross_entropy(&z, &t, 15.0, k).unwrap();
-            let g = (l.clone() * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            (l, g.get(&z).unwrap().clone())
-        };
-        let (l0, d0) = run(Kernels::Composed);
-        let (l1, d1) = run(Kernels::Fused);
-        assert_close(&l0, &l1, 2e-5, "loss");
-        assert_close(&d0, &d1, 1e-6, "dlogits");
+        // 15: a soft-capped head; 0: none, on logits large enough that exp(z) would overflow
+        // without the row's maximum subtracted.
+        for cap in [15.0, 0.0] {
+            let run = |k: Kernels| {
+                let l = softcap_cross_entropy(&z, &t, cap, k).unwrap();
+                let g = (l.clone() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                (l, g.get(&z).unwrap().clone())
+            };
+            let (l0, d0) = run(Kernels::Composed);
+            let (l1, d1) = run(Kernels::Fused);
+            assert_close(&l0, &l1, 2e-5, &format!("loss, cap {cap}"));
+            assert_close(&d0, &d1, 1e-6, &format!("dlogits, cap {cap}"));
+            assert!(l1.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()), "cap {cap}");
+        }
+        // Without a cap the loss is the plain cross-entropy of the logits.
+        let plain = plain_ce(&z.as_tensor().clone(), &t);
+        assert_close(&softcap_cross_entropy(&z, &t, 0.0, Kernels::Fused).unwrap(), &plain, 2e-5, "plain CE");
+    }
+
+    /// Cross-entropy written out: log Σ exp(z − max) + max − z[t].
+    fn plain_ce(z: &Tensor, t: &Tensor) -> Tensor {
+        let zs = z.to_vec2::<f32>().unwrap();
+        let ts = t.to_vec1::<u32>().unwrap();
+        let l: Vec<f32> = zs
+            .iter()
+            .zip(&ts)
+            .map(|(row, &ti)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+                (s.ln() + m - row[ti as usize] as f64) as f32
+            })
+            .collect();
+        Tensor::new(l.as_slice(), &Device::Cpu).unwrap()
     }
 }

@@ -143,15 +143,18 @@ mod tests {
         let t: Vec<u32> = (0..n as u32).map(|i| (i * 97) % v as u32).collect();
         let t = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
         let up = randn(&[n], 3, 1.0);
-        let run = |k: Kernels| {
-            let l = head_cross_entropy(&h, &w, &t, 15.0, k).unwrap();
-            let g = (l.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            (l, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone())
-        };
-        let (l0, dh0, dw0) = run(Kernels::Composed);
-        let (l1, dh1, dw1) = run(Kernels::Fused);
-        assert_close(&l0, &l1, 1e-4, "loss");
-        assert_close(&dh0, &dh1, 1e-4, "dh");
-        assert_close(&dw0, &dw1, 1e-4, "dw");
+        // A soft-capped head (15) and none (0).
+        for cap in [15.0, 0.0] {
+            let run = |k: Kernels| {
+                let l = head_cross_entropy(&h, &w, &t, cap, k).unwrap();
+                let g = (l.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (l, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone())
+            };
+            let (l0, dh0, dw0) = run(Kernels::Composed);
+            let (l1, dh1, dw1) = run(Kernels::Fused);
+            assert_close(&l0, &l1, 1e-4, &format!("loss, cap {cap}"));
+            assert_close(&dh0, &dh1, 1e-4, &format!("dh, cap {cap}"));
+            assert_close(&dw0, &dw1, 1e-4, &format!("dw, cap {cap}"));
+        }
     }
 }
