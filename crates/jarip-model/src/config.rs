@@ -17,6 +17,8 @@ pub const HEAD_DIM: usize = 64;
 /// vocab 8192, batch 8 × 256) a full training step took 3.27–3.44 s with ReLU² against
 /// 3.37–3.71 s with SwiGLU, at 766 MB against 885 MB peak RSS (`bench_train --mlp`), and
 /// nanochat and modded-nanogpt report no loss-per-step penalty for ReLU² at these scales.
+/// (Measured before SwiGLU's gating had a fused kernel; with it, SwiGLU steps ran 1,222 ms
+/// against ReLU²'s 1,272 on the same machine: `bench/train/README.md`, presets.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MlpKind {

@@ -180,7 +180,7 @@ impl Gpt {
             let up = self.linear(&hn, &blk.w_up, (n, cfg.mlp_hidden))?;
             let act = match &blk.w_gate {
                 None => ops::relu2::relu2(&up, k_ops)?,
-                Some(g) => (self.linear(&hn, g, (n, cfg.mlp_hidden))?.silu()? * up)?,
+                Some(g) => ops::swiglu::swiglu(&self.linear(&hn, g, (n, cfg.mlp_hidden))?, &up, k_ops)?,
             };
             x = (x + self.linear(&act, &blk.w_down, (n, cfg.n_embd))?)?;
         }

@@ -17,6 +17,7 @@ pub mod linear;
 pub mod relu2;
 pub mod rms_norm;
 pub mod rope;
+pub mod swiglu;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use serde::{Deserialize, Serialize};
