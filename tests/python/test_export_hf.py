@@ -61,14 +61,37 @@ def exported_swiglu_gqa(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported_uncapped(tmp_path_factory):
-    # Llama-style: logit_softcap 0 (no soft-cap, written as HF's null) and no QK-norm.
+    # A jarip-family model (ReLU²) with logit_softcap 0 (no soft-cap, written as HF's null) and
+    # no QK-norm: the exported modeling code must honour both.
     root = tmp_path_factory.mktemp("export-uncapped")
-    run_dir = tiny_model(root, {**SWIGLU_GQA, "logit_softcap": 0.0, "qk_norm": False})
+    run_dir = tiny_model(root, {**SWIGLU_GQA, "mlp": "relu2", "mlp_hidden": 128, "logit_softcap": 0.0, "qk_norm": False})
     out = root / "hf"
     run("export", "--model", run_dir, "--out", out)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["final_logit_softcapping"] is None and cfg["qk_norm"] is False
     return run_dir, out
+
+
+def native_export(tmp_path_factory, arch):
+    # The --arch presets' shapes: SwiGLU, no soft-cap; QK-norm for qwen3 only.
+    root = tmp_path_factory.mktemp(f"export-{arch}")
+    shape = {**SWIGLU_GQA, "logit_softcap": 0.0, "qk_norm": arch == "qwen3", "rope_base": 5e5}
+    run_dir = tiny_model(root, shape)
+    out = root / "hf"
+    run("export", "--model", run_dir, "--out", out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == arch and not (out / "modeling_jarip.py").exists()
+    return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def exported_llama(tmp_path_factory):
+    return native_export(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="module")
+def exported_qwen3(tmp_path_factory):
+    return native_export(tmp_path_factory, "qwen3")
 
 
 def jarip_json(*args):
@@ -102,7 +125,8 @@ def numpy_logits(d, ids):
         q = (hn @ w[p + "self_attn.q_proj.weight"].T).reshape(t, h, hd)
         k = (hn @ w[p + "self_attn.k_proj.weight"].T).reshape(t, hkv, hd)
         v = (hn @ w[p + "self_attn.v_proj.weight"].T).reshape(t, hkv, hd)
-        if cfg.get("qk_norm", True):
+        family = cfg["model_type"]
+        if family == "qwen3" or (family == "jarip" and cfg.get("qk_norm", True)):
             q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
             k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
         q, k = rope(q), rope(k)
@@ -116,15 +140,15 @@ def numpy_logits(d, ids):
         x = x + y.reshape(t, h * hd) @ w[p + "self_attn.o_proj.weight"].T
         hn = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
         up = hn @ w[p + "mlp.up_proj.weight"].T
-        if cfg["mlp_type"] == "swiglu":
+        if family in ("llama", "qwen3") or cfg.get("mlp_type") == "swiglu":
             g = hn @ w[p + "mlp.gate_proj.weight"].T
             act = g / (1 + np.exp(-g)) * up
         else:
             act = np.maximum(up, 0) ** 2
         x = x + act @ w[p + "mlp.down_proj.weight"].T
     z = rms_norm(x[-1], w["model.norm.weight"], eps) @ w["lm_head.weight"].T
-    cap = cfg["final_logit_softcapping"]
-    return cap * np.tanh(z / cap) if cap else z  # null: no soft-cap
+    cap = cfg.get("final_logit_softcapping")
+    return cap * np.tanh(z / cap) if cap else z  # null or absent: no soft-cap
 
 
 def log_softmax(z):
@@ -203,6 +227,29 @@ def test_transformers_loads_the_export_with_its_modeling_code(exported):
         first = model(torch.tensor([ids[:-1]]), use_cache=True)
         step = model(torch.tensor([ids[-1:]]), past_key_values=first.past_key_values).logits[0, -1].numpy()
     assert np.abs(step - logits).max() < 1e-9
+
+
+@pytest.mark.parametrize("export", ["exported_llama", "exported_qwen3"])
+def test_native_families_load_in_transformers_own_classes(export, request):
+    """Llama/Qwen3-shaped models export as those families: transformers' own classes (no
+    trust_remote_code, no modeling file in the export) give jarip's logits and greedy tokens."""
+    _, out = request.getfixturevalue(export)
+    ids = prompt_ids(out, PROMPT)
+    ref = numpy_logits(out, ids)
+    got = jarip_json("generate", "--model", out, "--prompt", PROMPT, "--max-tokens", "8",
+                     "--temperature", "0", "--raw", "--json")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    want = {"exported_llama": "LlamaForCausalLM", "exported_qwen3": "Qwen3ForCausalLM"}[export]
+    assert type(model).__name__ == want
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].double().numpy()
+    assert np.abs(logits - ref).max() <= 1e-3 * np.abs(ref).max()
+    with torch.no_grad():
+        seq = model.generate(torch.tensor([ids]), max_new_tokens=len(got["tokens"]), do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    assert seq == got["tokens"]
 
 
 def run_on_numpy_torch(out, dtype, prompt, continuation):

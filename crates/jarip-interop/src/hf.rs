@@ -45,9 +45,51 @@ fn special(tok: &Tokenizer, name: &str) -> Result<u32> {
     tok.special_id(name).with_context(|| format!("the tokenizer has no {name} token"))
 }
 
+/// The transformers family a model's shape belongs to exactly, if any: SwiGLU, no soft-cap, and
+/// QK-norm (Qwen3) or not (Llama) — the `--arch llama|qwen3` presets. Such a model is exported
+/// with the family's own `architectures`/`model_type` and no modeling code: transformers, vLLM
+/// and SGLang load it with their own classes. Tensor names and the rotary convention (halves
+/// rotated, HF's `rotate_half`) are already the same.
+pub fn native_family(cfg: &ModelConfig) -> Option<(&'static str, &'static str)> {
+    if cfg.mlp != MlpKind::SwiGlu || cfg.logit_softcap != 0.0 {
+        return None;
+    }
+    Some(if cfg.qk_norm { ("qwen3", "Qwen3ForCausalLM") } else { ("llama", "LlamaForCausalLM") })
+}
+
 /// `config.json` in HF terms; `jarip` holds the native config so import is exact.
 pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Result<Value> {
     let torch_dtype = float_type(dtype)?.1;
+    if let Some((model_type, class)) = native_family(cfg) {
+        return Ok(json!({
+            "architectures": [class],
+            "model_type": model_type,
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.n_embd,
+            "intermediate_size": cfg.mlp_hidden,
+            "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim(),
+            "hidden_act": "silu",
+            "max_position_embeddings": cfg.max_seq_len,
+            "rope_theta": cfg.rope_base,
+            "rope_scaling": null,
+            "rms_norm_eps": cfg.norm_eps,
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "mlp_bias": false,
+            "use_sliding_window": false,
+            "sliding_window": null,
+            "tie_word_embeddings": false,
+            "bos_token_id": tok.bos_id(),
+            "eos_token_id": special(tok, "<|end|>")?,
+            "pad_token_id": special(tok, "<|pad|>")?,
+            "torch_dtype": torch_dtype,
+            "use_cache": true,
+            "jarip": cfg,
+        }));
+    }
     let (act, mlp) = match cfg.mlp {
         MlpKind::Relu2 => ("relu2", "relu2"),
         MlpKind::SwiGlu => ("silu", "swiglu"),
@@ -102,10 +144,19 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
     let float = |k: &str| -> Result<f64> {
         v.get(k).and_then(Value::as_f64).with_context(|| format!("config.json: field {k:?} missing or not a number"))
     };
-    let mlp = match v.get("mlp_type").and_then(Value::as_str).unwrap_or("relu2") {
-        "relu2" => MlpKind::Relu2,
-        "swiglu" => MlpKind::SwiGlu,
-        other => bail!("config.json: mlp_type {other:?} is neither relu2 nor swiglu"),
+    let family = v.get("model_type").and_then(Value::as_str).unwrap_or(MODEL_TYPE);
+    let native = matches!(family, "llama" | "qwen3");
+    let mlp = if native {
+        match v.get("hidden_act").and_then(Value::as_str) {
+            Some("silu") => MlpKind::SwiGlu,
+            other => bail!("config.json: a {family} model with hidden_act {other:?}; jarip runs silu (SwiGLU)"),
+        }
+    } else {
+        match v.get("mlp_type").and_then(Value::as_str).unwrap_or("relu2") {
+            "relu2" => MlpKind::Relu2,
+            "swiglu" => MlpKind::SwiGlu,
+            other => bail!("config.json: mlp_type {other:?} is neither relu2 nor swiglu"),
+        }
     };
     let cfg = ModelConfig {
         vocab_size: int("vocab_size")?,
@@ -120,8 +171,12 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
         // Absent or null: no soft-cap (Llama, Qwen, Mistral write none).
         logit_softcap: v.get("final_logit_softcapping").and_then(Value::as_f64).unwrap_or(0.0) as f32,
         norm_eps: float("rms_norm_eps")?,
-        // Exports from before the field always had QK-norm.
-        qk_norm: v.get("qk_norm").and_then(Value::as_bool).unwrap_or(true),
+        // Qwen3 has QK-norm, Llama none; jarip exports say (those from before the field had it).
+        qk_norm: match family {
+            "qwen3" => true,
+            "llama" => false,
+            _ => v.get("qk_norm").and_then(Value::as_bool).unwrap_or(true),
+        },
     };
     if let Some(hd) = v.get("head_dim").and_then(Value::as_u64) {
         if hd as usize != cfg.head_dim() {
@@ -214,8 +269,10 @@ pub fn export_hf(
         "special_tokens_map.json",
         &json!({ "bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>" }),
     )?;
-    std::fs::write(p.join("modeling_jarip.py"), MODELING_PY)?;
-    std::fs::write(p.join("configuration_jarip.py"), CONFIGURATION_PY)?;
+    if native_family(cfg).is_none() {
+        std::fs::write(p.join("modeling_jarip.py"), MODELING_PY)?;
+        std::fs::write(p.join("configuration_jarip.py"), CONFIGURATION_PY)?;
+    }
     let settings = json!({
         "format": "hf",
         "dtype": torch_dtype,
@@ -243,12 +300,13 @@ fn share_readable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` holds a jarip HF export (a `config.json` whose `model_type` is jarip).
+/// Whether `dir` holds a jarip HF export: a `config.json` whose `model_type` is jarip, or a
+/// native-family export (Llama, Qwen3) that carries jarip's own config beside the HF fields.
 pub fn is_hf_export(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(CONFIG_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .is_some_and(|v| v.get("model_type").and_then(Value::as_str) == Some(MODEL_TYPE))
+        .is_some_and(|v| v.get("model_type").and_then(Value::as_str) == Some(MODEL_TYPE) || v.get("jarip").is_some())
 }
 
 /// Loads the weights of an HF-layout directory as an f32 model.
@@ -284,13 +342,21 @@ mod tests {
     fn export_then_load_gives_the_same_weights_and_config() {
         let tmp = tempfile::tempdir().unwrap();
         let tok = tokenizer(tmp.path());
-        // Both MLPs; with and without a soft-cap (0 is written as HF's null).
-        for (mlp, cap) in [(MlpKind::Relu2, 15.0), (MlpKind::SwiGlu, 15.0), (MlpKind::SwiGlu, 0.0)] {
+        // Both MLPs; with and without a soft-cap (0 is written as HF's null); the llama and qwen3
+        // shapes as their native families, without modeling code.
+        let cases = [
+            (MlpKind::Relu2, 15.0, true, "jarip"),
+            (MlpKind::SwiGlu, 15.0, true, "jarip"),
+            (MlpKind::SwiGlu, 0.0, false, "llama"),
+            (MlpKind::SwiGlu, 0.0, true, "qwen3"),
+        ];
+        for (mlp, cap, qk_norm, family) in cases {
             let mut cfg = ModelConfig::tiny(300);
             cfg.mlp = mlp;
             cfg.logit_softcap = cap;
+            cfg.qk_norm = qk_norm;
             let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
-            let out = tmp.path().join(format!("hf-{mlp:?}-{cap}"));
+            let out = tmp.path().join(format!("hf-{mlp:?}-{cap}-{qk_norm}"));
             let e = export_hf(&model, &tok, &out, WeightType::F32, json!({"source": "test"})).unwrap();
             assert_eq!(e.weights_sha256, model.weights_sha256().unwrap(), "f32 export keeps the weights");
             assert!(is_hf_export(&out));
@@ -301,6 +367,8 @@ mod tests {
             // The HF fields alone map back to the same config.
             let mut v: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_FILE)).unwrap()).unwrap();
             v.as_object_mut().unwrap().remove("jarip");
+            assert_eq!(v["model_type"], family);
+            assert_eq!(out.join("modeling_jarip.py").exists(), family == "jarip", "{family}: modeling code");
             assert_eq!(v["final_logit_softcapping"].is_null(), cap == 0.0);
             assert_eq!(&model_config_from_hf(&v).unwrap(), model.config());
         }
