@@ -13,6 +13,12 @@
 //! per-head RMSNorm on queries and keys, rotary on the two halves, GQA, untied head, no biases):
 //! [`GgufArch::Qwen3`] writes it under that architecture, which llama.cpp runs (without the cap),
 //! and jarip still loads exactly (the jarip config travels along).
+//!
+//! The `--arch` presets are llama.cpp's own graphs exactly: a qwen3-shaped model (SwiGLU,
+//! QK-norm, no soft-cap) is `qwen3`; a llama-shaped one (no QK-norm) is `llama`, whose rotary
+//! embedding pairs neighbouring dimensions where jarip (and HF) rotate the two halves, so the
+//! `q`/`k` rows of each head are permuted on export as llama.cpp's converter does
+//! ([`halves_to_pairs`]) and back on load. [`GgufArch::for_config`] picks the architecture.
 
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use crate::hf::CHAT_TEMPLATE;
@@ -32,6 +38,8 @@ pub enum GgufArch {
     Jarip,
     /// For SwiGLU models: llama.cpp's `qwen3` graph computes them, except the logit soft-cap.
     Qwen3,
+    /// For SwiGLU models without QK-norm: llama.cpp's `llama` graph (exact without a soft-cap).
+    Llama,
 }
 
 impl GgufArch {
@@ -39,7 +47,47 @@ impl GgufArch {
         match self {
             GgufArch::Jarip => ARCH,
             GgufArch::Qwen3 => "qwen3",
+            GgufArch::Llama => "llama",
         }
+    }
+
+    /// The architecture llama.cpp runs a model of this shape as exactly: `qwen3` or `llama` for
+    /// the `--arch` presets' shapes, else `jarip`.
+    pub fn for_config(cfg: &ModelConfig) -> Self {
+        match crate::hf::native_family(cfg) {
+            Some(("qwen3", _)) => GgufArch::Qwen3,
+            Some(_) => GgufArch::Llama,
+            None => GgufArch::Jarip,
+        }
+    }
+}
+
+/// One head-major block of rows (`heads × head_dim` rows of `cols`) from jarip's rotary layout
+/// (dimension `i` rotates with `i + D/2`) to llama.cpp's `llama` layout (`2i` with `2i + 1`):
+/// row `h·D + 2i + j` of the result is row `h·D + j·D/2 + i` of the input. `inverse` undoes it.
+pub fn halves_to_pairs(values: &[f32], heads: usize, head_dim: usize, cols: usize, inverse: bool) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let (paired, halved) = (h * head_dim + 2 * i + j, h * head_dim + j * half + i);
+                let (dst, src) = if inverse { (halved, paired) } else { (paired, halved) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// For the `llama` layout: the heads of a q or k projection (`None` for other tensors).
+fn rotary_heads(cfg: &ModelConfig, name: &str) -> Option<usize> {
+    if name.ends_with("self_attn.q_proj.weight") {
+        Some(cfg.n_head)
+    } else if name.ends_with("self_attn.k_proj.weight") {
+        Some(cfg.n_kv_head)
+    } else {
+        None
     }
 }
 
@@ -49,7 +97,8 @@ impl std::str::FromStr for GgufArch {
         match s {
             "jarip" => Ok(GgufArch::Jarip),
             "qwen3" => Ok(GgufArch::Qwen3),
-            _ => bail!("unknown GGUF architecture {s:?}: use jarip or qwen3"),
+            "llama" => Ok(GgufArch::Llama),
+            _ => bail!("unknown GGUF architecture {s:?}: use jarip, qwen3 or llama"),
         }
     }
 }
@@ -101,8 +150,18 @@ pub fn export_gguf(
     if tok.vocab_size() != cfg.vocab_size {
         bail!("tokenizer {} has {} tokens, the model {}", tokenizer_json.display(), tok.vocab_size(), cfg.vocab_size);
     }
-    if arch == GgufArch::Qwen3 && cfg.mlp != MlpKind::SwiGlu {
-        bail!("the qwen3 layout needs a SwiGLU MLP; this model's is ReLU², which llama.cpp's qwen3 graph does not compute");
+    if arch != GgufArch::Jarip && cfg.mlp != MlpKind::SwiGlu {
+        bail!(
+            "the {} layout needs a SwiGLU MLP; this model's is ReLU², which llama.cpp's {} graph does not compute",
+            arch.name(),
+            arch.name()
+        );
+    }
+    if arch == GgufArch::Qwen3 && !cfg.qk_norm {
+        bail!("the qwen3 layout needs QK-norm; this model has none: export it as llama");
+    }
+    if arch == GgufArch::Llama && cfg.qk_norm {
+        bail!("the llama layout has no QK-norm; this model has it: export it as qwen3");
     }
     // Tensors in a fixed order, each stored as asked (1-D norms in f32), and what a reader
     // will get back from them.
@@ -121,8 +180,14 @@ pub fn export_gguf(
             WeightType::F16 | WeightType::Bf16 if shape.len() == 2 => wt.ggml(),
             _ => GgmlType::F32,
         };
+        // The llama layout permutes whole rows, which leaves each row's blocks (and so its Q8_0
+        // rounding) as they are: what a reader gets back is computed on jarip's own order.
+        let back = crate::gguf::decode_f32(&crate::gguf::encode_f32(&values, ty)?, ty)?;
+        let values = match rotary_heads(cfg, n).filter(|_| arch == GgufArch::Llama) {
+            Some(heads) => halves_to_pairs(&values, heads, cfg.head_dim(), shape[1], false),
+            None => values,
+        };
         let bytes = crate::gguf::encode_f32(&values, ty)?;
-        let back = crate::gguf::decode_f32(&bytes, ty)?;
         stored.push((n.clone(), Tensor::from_vec(back, shape.as_slice(), &Device::Cpu)?));
         w.add_tensor(gguf_name(n)?, &shape, ty, bytes)?;
     }
@@ -162,7 +227,7 @@ pub fn export_gguf(
     kv(&mut w, "tokenizer.ggml.model", "gpt2".into())?;
     // llama.cpp knows pre-tokenizers by name; qwen2's split is the closest to jarip's (letters
     // kept whole, digits in groups).
-    let pre = if arch == GgufArch::Qwen3 { "qwen2" } else { ARCH };
+    let pre = if arch == GgufArch::Jarip { ARCH } else { "qwen2" };
     kv(&mut w, "tokenizer.ggml.pre", pre.into())?;
     kv(&mut w, "tokenizer.ggml.tokens", Value::Array(tokens))?;
     kv(&mut w, "tokenizer.ggml.token_type", Value::Array(types))?;
@@ -266,7 +331,10 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     for (name, _) in jarip_model::param_shapes(&cfg) {
         let g = gguf_name(&name)?;
         let info = f.tensor(&g).with_context(|| format!("{what}: tensor {g} ({name}) missing"))?;
-        let values = f.tensor_f32(&g)?;
+        let mut values = f.tensor_f32(&g)?;
+        if let Some(heads) = rotary_heads(&cfg, &name).filter(|_| arch == "llama") {
+            values = halves_to_pairs(&values, heads, cfg.head_dim(), info.shape()[1], true);
+        }
         tensors.insert(name, Tensor::from_vec(values, info.shape().as_slice(), &Device::Cpu)?);
     }
     let hash = jarip_model::hash_tensors(tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
@@ -306,6 +374,53 @@ mod tests {
         tok.save(dir, vec![]).unwrap();
         let model = Gpt::new(&ModelConfig::tiny(300), 9, &Device::Cpu).unwrap();
         (model, dir.join("tokenizer.json"))
+    }
+
+    #[test]
+    fn presets_export_as_llama_cpp_graphs_and_load_back_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, tok) = setup(tmp.path());
+        for (arch, want) in [(jarip_model::Arch::Llama, GgufArch::Llama), (jarip_model::Arch::Qwen3, GgufArch::Qwen3)] {
+            let mut cfg = ModelConfig::tiny(300);
+            cfg.set_arch(arch);
+            assert_eq!(GgufArch::for_config(&cfg), want);
+            let model = Gpt::new(&cfg, 9, &Device::Cpu).unwrap();
+            for wt in [WeightType::F32, WeightType::Q8_0] {
+                let out = tmp.path().join(format!("{}-{}.gguf", want.name(), wt.name()));
+                let e = export_gguf(&model, &tok, &out, wt, want, "t", &serde_json::Value::Null).unwrap();
+                let back = load_gguf(&out, &Device::Cpu).unwrap();
+                assert_eq!(back.weights_sha256, e.weights_sha256);
+                if wt == WeightType::F32 {
+                    assert_eq!(e.weights_sha256, model.weights_sha256().unwrap(), "{want:?}: exact");
+                }
+                let f = GgufFile::open(&out).unwrap();
+                assert_eq!(f.get("general.architecture").and_then(Value::as_str), Some(want.name()));
+                // llama: each head's q rows interleaved (2i, 2i+1) from jarip's halves (i, i+D/2).
+                let stored = f.tensor_f32("blk.1.attn_q.weight").unwrap();
+                let q = model.tensors()["model.layers.1.self_attn.q_proj.weight"].flatten_all().unwrap();
+                let q = q.to_vec1::<f32>().unwrap();
+                let (d, c) = (cfg.head_dim(), cfg.n_embd);
+                if wt == WeightType::F32 {
+                    let row = |v: &[f32], r: usize| v[r * c..(r + 1) * c].to_vec();
+                    let expect = if want == GgufArch::Llama { row(&q, d + d / 2 + 1) } else { row(&q, d + 3) };
+                    assert_eq!(row(&stored, d + 3), expect, "{want:?}: row 3 of head 1");
+                }
+            }
+        }
+        let mut cfg = ModelConfig::tiny(300);
+        cfg.set_arch(jarip_model::Arch::Llama);
+        let model = Gpt::new(&cfg, 9, &Device::Cpu).unwrap();
+        let err = export_gguf(
+            &model,
+            &tok,
+            &tmp.path().join("x.gguf"),
+            WeightType::F32,
+            GgufArch::Qwen3,
+            "t",
+            &serde_json::Value::Null,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("QK-norm"), "{err}");
     }
 
     #[test]

@@ -26,10 +26,11 @@ pub struct ExportArgs {
     /// only) stores 8-bit blocks, 3.8× smaller than f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// GGUF architecture: jarip, or qwen3 for a SwiGLU model so llama.cpp runs it (without the
-    /// logit soft-cap, which its qwen3 graph lacks; jarip still loads the file exactly).
-    #[arg(long, default_value = "jarip")]
-    pub gguf_arch: GgufArch,
+    /// GGUF architecture: jarip, qwen3 or llama. Default: llama.cpp's own graph for the
+    /// `--arch qwen3|llama` shapes (exact), else jarip. qwen3 also takes a SwiGLU jarip model
+    /// (llama.cpp then runs it without the logit soft-cap; jarip still loads the file exactly).
+    #[arg(long)]
+    pub gguf_arch: Option<GgufArch>,
     /// Do not append an `export` entry to the run's ledger.
     #[arg(long)]
     pub no_ledger: bool,
@@ -85,7 +86,8 @@ pub fn run(a: &ExportArgs) -> Result<()> {
     })?;
     let (weights_sha256, files, dtype) = if gguf {
         let name = loaded.dir.file_name().map_or_else(|| "jarip".into(), |n| n.to_string_lossy().to_string());
-        let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, a.gguf_arch, &name, &provenance)?;
+        let arch = a.gguf_arch.unwrap_or_else(|| GgufArch::for_config(loaded.model.config()));
+        let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, arch, &name, &provenance)?;
         let f = FileRef::of_file(&a.out)?;
         (e.weights_sha256, serde_json::to_value([f])?, wt.name())
     } else {
