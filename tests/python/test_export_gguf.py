@@ -3,6 +3,7 @@ reader) reads: metadata, vocabulary, merges, chat template, and tensors that deq
 model's weights (exactly for f32, within half a quantization step for q8_0)."""
 
 import json
+import subprocess
 
 import gguf
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import tokenizers
 from safetensors.numpy import load_file
 
-from serve_helpers import run, tiny_model
+from serve_helpers import jarip_cmd, run, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,41 @@ def test_tensors_dequantize_to_the_weights(exports):
             assert np.all(np.abs(q8t[theirs].reshape(-1, 32) - w.reshape(-1, 32)) <= step * (0.5 + 128 * 2**-11))
         else:
             np.testing.assert_array_equal(q8t[theirs], w)
+
+
+# The --arch presets' shapes (SwiGLU, no soft-cap; QK-norm for qwen3 only), 64 wide so that a few
+# training steps leave logits of a few units.
+PRESET = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "mlp_hidden": 192, "mlp": "swi_glu",
+          "max_seq_len": 64, "rope_base": 500000.0, "logit_softcap": 0.0, "norm_eps": 1e-5}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_presets_run_in_llama_cpp_as_in_jarip(arch, tmp_path):
+    """A llama- or qwen3-shaped model's GGUF is llama.cpp's own graph: llama.cpp's logits for a
+    prompt (given as token ids) match jarip's, and its greedy continuation is jarip's."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    run_dir = tiny_model(tmp_path, {**PRESET, "qk_norm": arch == "qwen3"})
+    out = tmp_path / f"{arch}.gguf"
+    run("export", "--model", run_dir, "--out", out)
+    r = gguf.GGUFReader(out)
+    assert field(r, "general.architecture") == arch
+    args = ["generate", "--model", out, "--prompt", "국민 the world", "--max-tokens", "8", "--temperature", "0", "--raw",
+            "--logprobs", "5", "--json"]
+    got = json.loads(subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True, text=True).stdout)
+    tok = tokenizers.Tokenizer.from_file(str(run_dir / "tokenizer" / "tokenizer.json"))
+    bos = tok.token_to_id("<|bos|>")
+    ids = [bos] + tok.encode("국민 the world", add_special_tokens=False).ids
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    cont, worst = [], 0.0
+    llm.reset()
+    llm.eval(ids)
+    for step in got["logprobs"]:
+        z = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        lp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+        # jarip's five most likely tokens have llama.cpp's log-probabilities.
+        worst = max(worst, max(abs(lp[t] - lp_jarip) for t, lp_jarip in step["top"]))
+        nxt = int(np.argmax(z))
+        cont.append(nxt)
+        llm.eval([nxt])
+    assert worst < 2e-3, (arch, worst)
+    assert cont == got["tokens"], (arch, cont, got["tokens"])
