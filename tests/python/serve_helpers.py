@@ -30,7 +30,7 @@ def run(*args):
     subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True)
 
 
-def tiny_model(root: Path, model: dict | None = None) -> Path:
+def tiny_model(root: Path, model: dict | None = None, preset: str = "jarip") -> Path:
     """A model pretrained for a few steps; returns its run directory.
 
     Depth 1 by default; `model` sets every field of a jarip model config instead (written as the
@@ -42,7 +42,7 @@ def tiny_model(root: Path, model: dict | None = None) -> Path:
         (corpus / f"doc{i:02}.txt").write_text(f"{KO * (1 + i % 3)} {EN} 제{i}조 number {i * 37}\n", encoding="utf-8")
     run_dir = root / "tiny"
     run("data", "prepare", corpus, "--out", run_dir / "prepared")
-    run("tokenizer", "train", run_dir / "prepared", "--vocab-size", "400", "--out", run_dir / "tokenizer")
+    run("tokenizer", "train", run_dir / "prepared", "--vocab-size", "400", "--out", run_dir / "tokenizer", "--preset", preset)
     run("data", "shard", run_dir / "prepared", "--tokenizer", run_dir / "tokenizer", "--out", run_dir / "shards")
     shape = ["--depth", "1"]
     if model is not None:

@@ -85,16 +85,18 @@ PRESET = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "mlp_hidden":
           "max_seq_len": 64, "rope_base": 500000.0, "logit_softcap": 0.0, "norm_eps": 1e-5}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_presets_run_in_llama_cpp_as_in_jarip(arch, tmp_path):
+@pytest.mark.parametrize("arch,split", [("llama", "llama3"), ("qwen3", "jarip")])
+def test_presets_run_in_llama_cpp_as_in_jarip(arch, split, tmp_path):
     """A llama- or qwen3-shaped model's GGUF is llama.cpp's own graph: llama.cpp's logits for a
-    prompt (given as token ids) match jarip's, and its greedy continuation is jarip's."""
+    prompt (given as token ids) match jarip's, and its greedy continuation is jarip's. A tokenizer
+    trained with the llama3 split is llama.cpp's `llama-bpe`: it tokenizes text as jarip does."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    run_dir = tiny_model(tmp_path, {**PRESET, "qk_norm": arch == "qwen3"})
+    run_dir = tiny_model(tmp_path, {**PRESET, "qk_norm": arch == "qwen3"}, preset=split)
     out = tmp_path / f"{arch}.gguf"
     run("export", "--model", run_dir, "--out", out)
     r = gguf.GGUFReader(out)
     assert field(r, "general.architecture") == arch
+    assert field(r, "tokenizer.ggml.pre") == {"llama3": "llama-bpe", "jarip": "qwen2"}[split]
     args = ["generate", "--model", out, "--prompt", "국민 the world", "--max-tokens", "8", "--temperature", "0", "--raw",
             "--logprobs", "5", "--json"]
     got = json.loads(subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True, text=True).stdout)
@@ -115,3 +117,6 @@ def test_presets_run_in_llama_cpp_as_in_jarip(arch, tmp_path):
         llm.eval([nxt])
     assert worst < 2e-3, (arch, worst)
     assert cont == got["tokens"], (arch, cont, got["tokens"])
+    if split == "llama3":
+        text = "대한민국의 주권은 국민에게 있고, All the world's a stage 12345 — 제7조!"
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text, add_special_tokens=False).ids

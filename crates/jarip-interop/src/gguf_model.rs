@@ -225,9 +225,15 @@ pub fn export_gguf(
     let types: Vec<Value> =
         (0..tok.vocab_size() as u32).map(|id| Value::I32(if tok.is_special(id) { 3 } else { 1 })).collect();
     kv(&mut w, "tokenizer.ggml.model", "gpt2".into())?;
-    // llama.cpp knows pre-tokenizers by name; qwen2's split is the closest to jarip's (letters
-    // kept whole, digits in groups).
-    let pre = if arch == GgufArch::Jarip { ARCH } else { "qwen2" };
+    // llama.cpp knows pre-tokenizers by name: a split it knows is written under its name (GPT-4's
+    // = Llama 3's `llama-bpe`, GPT-2's); for jarip's own split, qwen2's is the closest (letters
+    // kept whole; it cuts digits one by one where jarip groups three), so llama.cpp may split
+    // text containing numbers or marks differently: token ids given directly agree.
+    let pre = match (arch, tok.preset().and_then(|p| p.llama_cpp_name())) {
+        (GgufArch::Jarip, _) => ARCH,
+        (_, Some(name)) => name,
+        (_, None) => "qwen2",
+    };
     kv(&mut w, "tokenizer.ggml.pre", pre.into())?;
     kv(&mut w, "tokenizer.ggml.tokens", Value::Array(tokens))?;
     kv(&mut w, "tokenizer.ggml.token_type", Value::Array(types))?;

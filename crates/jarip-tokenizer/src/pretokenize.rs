@@ -48,10 +48,27 @@ impl Preset {
         }
     }
 
+    /// The name llama.cpp gives the same split (`tokenizer.ggml.pre`), where it has one: GPT-4's
+    /// cl100k split is Llama 3's (`llama-bpe`), GPT-2's is `gpt-2`. jarip's own split has none.
+    pub fn llama_cpp_name(self) -> Option<&'static str> {
+        match self {
+            Preset::Gpt2 => Some("gpt-2"),
+            Preset::Gpt4 => Some("llama-bpe"),
+            Preset::Jarip | Preset::JaripDigits1 => None,
+        }
+    }
+
+    /// A preset by its name; `llama3` also names GPT-4's split (the same pattern).
     pub fn from_name(name: &str) -> Result<Self> {
+        if name == "llama3" {
+            return Ok(Preset::Gpt4);
+        }
         match Self::ALL.iter().find(|p| p.name() == name) {
             Some(p) => Ok(*p),
-            None => bail!("unknown pre-tokenizer preset {name:?}; known: {}", Self::ALL.map(|p| p.name()).join(", ")),
+            None => bail!(
+                "unknown pre-tokenizer preset {name:?}; known: {}, llama3 (= gpt4)",
+                Self::ALL.map(|p| p.name()).join(", ")
+            ),
         }
     }
 
@@ -143,6 +160,15 @@ impl PreTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama_cpp_names_only_the_splits_it_has() {
+        assert_eq!(Preset::from_name("llama3").unwrap(), Preset::Gpt4);
+        assert_eq!(Preset::Gpt4.llama_cpp_name(), Some("llama-bpe"));
+        assert_eq!(Preset::Gpt2.llama_cpp_name(), Some("gpt-2"));
+        assert_eq!(Preset::Jarip.llama_cpp_name(), None);
+        assert!(Preset::from_name("qwen9").unwrap_err().to_string().contains("llama3"));
+    }
 
     #[test]
     fn jarip_split_keeps_hangul_and_groups_digits() {

@@ -217,7 +217,9 @@ pub struct TokenizerTrainArgs {
     /// Vocabulary size, including the 256 byte tokens and the special tokens.
     #[arg(long, default_value_t = 32768)]
     pub vocab_size: usize,
-    /// Pre-tokenization split: jarip (Hangul runs as letters, digits in groups of up to 3), gpt2, gpt4.
+    /// Pre-tokenization split: jarip (Hangul runs as letters, digits in groups of up to 3), gpt2,
+    /// gpt4 (= llama3: llama.cpp knows it as llama-bpe, so a GGUF export tokenizes text there
+    /// exactly as jarip does; llama.cpp has no name for jarip's own split).
     #[arg(long, default_value = "jarip")]
     pub preset: String,
     /// Ledger to append to (default: OUT/../ledger.jsonl).
