@@ -36,6 +36,39 @@ pub struct ExportArgs {
     pub no_ledger: bool,
 }
 
+/// Which engines run this export, in plain words.
+fn engines_line(
+    cfg: &jarip_model::ModelConfig,
+    gguf: bool,
+    arch: GgufArch,
+    tok: &jarip_tokenizer::Tokenizer,
+) -> String {
+    let family = hf::native_family(cfg);
+    if !gguf {
+        return match family {
+            Some((_, class)) => format!(
+                "jarip; transformers ({class}, no remote code), vLLM and SGLang with their own {class} implementation"
+            ),
+            None => "jarip; transformers only with trust_remote_code (the export's modeling_jarip.py); vLLM and SGLang cannot load it (train with --arch llama or qwen3 for models they run)"
+                .into(),
+        };
+    }
+    let split = match tok.preset().and_then(|p| p.llama_cpp_name()) {
+        Some(name) => format!("text tokenized exactly as jarip does ({name})"),
+        None => "token ids exact; text split by qwen2's rule, which differs from jarip's on numbers (train the tokenizer with --preset llama3 for an exact split)"
+            .into(),
+    };
+    match (arch, family) {
+        (GgufArch::Jarip, _) => "jarip only: llama.cpp has no graph for architecture jarip (train with --arch llama or qwen3 for llama.cpp/Ollama)"
+            .into(),
+        (_, Some(_)) => format!("jarip; llama.cpp and Ollama as {} exactly; {split}", arch.name()),
+        (_, None) => format!(
+            "jarip exactly; llama.cpp as {} without jarip's logit soft-cap (its outputs will differ); {split}",
+            arch.name()
+        ),
+    }
+}
+
 /// Ledgers live in the run directory or, for `RUN/sft/ckpt-*`, one level further up.
 fn find_ledger(ckpt: &Path) -> Option<PathBuf> {
     ckpt.ancestors().skip(1).take(2).map(|d| d.join("ledger.jsonl")).find(|p| p.is_file())
@@ -84,9 +117,12 @@ pub fn run(a: &ExportArgs) -> Result<()> {
             anyhow::anyhow!("unknown weight type {:?} for the HF layout: use f32, bf16 or f16", a.dtype)
         }
     })?;
+    let cfg = loaded.model.config();
+    let gguf_arch = a.gguf_arch.unwrap_or_else(|| GgufArch::for_config(cfg));
+    let engines = engines_line(cfg, gguf, gguf_arch, &loaded.tokenizer);
     let (weights_sha256, files, dtype) = if gguf {
         let name = loaded.dir.file_name().map_or_else(|| "jarip".into(), |n| n.to_string_lossy().to_string());
-        let arch = a.gguf_arch.unwrap_or_else(|| GgufArch::for_config(loaded.model.config()));
+        let arch = gguf_arch;
         let e = gguf_model::export_gguf(&loaded.model, &tok_file, &a.out, wt, arch, &name, &provenance)?;
         let f = FileRef::of_file(&a.out)?;
         (e.weights_sha256, serde_json::to_value([f])?, wt.name())
@@ -101,6 +137,7 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         a.out.display(),
         if weights_sha256 == source_sha { "identical to the checkpoint" } else { "rounded from the checkpoint's" }
     );
+    println!("  runs in: {engines}");
     if let (Some(l), false) = (ledger, a.no_ledger) {
         let mut entry = Entry::new("export");
         let weights = loaded.dir.join(jarip_model::WEIGHTS_FILE);

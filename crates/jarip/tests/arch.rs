@@ -111,10 +111,12 @@ fn llama_and_qwen3_presets_train_resume_replay_and_export() {
 
         // The checkpoint and its HF export continue a prompt alike.
         let hf = dir.path().join("hf");
-        ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&hf)]));
+        let said = ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&hf)]));
+        assert!(said.contains("no remote code") && said.contains("vLLM"), "{said}");
         assert_eq!(greedy(&run), greedy(&hf), "{arch}");
         let gguf = dir.path().join("m.gguf");
-        ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&gguf)]));
+        let said = ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&gguf)]));
+        assert!(said.contains(&format!("llama.cpp and Ollama as {arch} exactly")), "{said}");
         assert_eq!(greedy(&run), greedy(&gguf), "{arch} (GGUF)");
     }
 }
