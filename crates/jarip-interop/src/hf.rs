@@ -60,47 +60,8 @@ pub fn native_family(cfg: &ModelConfig) -> Option<(&'static str, &'static str)> 
 /// `config.json` in HF terms; `jarip` holds the native config so import is exact.
 pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Result<Value> {
     let torch_dtype = float_type(dtype)?.1;
-    if let Some((model_type, class)) = native_family(cfg) {
-        return Ok(json!({
-            "architectures": [class],
-            "model_type": model_type,
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.n_embd,
-            "intermediate_size": cfg.mlp_hidden,
-            "num_hidden_layers": cfg.n_layer,
-            "num_attention_heads": cfg.n_head,
-            "num_key_value_heads": cfg.n_kv_head,
-            "head_dim": cfg.head_dim(),
-            "hidden_act": "silu",
-            "max_position_embeddings": cfg.max_seq_len,
-            "rope_theta": cfg.rope_base,
-            "rope_scaling": null,
-            "rms_norm_eps": cfg.norm_eps,
-            "attention_bias": false,
-            "attention_dropout": 0.0,
-            "mlp_bias": false,
-            "use_sliding_window": false,
-            "sliding_window": null,
-            "tie_word_embeddings": false,
-            "bos_token_id": tok.bos_id(),
-            "eos_token_id": special(tok, "<|end|>")?,
-            "pad_token_id": special(tok, "<|pad|>")?,
-            "torch_dtype": torch_dtype,
-            "use_cache": true,
-            "jarip": cfg,
-        }));
-    }
-    let (act, mlp) = match cfg.mlp {
-        MlpKind::Relu2 => ("relu2", "relu2"),
-        MlpKind::SwiGlu => ("silu", "swiglu"),
-    };
-    Ok(json!({
-        "architectures": ["JaripForCausalLM"],
-        "model_type": MODEL_TYPE,
-        "auto_map": {
-            "AutoConfig": "configuration_jarip.JaripConfig",
-            "AutoModelForCausalLM": "modeling_jarip.JaripForCausalLM"
-        },
+    // What every family states the same way.
+    let mut v = json!({
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "intermediate_size": cfg.mlp_hidden,
@@ -108,14 +69,9 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Resul
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_kv_head,
         "head_dim": cfg.head_dim(),
-        "hidden_act": act,
-        "mlp_type": mlp,
-        "qk_norm": cfg.qk_norm,
         "max_position_embeddings": cfg.max_seq_len,
         "rope_theta": cfg.rope_base,
         "rms_norm_eps": cfg.norm_eps,
-        // HF's convention: null = no soft-cap.
-        "final_logit_softcapping": (cfg.logit_softcap > 0.0).then_some(cfg.logit_softcap),
         "attention_bias": false,
         "tie_word_embeddings": false,
         "bos_token_id": tok.bos_id(),
@@ -123,7 +79,43 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Resul
         "pad_token_id": special(tok, "<|pad|>")?,
         "torch_dtype": torch_dtype,
         "jarip": cfg,
-    }))
+    });
+    let family = match native_family(cfg) {
+        Some((model_type, class)) => json!({
+            "architectures": [class],
+            "model_type": model_type,
+            "hidden_act": "silu",
+            "rope_scaling": null,
+            "attention_dropout": 0.0,
+            "mlp_bias": false,
+            "use_sliding_window": false,
+            "sliding_window": null,
+            "use_cache": true,
+        }),
+        None => {
+            let (act, mlp) = match cfg.mlp {
+                MlpKind::Relu2 => ("relu2", "relu2"),
+                MlpKind::SwiGlu => ("silu", "swiglu"),
+            };
+            json!({
+                "architectures": ["JaripForCausalLM"],
+                "model_type": MODEL_TYPE,
+                "auto_map": {
+                    "AutoConfig": "configuration_jarip.JaripConfig",
+                    "AutoModelForCausalLM": "modeling_jarip.JaripForCausalLM"
+                },
+                "hidden_act": act,
+                "mlp_type": mlp,
+                "qk_norm": cfg.qk_norm,
+                // HF's convention: null = no soft-cap.
+                "final_logit_softcapping": (cfg.logit_softcap > 0.0).then_some(cfg.logit_softcap),
+            })
+        }
+    };
+    if let (Some(map), Value::Object(extra)) = (v.as_object_mut(), family) {
+        map.extend(extra);
+    }
+    Ok(v)
 }
 
 /// The model config of an HF `config.json`: the verbatim `jarip` block when present, otherwise
