@@ -15,8 +15,8 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 /// The licence manifest read beside the data.
 pub const LICENCES_FILE: &str = "licences.json";
@@ -95,29 +95,62 @@ fn matches(pattern: &str, path: &Path) -> bool {
 /// The licence of `file` by the rules (see the module doc). A licences file that is not a JSON
 /// object of valid expressions is an error naming it.
 pub fn resolve(file: &Path, rules: &[LicenceRule]) -> Result<Option<Stated>> {
-    if let Some(r) = rules.iter().find(|r| matches(&r.pattern, file)) {
-        return Ok(Some(Stated { spdx: r.spdx.clone(), from: format!("--licence {}", r.pattern) }));
+    Resolver::new(rules).resolve(file)
+}
+
+/// A licences file found in a directory: its path and its `(pattern, SPDX)` pairs.
+type LicencesFile = (String, Vec<(String, String)>);
+
+/// [`resolve`] over many files: each directory's licences file is looked up, read and checked
+/// once, not once per file under it.
+pub struct Resolver<'a> {
+    rules: &'a [LicenceRule],
+    /// Directory → the licences file's path and patterns (`None`: the directory has none).
+    dirs: HashMap<PathBuf, Option<LicencesFile>>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(rules: &'a [LicenceRule]) -> Self {
+        Self { rules, dirs: HashMap::new() }
     }
-    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    for dir in abs.ancestors().skip(1) {
-        let manifest = dir.join(LICENCES_FILE);
-        if !manifest.is_file() {
-            continue;
+
+    fn licences_in(&mut self, dir: &Path) -> Result<&Option<LicencesFile>> {
+        if !self.dirs.contains_key(dir) {
+            let manifest = dir.join(LICENCES_FILE);
+            let found = if manifest.is_file() {
+                let text = std::fs::read_to_string(&manifest)
+                    .with_context(|| format!("cannot read {}", manifest.display()))?;
+                let map: BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| {
+                    format!("{}: expected a JSON object of \"PATTERN\": \"SPDX\"", manifest.display())
+                })?;
+                for (pattern, spdx) in &map {
+                    check_spdx(spdx).with_context(|| format!("{}: {pattern:?}", manifest.display()))?;
+                }
+                Some((manifest.display().to_string(), map.into_iter().collect()))
+            } else {
+                None
+            };
+            self.dirs.insert(dir.to_path_buf(), found);
         }
-        let text = std::fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-        let map: BTreeMap<String, String> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: expected a JSON object of \"PATTERN\": \"SPDX\"", manifest.display()))?;
-        let rel = abs.strip_prefix(dir).unwrap_or(&abs);
-        for (pattern, spdx) in &map {
-            check_spdx(spdx).with_context(|| format!("{}: {pattern:?}", manifest.display()))?;
-            if matches(pattern, rel) {
-                return Ok(Some(Stated { spdx: spdx.clone(), from: manifest.display().to_string() }));
-            }
-        }
-        // The nearest licences file speaks for its directory; files it does not name have none.
-        return Ok(None);
+        Ok(&self.dirs[dir])
     }
-    Ok(None)
+
+    pub fn resolve(&mut self, file: &Path) -> Result<Option<Stated>> {
+        if let Some(r) = self.rules.iter().find(|r| matches(&r.pattern, file)) {
+            return Ok(Some(Stated { spdx: r.spdx.clone(), from: format!("--licence {}", r.pattern) }));
+        }
+        let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        for dir in abs.ancestors().skip(1) {
+            let Some((from, patterns)) = self.licences_in(dir)? else { continue };
+            let rel = abs.strip_prefix(dir).unwrap_or(&abs);
+            // The nearest licences file speaks for its directory; files it does not name have none.
+            return Ok(patterns
+                .iter()
+                .find(|(pattern, _)| matches(pattern, rel))
+                .map(|(_, spdx)| Stated { spdx: spdx.clone(), from: from.clone() }));
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -81,12 +81,13 @@ fn data_sources(
     source: &DocumentSource,
     rules: &[jarip_data::licence::LicenceRule],
 ) -> Result<Vec<jarip_ledger::records::DataSource>> {
+    let mut resolver = jarip_data::licence::Resolver::new(rules);
     source
         .files()
         .iter()
         .map(|f| {
             let r = FileRef::of_file(&f.path)?;
-            let stated = jarip_data::licence::resolve(&f.path, rules)?;
+            let stated = resolver.resolve(&f.path)?;
             Ok(jarip_ledger::records::DataSource {
                 path: r.path,
                 sha256: r.sha256,
