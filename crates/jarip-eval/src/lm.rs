@@ -138,7 +138,7 @@ impl<'a> GptLm<'a> {
         if let Some(e) = self.engine.get() {
             return Ok(e);
         }
-        let tok = Tokenizer::from_json(self.tokenizer.to_json().to_string())?;
+        let tok = self.tokenizer.clone();
         let e = Engine::with_format(self.model, tok, self.weights, jarip_infer::KvFormat::F32)?;
         Ok(self.engine.get_or_init(|| e))
     }

@@ -37,6 +37,7 @@ pub fn model_info(m: &LoadedModel) -> ModelInfo {
         tokenizer_sha256: m.tokenizer.sha256().to_string(),
         params: m.model.num_params(),
         max_seq_len: m.model.config().max_seq_len,
+        origin: (!m.is_own()).then(|| m.origin_label()),
     }
 }
 
@@ -314,10 +315,17 @@ pub fn run_eval(req: &EvalRequest) -> Result<Vec<EvalReport>> {
     if let Some(out) = &req.json {
         write_json(out, &reports)?;
     }
+    // Other models scored beside the run's own are recorded in its ledger too (marked not built
+    // by this run), so its report and card can show the comparison.
+    let foreign = |r: &EvalReport| {
+        r.model.origin.as_deref().is_some_and(|o| o.starts_with(jarip_infer::model_dir::NOT_BUILT_HERE))
+    };
+    let own_ledger = reports.iter().filter(|r| !foreign(r)).find_map(|r| run_ledger_of(Path::new(&r.model.dir)));
     for r in &reports {
         let ledger = match &req.ledger {
             LedgerChoice::Off => None,
             LedgerChoice::File(p) => Some(p.clone()),
+            LedgerChoice::Auto if foreign(r) => own_ledger.clone(),
             LedgerChoice::Auto => run_ledger_of(Path::new(&r.model.dir)),
         };
         if let Some(l) = ledger {

@@ -63,6 +63,11 @@ pub fn render_table(reports: &[EvalReport]) -> String {
     header.extend(labels(reports));
     let mut rows: Vec<Vec<String>> = Vec::new();
     let Some(first) = reports.first() else { return String::new() };
+    if reports.iter().any(|r| r.model.origin.is_some()) {
+        let mut row = vec!["weights".to_string(), String::new()];
+        row.extend(reports.iter().map(|r| r.model.origin.clone().unwrap_or_else(|| "built by this run".into())));
+        rows.push(row);
+    }
     for task in &first.results {
         let mut metric_names: Vec<&str> = vec!["n"];
         metric_names.extend(task.metrics.iter().map(|(m, _)| m.as_str()).filter(|m| !m.ends_with("_stderr")));

@@ -395,7 +395,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: &Gpt, tokenizer: Tokenizer) -> Result<Self> {
-        if tokenizer.vocab_size() != model.config().vocab_size {
+        if !tokenizer.fits_vocab(model.config().vocab_size) {
             bail!(
                 "the tokenizer has {} tokens but the model's vocab_size is {}",
                 tokenizer.vocab_size(),
@@ -440,12 +440,9 @@ impl Engine {
         b
     }
 
-    /// Tokens that end an assistant's turn: `<|end|>`, `<|eos|>`, and the start of another turn.
+    /// Tokens that end an assistant's turn ([`jarip_tokenizer::Tokenizer::chat_stop_ids`]).
     pub fn chat_stop_tokens(&self) -> Vec<u32> {
-        ["<|end|>", "<|eos|>", "<|user|>", "<|system|>", "<|assistant|>", "<|bos|>"]
-            .iter()
-            .filter_map(|s| self.tokenizer.special_id(s))
-            .collect()
+        self.tokenizer.chat_stop_ids()
     }
 
     /// One request, its text handed to `on_text` as it is produced.

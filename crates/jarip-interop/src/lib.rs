@@ -5,6 +5,8 @@
 //!   tokenizer, every file checked against its manifest and the tokenizer against the model;
 //! - [`hf`]: the Hugging Face layout (`config.json`, `model.safetensors`, tokenizer files with the
 //!   chat template), exported from a checkpoint and loaded back;
+//! - [`foreign`]: models jarip did not build (HF-layout Llama, Mistral, Qwen3), read-only, for
+//!   evaluation and serving side by side — always named as not built by this run;
 //! - [`gguf`]: the GGUF container (llama.cpp's format), read and written, with `F32`, `F16`,
 //!   `BF16` and `Q8_0` tensors.
 //!
@@ -13,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod foreign;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf;

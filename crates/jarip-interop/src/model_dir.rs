@@ -36,6 +36,21 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Whose weights these are, as far as jarip's records can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A jarip checkpoint, or an export of one whose recorded hashes match: a ledger proves them.
+    Own,
+    /// No jarip record proves these weights (another model, or a file whose hashes do not match).
+    Foreign { family: String },
+    /// Fine-tuned by a jarip run from a base no jarip ledger proves (`sft --allow-foreign-base`):
+    /// the fine-tuning is recorded, the model is not from scratch.
+    NotFromScratch { base: String },
+}
+
+/// How every output names a model no jarip ledger proves.
+pub const NOT_BUILT_HERE: &str = "not built by this run";
+
 /// A model ready for inference.
 pub struct LoadedModel {
     pub model: Gpt,
@@ -46,9 +61,29 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     /// How the file stored the weight matrices (a Q8_0 GGUF is decoded as Q8_0 by default).
     pub stored_format: WeightFormat,
+    pub origin: Origin,
 }
 
 impl LoadedModel {
+    /// Whether no jarip record proves these weights.
+    pub fn is_foreign(&self) -> bool {
+        matches!(self.origin, Origin::Foreign { .. })
+    }
+
+    /// Whether these weights were trained from scratch by a jarip run.
+    pub fn is_own(&self) -> bool {
+        self.origin == Origin::Own
+    }
+
+    /// "built by this run" or [`NOT_BUILT_HERE`] (with the family), for tables and panels.
+    pub fn origin_label(&self) -> String {
+        match &self.origin {
+            Origin::Own => "built by this run".into(),
+            Origin::Foreign { family } => format!("{NOT_BUILT_HERE} ({family})"),
+            Origin::NotFromScratch { base } => format!("not from scratch: fine-tuned from {base}"),
+        }
+    }
+
     /// Optimizer steps behind these weights, as the trainer recorded them.
     pub fn step(&self) -> Option<u64> {
         let text = std::fs::read_to_string(self.dir.join(TRAINER_FILE)).ok()?;
@@ -65,6 +100,9 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
     if path.is_dir() && crate::hf::is_hf_export(path) {
         return load_hf_export(path, device);
     }
+    if crate::foreign::is_foreign_hf(path) {
+        return load_foreign(path, device);
+    }
     let dir = resolve_checkpoint(path)?;
     let manifest = Manifest::read(&dir)?;
     if manifest.kind != "checkpoint" {
@@ -76,10 +114,19 @@ pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<LoadedMod
     if !tok_file.exists() {
         bail!("{} has no {TOKENIZER_FILE}: copy the tokenizer the model was trained with into it", dir.display());
     }
-    let tokenizer =
-        Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
+    let foreign_base = jarip_ledger::records::CheckpointSettings::of(&manifest.settings).foreign_base;
+    let tokenizer = match foreign_base {
+        // Fine-tuned from another model: its tokenizer and templates were copied beside the weights.
+        Some(_) if Tokenizer::load(&tok_file).is_err() => Tokenizer::load_foreign(&dir),
+        _ => Tokenizer::load(&tok_file),
+    }
+    .with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
-    Ok(LoadedModel { model, tokenizer, dir, manifest, stored_format: WeightFormat::F32 })
+    let origin = match foreign_base {
+        Some(base) => Origin::NotFromScratch { base },
+        None => Origin::Own,
+    };
+    Ok(LoadedModel { model, tokenizer, dir, manifest, stored_format: WeightFormat::F32, origin })
 }
 
 /// [`load_model`] onto the CPU, where inference runs.
@@ -101,7 +148,14 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
     let tokenizer =
         Tokenizer::load(&tok_file).with_context(|| format!("cannot load tokenizer {}", tok_file.display()))?;
     check_pair(&model, &tokenizer, &manifest, &tok_file)?;
-    Ok(LoadedModel { model, tokenizer, dir: dir.to_path_buf(), manifest, stored_format: WeightFormat::F32 })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        dir: dir.to_path_buf(),
+        manifest,
+        stored_format: WeightFormat::F32,
+        origin: Origin::Own,
+    })
 }
 
 /// A GGUF file `jarip export` wrote: its weights are checked against the hash recorded in it; the
@@ -128,7 +182,46 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
     };
     check_pair(&g.model, &g.tokenizer, &manifest, path)?;
     let stored_format = if g.file_type == "q8_0" { WeightFormat::Q8_0 } else { WeightFormat::F32 };
-    Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, dir: path.to_path_buf(), manifest, stored_format })
+    Ok(LoadedModel {
+        model: g.model,
+        tokenizer: g.tokenizer,
+        dir: path.to_path_buf(),
+        manifest,
+        stored_format,
+        origin: Origin::Own,
+    })
+}
+
+/// Another model's HF directory ([`crate::foreign`]): its own tokenizer and templates, every file
+/// hashed into a manifest of kind `foreign-hf`, and the origin marked foreign.
+fn load_foreign(dir: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    let f = crate::foreign::load_foreign_hf(dir, device)?;
+    let tokenizer = Tokenizer::load_foreign(dir)?;
+    if !tokenizer.fits_vocab(f.model.config().vocab_size) {
+        bail!(
+            "{}: the tokenizer has {} tokens, more than the model's vocab_size {}",
+            dir.display(),
+            tokenizer.vocab_size(),
+            f.model.config().vocab_size
+        );
+    }
+    let manifest = Manifest {
+        kind: "foreign-hf".into(),
+        jarip_version: jarip_ledger::JARIP_VERSION.into(),
+        git_commit: None,
+        created: String::new(),
+        files: f.files,
+        inputs: vec![],
+        settings: serde_json::json!({ "family": f.family, "model": f.model.config(), "tokenizer_sha256": tokenizer.sha256() }),
+    };
+    Ok(LoadedModel {
+        model: f.model,
+        tokenizer,
+        dir: dir.to_path_buf(),
+        manifest,
+        stored_format: WeightFormat::F32,
+        origin: Origin::Foreign { family: f.family },
+    })
 }
 
 /// Refuses a tokenizer that is not the one the model was trained with.
@@ -142,7 +235,7 @@ fn check_pair(model: &Gpt, tok: &Tokenizer, manifest: &Manifest, tok_file: &Path
             );
         }
     }
-    if tok.vocab_size() != model.config().vocab_size {
+    if !tok.fits_vocab(model.config().vocab_size) {
         bail!(
             "tokenizer {} has {} tokens but the model's vocab_size is {}",
             tok_file.display(),

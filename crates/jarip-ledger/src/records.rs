@@ -221,6 +221,10 @@ pub struct SftConfig<D: Domain> {
     /// Pretraining text mixed into every batch; absent when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixConfig<D>>,
+    /// Set when the base was not built by a jarip run (`sft --allow-foreign-base`), or descends
+    /// from one: what it was. Such a model is **not from scratch**; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_base: Option<String>,
 }
 
 /// Pretraining text in fine-tuning batches (as mid-training does), so the model keeps what
@@ -252,6 +256,8 @@ pub struct CheckpointSettings {
     pub base_checkpoint: Option<String>,
     pub base_weights_sha256: Option<String>,
     pub data_sha256: Option<String>,
+    /// Fine-tuned from a base no jarip ledger proves: not from scratch ([`SftConfig::foreign_base`]).
+    pub foreign_base: Option<String>,
 }
 
 impl CheckpointSettings {
@@ -510,6 +516,10 @@ pub struct EvalModel {
     pub tokenizer_sha256: String,
     pub params: usize,
     pub max_seq_len: usize,
+    /// Set for a model no jarip ledger proves (another team's, loaded read-only): "not built by
+    /// this run (FAMILY)". Absent for the run's own models, so older entries read unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// `details` of `eval` (its `config` is `jarip_eval::EvalOptions`).

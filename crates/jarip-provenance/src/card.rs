@@ -295,7 +295,7 @@ pub fn card(path: &Path) -> Result<Card> {
     let model = p.as_ref().map(|p| {
         let c = &p.config.model;
         json!({
-            "architecture": "decoder-only transformer (jarip-model): token embedding, rotary positions, pre-norm RMSNorm, QK-norm, grouped-query attention, untied head, logit soft-cap",
+            "architecture": architecture(c),
             "config": c,
             "parameters": c.num_params(),
             "final_checkpoint": p.checkpoints.last().map(|c| c.name()),
@@ -340,6 +340,8 @@ pub fn card(path: &Path) -> Result<Card> {
             Err(_) => json!({"seq": e.seq, "time": e.time}),
         })
         .collect();
+    let foreign = crate::verify::foreign_base_list(&rec);
+    let compared = compared_json(&rec);
     let evidence = vec![
         format!("initial weights: {} — the model rebuilt from seed {} hashes to the step-0 hash the ledger recorded, so every starting tensor is a function of the seed", status(check_of(&report, "initial weights")), p.as_ref().map_or("?".into(), |p| p.config.seed.to_string())),
         format!("training record: {} — each checkpoint continues the one before (steps, data cursor, tokens), from step 0", status(check_of(&report, "training record continuity"))),
@@ -380,14 +382,98 @@ pub fn card(path: &Path) -> Result<Card> {
         "sources": sources_json(prepare),
         "data_order": data_order_json(&rec),
         "from_scratch": {
-            "statement": "Architecture, tokenizer and weights were made in this run: the tokenizer was trained on the corpus below, the weights were initialised from the recorded seed and changed only by the recorded training steps. No pretrained tensor was imported.",
+            "is_from_scratch": foreign.is_empty(),
+            "statement": if foreign.is_empty() {
+                "Architecture, tokenizer and weights were made in this run: the tokenizer was trained on the corpus below, the weights were initialised from the recorded seed and changed only by the recorded training steps. No pretrained tensor was imported.".to_string()
+            } else {
+                format!("**NOT FROM SCRATCH.** This model was fine-tuned from weights that no jarip run built (`sft --allow-foreign-base`): {}. Its fine-tuning is recorded below; its base's training is not, and its weights are not this team's own.", foreign.join("; "))
+            },
+            "foreign_bases": foreign,
             "evidence": evidence,
         },
+        "compared_with": compared,
         "checks": report.checks,
         "notes": report.notes,
     });
     let markdown = render_markdown(&json);
     Ok(Card { json, markdown, verified: report.passed() })
+}
+
+/// The architecture in words, from the config (the preset's family where it is one).
+fn architecture(c: &jarip_model::ModelConfig) -> String {
+    let family = match (c.mlp, c.qk_norm, c.logit_softcap == 0.0) {
+        (jarip_model::MlpKind::SwiGlu, false, true) => "Llama-family (`--arch llama`)",
+        (jarip_model::MlpKind::SwiGlu, true, true) => "Qwen3-family (`--arch qwen3`)",
+        _ => "jarip (`--arch jarip`)",
+    };
+    let mlp = match c.mlp {
+        jarip_model::MlpKind::Relu2 => "ReLU² MLP",
+        jarip_model::MlpKind::SwiGlu => "SwiGLU MLP",
+    };
+    let qk = if c.qk_norm { ", QK-norm" } else { "" };
+    let cap =
+        if c.logit_softcap > 0.0 { format!(", logit soft-cap {}", c.logit_softcap) } else { ", no soft-cap".into() };
+    format!(
+        "decoder-only transformer, {family} shape: token embedding, rotary positions (θ {}), pre-norm RMSNorm{qk}, \
+         grouped-query attention, {mlp}, untied head{cap}",
+        c.rope_base
+    )
+}
+
+/// Evaluations recorded in the ledger, the run's own models and others scored beside them
+/// (`jarip eval --model OURS --model OTHER`), each saying whose weights it scored.
+fn compared_json(rec: &RunRecord) -> Vec<Value> {
+    let evals: Vec<(u64, jarip_ledger::records::EvalDetails)> = rec
+        .entries
+        .iter()
+        .filter(|(_, e)| e.stage == "eval")
+        .filter_map(|(_, e)| Some((e.seq, e.details_as::<jarip_ledger::records::EvalDetails>().ok()?)))
+        .collect();
+    if !evals.iter().any(|(_, d)| d.model.origin.is_some()) {
+        return vec![];
+    }
+    evals
+        .into_iter()
+        .map(|(seq, d)| {
+            json!({
+                "seq": seq,
+                "model": d.model.dir,
+                "weights": d.model.origin.clone().unwrap_or_else(|| "built by this run".into()),
+                "params": d.model.params,
+                "results": d.results,
+            })
+        })
+        .collect()
+}
+
+fn render_compared(m: &mut String, rows: &[Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "\n## Compared with other models\n\nEvaluations in this ledger, this run's models beside models it did not \
+         build (scored read-only; nothing of them entered training).\n\n| # | model | weights | parameters | results |\n|---|---|---|---|---|"
+    );
+    for r in rows {
+        let mut res = Vec::new();
+        for (task, metrics) in r["results"].as_object().into_iter().flatten() {
+            for (k, v) in metrics.as_object().into_iter().flatten() {
+                if k != "n" && !k.ends_with("_stderr") {
+                    res.push(format!("{task} {k} {}", v.as_f64().map_or(s(v), |x| format!("{x:.4}"))));
+                }
+            }
+        }
+        let _ = writeln!(
+            m,
+            "| {} | `{}` | {} | {} | {} |",
+            s(&r["seq"]),
+            s(&r["model"]),
+            s(&r["weights"]),
+            s(&r["params"]),
+            res.join("; ")
+        );
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -402,10 +488,12 @@ fn render_markdown(j: &Value) -> String {
     let mut m = String::new();
     let run = s(&j["run"]);
     let _ = writeln!(m, "# Model card: `{run}`\n");
+    let from_scratch = j["from_scratch"]["is_from_scratch"].as_bool() != Some(false);
     let _ = writeln!(
         m,
-        "Built from scratch with jarip {} (git {}). Every statement below comes from the run's hash-chained ledger \
+        "{} with jarip {} (git {}). Every statement below comes from the run's hash-chained ledger \
          (`{}`, {} entries, head `{}`) and was re-checked when this card was written ({}): **{}**.\n",
+        if from_scratch { "Built from scratch" } else { "Fine-tuned — **not from scratch** —" },
         s(&j["jarip_version"]),
         s(&j["git_commit"]),
         s(&j["ledger"]["path"]),
@@ -565,6 +653,7 @@ fn render_markdown(j: &Value) -> String {
             );
         }
     }
+    render_compared(&mut m, j["compared_with"].as_array().map_or(&[], Vec::as_slice));
     render_sources(&mut m, &j["sources"]);
     render_contamination(&mut m, j["contamination"].as_array().map_or(&[], Vec::as_slice));
     render_data_order(&mut m, j["data_order"].as_array().map_or(&[], Vec::as_slice));

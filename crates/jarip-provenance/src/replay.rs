@@ -214,6 +214,7 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         device: "cpu".into(),
         progress: false,
         step_delay_ms: 0,
+        allow_foreign_base: c.foreign_base.is_some(),
     };
     let from_step = if let Some(source) = source {
         let dir = rec.paths.locate(source.recorded_dir.as_deref().context("checkpoint entry records no files")?);

@@ -291,13 +291,49 @@ fn weights_of(e: &Entry) -> Option<String> {
     }
 }
 
+/// A fine-tuning that started from a base no jarip ledger proves (`sft --allow-foreign-base`)
+/// makes every later model of the record not from scratch: said as its own failed check.
+fn foreign_bases(rec: &RunRecord) -> Option<Check> {
+    let found = foreign_base_list(rec);
+    (!found.is_empty()).then(|| {
+        Check::fail(
+            "from scratch",
+            format!(
+                "NOT FROM SCRATCH: the model was fine-tuned from weights no jarip run built (--allow-foreign-base): {}",
+                found.join("; ")
+            ),
+        )
+    })
+}
+
+/// Each `sft-start` of the record that began from a foreign base: "entry #N sft-start fine-tuned BASE".
+pub(crate) fn foreign_base_list(rec: &RunRecord) -> Vec<String> {
+    rec.entries
+        .iter()
+        .filter(|(_, e)| e.stage == "sft-start")
+        .filter_map(|(_, e)| {
+            let c: jarip_ledger::records::SftConfig<Opaque> = e.config_as().ok()?;
+            Some(format!("{} fine-tuned {}", RunRecord::entry_label(e), c.foreign_base?))
+        })
+        .collect()
+}
+
 fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
     let mut produced: HashSet<&str> = HashSet::new();
     // By content too: a run directory may have been moved since a later stage read its files.
     let mut produced_sha: HashSet<&str> = HashSet::new();
     let mut weights_made: HashSet<String> = HashSet::new();
     let (mut bad, mut inputs, mut elsewhere) = (Vec::new(), 0usize, Vec::new());
+    let mut compared = 0usize;
     for (_, e) in &rec.entries {
+        // Another team's model scored beside ours (`jarip eval --model OURS --model OTHER`):
+        // read to be compared, never trained from; the entry says so.
+        if e.stage == "eval"
+            && e.details_as::<jarip_ledger::records::EvalDetails>().is_ok_and(|d| d.model.origin.is_some())
+        {
+            compared += 1;
+            continue;
+        }
         for f in &e.inputs {
             inputs += 1;
             if looks_like_weights(&f.path)
@@ -348,6 +384,9 @@ fn no_imported_weights(rec: &RunRecord, p: Option<&Pretraining>) -> Check {
     );
     if !elsewhere.is_empty() {
         ok.push_str(&format!("; {}", elsewhere.join("; ")));
+    }
+    if compared > 0 {
+        ok.push_str(&format!("; {compared} evaluation(s) of models not built by this run, read only to compare"));
     }
     Check::from("no imported weights", bad, ok)
 }
@@ -671,6 +710,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report> {
 
         checks.extend(file_checks(&rec, &hashes, &pruned));
         checks.extend(manifest_checks(&rec, &hashes));
+        checks.extend(foreign_bases(&rec));
         checks.push(no_imported_weights(&rec, pretraining.as_ref()));
         if let Some(p) = &pretraining {
             checks.push(tokenizer_check(&rec, p, &hashes));

@@ -82,6 +82,9 @@ pub fn build_state(opts: &ServeOptions) -> Result<Shared> {
     let loaded = jarip_infer::load_model_cpu(&opts.model)?;
     let name = opts.served_model_name.clone().unwrap_or_else(|| default_model_name(&opts.model));
     let info = provenance::summary(&name, &loaded);
+    if !loaded.is_own() {
+        eprintln!("jarip serve: {} is {}; /info and the web page say so", loaded.dir.display(), loaded.origin_label());
+    }
     let format = opts.weights.unwrap_or(loaded.stored_format);
     let engine = jarip_infer::Engine::with_format(&loaded.model, loaded.tokenizer, format, opts.kv_cache)?
         .with_prefix_cache(opts.prefix_cache_bytes);

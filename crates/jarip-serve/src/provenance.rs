@@ -1,6 +1,7 @@
 //! The model's provenance summary for `/info` and the web page: where its weights came from, as
 //! its checkpoint manifest and its run's ledger record it (seed, tokenizer and data hashes).
 
+use jarip_infer::model_dir::{Origin, NOT_BUILT_HERE};
 use jarip_infer::LoadedModel;
 use jarip_ledger::records::CheckpointSettings;
 use jarip_ledger::{Ledger, Manifest};
@@ -23,9 +24,38 @@ pub fn summary(name: &str, loaded: &LoadedModel) -> Value {
         .unwrap_or(Value::Null);
     let settings = CheckpointSettings::of(&m.settings);
     let sft = settings.is_sft();
+    let (origin, statement) = match &loaded.origin {
+        Origin::Own => ("own", "trained from scratch with jarip".to_string()),
+        Origin::Foreign { family } => (
+            "foreign",
+            format!("{NOT_BUILT_HERE}: a {family} model loaded read-only; no jarip ledger proves its weights"),
+        ),
+        Origin::NotFromScratch { base } => (
+            "not-from-scratch",
+            format!("not from scratch: fine-tuned with jarip from {base}, which no jarip run built"),
+        ),
+    };
+    if origin == "foreign" {
+        let cfg = loaded.model.config();
+        return json!({
+            "model": name,
+            "origin": origin,
+            "statement": statement,
+            "stage": "foreign",
+            "checkpoint": loaded.dir.display().to_string(),
+            "architecture": {
+                "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "vocab_size": cfg.vocab_size,
+                "context": cfg.max_seq_len,
+            },
+            "tokenizer_sha256": loaded.tokenizer.sha256(),
+            "files": m.files,
+            "ledger": Value::Null,
+        });
+    }
     let mut v = json!({
         "model": name,
-        "statement": "trained from scratch with jarip",
+        "origin": origin,
+        "statement": statement,
         "stage": if sft { "sft" } else { "pretrain" },
         "checkpoint": loaded.dir.display().to_string(),
         "step": trainer.get("step"),

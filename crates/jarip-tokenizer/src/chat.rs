@@ -85,6 +85,9 @@ impl Tokenizer {
     /// ready for the model to write the reply.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Rendered> {
         check_order(messages)?;
+        if self.is_foreign() {
+            return self.render_chat_foreign(messages, add_generation_prompt);
+        }
         let end = self.special("<|end|>");
         let mut r = Rendered { ids: vec![self.bos_id()], mask: vec![false] };
         for m in messages {
@@ -106,6 +109,9 @@ impl Tokenizer {
     /// Reads rendered ids back into messages (an open trailing `<|assistant|>` is allowed and
     /// ignored). The inverse of [`Tokenizer::render_chat`].
     pub fn parse_chat(&self, ids: &[u32]) -> Result<Vec<Message>> {
+        if self.is_foreign() {
+            bail!("reading conversations back is for jarip's own template");
+        }
         let end = self.special("<|end|>");
         let roles = [Role::System, Role::User, Role::Assistant].map(|r| (self.special(r.token()), r));
         let Some((&first, mut rest)) = ids.split_first() else { bail!("no tokens") };

@@ -20,7 +20,7 @@ fn key(a: u32, b: u32) -> u64 {
 }
 
 /// (left, right) → (rank, merged id).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct MergeTable {
     map: FxHashMap<u64, (u32, u32)>,
 }

@@ -15,6 +15,10 @@ pub(crate) struct Parts {
     /// (left, right, merged), in rank order.
     pub merges: Vec<(u32, u32, u32)>,
     pub specials: Vec<(String, u32)>,
+    /// The tokenizer declares an NFC normalizer (Qwen's do; jarip's never: it normalises before).
+    pub nfc: bool,
+    /// HF's `ignore_merges`: a piece that is itself in the vocabulary is one token (Llama 3).
+    pub ignore_merges: bool,
 }
 
 fn token_string(parts: &Parts, id: usize) -> String {
@@ -124,15 +128,38 @@ fn split_pattern(pre: &Value) -> Result<String> {
     }
 }
 
+/// A SentencePiece-style tokenizer (Metaspace pre-tokenizer, `<0xNN>` byte fallback) is not
+/// byte-level: say so by name rather than failing on its first `▁` token.
+fn refuse_sentencepiece(doc: &Value) -> Result<()> {
+    let mentions = |v: Option<&Value>, what: &str| v.is_some_and(|v| v.to_string().contains(what));
+    if mentions(doc.get("pre_tokenizer"), "Metaspace")
+        || mentions(doc.get("normalizer"), "▁")
+        || doc.pointer("/model/byte_fallback").and_then(Value::as_bool) == Some(true)
+    {
+        bail!(
+            "a SentencePiece-style tokenizer (Metaspace / byte fallback): jarip reads byte-level BPE \
+             tokenizers (GPT-2, Llama 3, Qwen, Mistral Tekken style) only"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn read(text: &str) -> Result<Parts> {
     let doc: Value = serde_json::from_str(text).context("not valid JSON")?;
-    if !doc.get("normalizer").is_none_or(Value::is_null) {
-        bail!("a normalizer is not supported (jarip tokenizers are lossless; NFC happens before)");
-    }
+    refuse_sentencepiece(&doc)?;
+    let nfc = match doc.get("normalizer") {
+        None | Some(Value::Null) => false,
+        Some(n) if n.get("type").and_then(Value::as_str) == Some("NFC") => true,
+        Some(n) => bail!(
+            "normalizer {} is not supported (byte-level BPE without one, or with NFC)",
+            n.get("type").and_then(Value::as_str).unwrap_or("?")
+        ),
+    };
     let model = doc.get("model").context("no model")?;
     if model.get("type").and_then(Value::as_str) != Some("BPE") {
         bail!("model is not BPE");
     }
+    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
     let pattern = split_pattern(doc.get("pre_tokenizer").context("no pre_tokenizer")?)?;
     let mut specials = Vec::new();
     for t in doc.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
@@ -183,5 +210,5 @@ pub(crate) fn read(text: &str) -> Result<Parts> {
         };
         merges.push((id(a)?, id(b)?, id(&format!("{a}{b}"))?));
     }
-    Ok(Parts { pattern, tokens, merges, specials })
+    Ok(Parts { pattern, tokens, merges, specials, nfc, ignore_merges })
 }

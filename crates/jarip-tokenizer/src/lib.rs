@@ -15,6 +15,7 @@ pub mod chat;
 pub mod corpus;
 mod decode;
 mod encode;
+mod foreign;
 mod hf_json;
 mod jarip_scan;
 mod pretokenize;
@@ -56,6 +57,9 @@ pub(crate) struct TrainRecord {
     pub settings: serde_json::Value,
 }
 
+/// Cloning is cheap enough for an engine's copy and keeps every part, a foreign tokenizer's
+/// specials and template included.
+#[derive(Clone)]
 pub struct Tokenizer {
     pretok: PreTokenizer,
     /// id → bytes (a special token's bytes are its text).
@@ -69,6 +73,13 @@ pub struct Tokenizer {
     /// Distinguishes tokenizers in the per-thread piece caches.
     instance: u64,
     record: Option<TrainRecord>,
+    /// NFC before splitting (a foreign tokenizer's declared normalizer).
+    nfc: bool,
+    /// Pieces that are whole vocabulary entries (HF `ignore_merges`), if the tokenizer asks.
+    whole: Option<rustc_hash::FxHashMap<Vec<u8>, u32>>,
+    /// Set for a tokenizer jarip did not train (another model's): its own special tokens and
+    /// chat template, in place of jarip's.
+    foreign: Option<Box<foreign::Foreign>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -88,6 +99,23 @@ fn next_instance() -> u64 {
 
 impl Tokenizer {
     fn from_parts(parts: hf_json::Parts, json: String, record: Option<TrainRecord>) -> Result<Self> {
+        if parts.nfc || parts.ignore_merges {
+            bail!("a normalizer or ignore_merges: not a tokenizer jarip trained (load another model's with Tokenizer::load_foreign)");
+        }
+        for sp in SPECIAL_TOKENS {
+            if !parts.specials.iter().any(|(s, _)| s == sp) {
+                bail!("special token {sp} is missing");
+            }
+        }
+        Self::from_parts_any(parts, json, record, None)
+    }
+
+    fn from_parts_any(
+        parts: hf_json::Parts,
+        json: String,
+        record: Option<TrainRecord>,
+        foreign: Option<foreign::Foreign>,
+    ) -> Result<Self> {
         let pretok = PreTokenizer::new(&parts.pattern)?;
         let mut byte_ids = [u32::MAX; 256];
         for (id, t) in parts.tokens.iter().enumerate() {
@@ -98,12 +126,16 @@ impl Tokenizer {
         if let Some(b) = byte_ids.iter().position(|&id| id == u32::MAX) {
             bail!("the vocabulary has no token for byte 0x{b:02x}: not a byte-level BPE");
         }
-        for sp in SPECIAL_TOKENS {
-            if !parts.specials.iter().any(|(s, _)| s == sp) {
-                bail!("special token {sp} is missing");
-            }
-        }
         let table = MergeTable::new(&parts.merges);
+        let whole = parts.ignore_merges.then(|| {
+            let mut m = rustc_hash::FxHashMap::default();
+            for (id, t) in parts.tokens.iter().enumerate() {
+                if !parts.specials.iter().any(|s| s.1 as usize == id) {
+                    m.insert(t.clone(), id as u32);
+                }
+            }
+            m
+        });
         Ok(Self {
             pretok,
             tokens: parts.tokens,
@@ -115,6 +147,9 @@ impl Tokenizer {
             json,
             instance: next_instance(),
             record,
+            nfc: parts.nfc,
+            whole,
+            foreign: foreign.map(Box::new),
         })
     }
 
@@ -134,7 +169,8 @@ impl Tokenizer {
             specials.push((sp.to_string(), tokens.len() as u32));
             tokens.push(sp.as_bytes().to_vec());
         }
-        let parts = hf_json::Parts { pattern: pattern.to_string(), tokens, merges, specials };
+        let parts =
+            hf_json::Parts { pattern: pattern.to_string(), tokens, merges, specials, nfc: false, ignore_merges: false };
         let json = hf_json::write(&parts);
         Self::from_parts(parts, json, record)
     }
@@ -197,8 +233,22 @@ impl Tokenizer {
 
     /// Appends the ids of `text` to `out`.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        if self.nfc {
+            use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+            if is_nfc_quick(text.chars()) != IsNormalized::Yes {
+                let normal: String = text.nfc().collect();
+                return self.encode_pieces(&normal, out);
+            }
+        }
+        self.encode_pieces(text, out)
+    }
+
+    fn encode_pieces(&self, text: &str, out: &mut Vec<u32>) {
         encode::with_cache(self.instance, |cache| {
-            self.pretok.for_each_piece(text, |piece| cache.encode(&self.table, &self.byte_ids, piece.as_bytes(), out))
+            self.pretok.for_each_piece(text, |piece| match self.whole.as_ref().and_then(|w| w.get(piece.as_bytes())) {
+                Some(&id) => out.push(id),
+                None => cache.encode(&self.table, &self.byte_ids, piece.as_bytes(), out),
+            })
         })
     }
 
@@ -292,16 +342,54 @@ impl Tokenizer {
         self.specials.iter().any(|(_, i)| *i == id)
     }
 
+    /// The token a document starts after: `<|bos|>`; for another model's tokenizer its BOS, or,
+    /// where it has none (Qwen), its end-of-text token (lm-evaluation-harness's prefix token).
     pub fn bos_id(&self) -> u32 {
-        self.special_id("<|bos|>").expect("load checks that every special token is present")
+        match &self.foreign {
+            Some(f) => f.bos.unwrap_or(f.eos[0]),
+            None => self.special_id("<|bos|>").expect("load checks that every special token is present"),
+        }
     }
 
+    /// End of text: `<|eos|>`; another model's tokenizer: the first of its EOS tokens.
     pub fn eos_id(&self) -> u32 {
-        self.special_id("<|eos|>").expect("load checks that every special token is present")
+        match &self.foreign {
+            Some(f) => f.eos[0],
+            None => self.special_id("<|eos|>").expect("load checks that every special token is present"),
+        }
     }
 
     pub fn pad_id(&self) -> u32 {
-        self.special_id("<|pad|>").expect("load checks that every special token is present")
+        match &self.foreign {
+            Some(f) => f.pad.unwrap_or(f.eos[0]),
+            None => self.special_id("<|pad|>").expect("load checks that every special token is present"),
+        }
+    }
+
+    /// Tokens that end an assistant's turn: `<|end|>`, `<|eos|>` and the start of another turn;
+    /// for another model's tokenizer, every EOS id its config lists.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        match &self.foreign {
+            Some(f) => f.eos.clone(),
+            None => ["<|end|>", "<|eos|>", "<|user|>", "<|system|>", "<|assistant|>", "<|bos|>"]
+                .iter()
+                .filter_map(|s| self.special_id(s))
+                .collect(),
+        }
+    }
+
+    /// Whether this is another model's tokenizer ([`Tokenizer::load_foreign`]), not one jarip trained.
+    pub fn is_foreign(&self) -> bool {
+        self.foreign.is_some()
+    }
+
+    /// A vocabulary size a model may have for this tokenizer: equal for jarip's; at least as
+    /// large for another model's (Qwen pads its embedding past the tokenizer's ids).
+    pub fn fits_vocab(&self, model_vocab: usize) -> bool {
+        match self.foreign {
+            Some(_) => model_vocab >= self.vocab_size(),
+            None => model_vocab == self.vocab_size(),
+        }
     }
 
     /// The split pattern, and its preset if it is one of ours.

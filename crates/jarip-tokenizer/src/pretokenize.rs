@@ -77,6 +77,7 @@ impl Preset {
     }
 }
 
+#[derive(Clone)]
 enum Engine {
     /// The default preset: a hand-written scanner, checked against the regex by a proptest.
     Jarip,
@@ -85,6 +86,7 @@ enum Engine {
 }
 
 /// A compiled split pattern.
+#[derive(Clone)]
 pub struct PreTokenizer {
     pattern: String,
     engine: Engine,

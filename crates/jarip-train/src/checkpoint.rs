@@ -16,6 +16,8 @@ pub const TRAINER_FILE: &str = "trainer.json";
 pub const CHECKPOINT_KIND: &str = "checkpoint";
 /// A copy of the tokenizer travels in every checkpoint, so a checkpoint alone is a usable model.
 pub const TOKENIZER_FILE: &str = jarip_interop::model_dir::TOKENIZER_FILE;
+/// Files of another model's tokenizer besides tokenizer.json, kept with checkpoints fine-tuned from it.
+const FOREIGN_TOKENIZER_FILES: [&str; 3] = ["tokenizer_config.json", "generation_config.json", "chat_template.jinja"];
 
 /// Everything besides weights and moments needed to continue exactly where a run stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +82,16 @@ pub fn save_checkpoint(
     model.save(dir.path())?;
     std::fs::copy(tokenizer_json, dir.path().join(TOKENIZER_FILE))
         .with_context(|| format!("cannot copy {} into the checkpoint", tokenizer_json.display()))?;
+    // Another model's tokenizer (a foreign base's) keeps its special tokens and chat template
+    // in these files; jarip's tokenizers have none of them.
+    if let Some(src) = tokenizer_json.parent() {
+        for name in FOREIGN_TOKENIZER_FILES {
+            if src.join(name).is_file() {
+                std::fs::copy(src.join(name), dir.path().join(name))
+                    .with_context(|| format!("cannot copy {name} into the checkpoint"))?;
+            }
+        }
+    }
     optim.save(&dir.path().join(OPTIMIZER_FILE))?;
     std::fs::write(dir.path().join(TRAINER_FILE), serde_json::to_string_pretty(state)?)
         .with_context(|| format!("cannot write {}", TRAINER_FILE))?;

@@ -80,6 +80,9 @@ pub struct SftOptions {
     pub progress: bool,
     /// Sleep after each step; only for tests that interrupt a run.
     pub step_delay_ms: u64,
+    /// Fine-tune a base no jarip ledger proves (another team's model). The result is recorded,
+    /// carded and verified as **not from scratch**.
+    pub allow_foreign_base: bool,
 }
 
 impl Default for SftOptions {
@@ -110,6 +113,7 @@ impl Default for SftOptions {
             device: "cpu".into(),
             progress: true,
             step_delay_ms: 0,
+            allow_foreign_base: false,
         }
     }
 }
@@ -316,6 +320,36 @@ impl Stage for FineTuning<'_> {
     }
 }
 
+/// The rule: jarip fine-tunes models it trained from scratch. A base no jarip ledger proves is
+/// refused unless `allow` (`--allow-foreign-base`); then, and for any model that descends from
+/// such a base, the run records what the base was, and the result is not from scratch.
+fn foreign_base_of(base: &jarip_interop::model_dir::LoadedModel, allow: bool) -> Result<Option<String>> {
+    use jarip_interop::model_dir::Origin;
+    match &base.origin {
+        Origin::Own => Ok(None),
+        Origin::NotFromScratch { base } => Ok(Some(base.clone())),
+        Origin::Foreign { family } => {
+            if !allow {
+                bail!(
+                    "{} is {}: no jarip ledger proves its weights, and a model fine-tuned from it would not be \
+                     from scratch (every weight initialised and trained by this team). jarip fine-tunes the models \
+                     it trained; pass --allow-foreign-base to fine-tune it anyway, and the result is recorded as \
+                     not from scratch",
+                    base.dir.display(),
+                    jarip_interop::model_dir::NOT_BUILT_HERE
+                );
+            }
+            let weights =
+                base.manifest.files.iter().map(|(n, h)| format!("{n} sha256 {}", h.sha256)).collect::<Vec<_>>();
+            Ok(Some(format!(
+                "{} ({family} model not built by a jarip run; {})",
+                base.dir.display(),
+                weights.join(", ")
+            )))
+        }
+    }
+}
+
 /// Runs (or resumes) fine-tuning as `opts` describe, in this process alone.
 pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
     sft_parallel(opts, &Solo)
@@ -335,6 +369,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let (device, compute_dtype) = device_for(&opts.device)?;
     let base =
         jarip_interop::model_dir::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
+    let foreign_base = foreign_base_of(&base, opts.allow_foreign_base)?;
     let base_sha = base.model.weights_sha256()?;
     let tokenizer = base.tokenizer;
     let convs = read_conversations(&opts.data)?;
@@ -415,6 +450,7 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         replicas: (dp.replicas > 1).then_some(dp.replicas),
         template_fraction: has_templates.then_some(opts.template_fraction),
         mix: mix_config,
+        foreign_base,
     })?;
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));

@@ -69,6 +69,10 @@ pub struct SftArgs {
     /// Share of every batch's windows read from --mix-data.
     #[arg(long, default_value_t = 0.25)]
     pub mix_fraction: f64,
+    /// Fine-tune a base that no jarip ledger proves (another team's model). Refused without this;
+    /// with it, the ledger, the model card and `provenance verify` say the result is not from scratch.
+    #[arg(long)]
+    pub allow_foreign_base: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -97,6 +101,7 @@ impl SftArgs {
             kernels: self.engine.kernels.into(),
             device: self.engine.device.clone(),
             progress: !self.engine.no_progress,
+            allow_foreign_base: self.allow_foreign_base,
             ..Default::default()
         };
         o.optimizer.lr = self.lr;
@@ -233,6 +238,9 @@ pub struct GenerateArgs {
 
 fn load_engine(model: &std::path::Path, weights: Option<WeightFormat>, kv: KvFormat) -> Result<(Engine, PathBuf)> {
     let loaded = jarip_infer::load_model(model, &candle_core::Device::Cpu)?;
+    if !loaded.is_own() {
+        eprintln!("note: {} is {}", loaded.dir.display(), loaded.origin_label());
+    }
     let format = weights.unwrap_or(loaded.stored_format);
     Ok((Engine::with_format(&loaded.model, loaded.tokenizer, format, kv)?, loaded.dir))
 }

@@ -293,6 +293,7 @@ fn fine_tune(
         patience: 3,
         mix_data: Some(a.out.join("shards")),
         mix_fraction: MIX_FRACTION,
+        allow_foreign_base: false,
         engine: Default::default(),
     };
     crate::chat_cmd::sft(&args)

@@ -273,7 +273,7 @@ pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
 }
 
 pub fn encode(tokenizer: &Path, input: &Path, json: bool) -> Result<()> {
-    let tok = Tokenizer::load(tokenizer)?;
+    let tok = Tokenizer::load_any(tokenizer)?;
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let ids = tok.encode_bytes(&bytes);
     if json {
@@ -285,7 +285,7 @@ pub fn encode(tokenizer: &Path, input: &Path, json: bool) -> Result<()> {
 }
 
 pub fn stats(tokenizer: &Path, input: &Path, json: bool) -> Result<()> {
-    let tok = Tokenizer::load(tokenizer)?;
+    let tok = Tokenizer::load_any(tokenizer)?;
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let s = tok.stats(&bytes);
     if json {

@@ -82,6 +82,8 @@ pub struct EvalDoc {
     pub model_dir: String,
     pub step: Option<u64>,
     pub stage: String,
+    /// "not built by this run (FAMILY)" for another team's model scored beside ours.
+    pub origin: Option<String>,
     /// Task → metrics (as written, including `n`); a task scored with a contamination report
     /// is followed by `TASK (clean)`, its scores over its clean examples.
     pub results: Vec<(String, Vec<(String, f64)>)>,
@@ -110,6 +112,7 @@ impl EvalDoc {
             model_dir: get("dir").and_then(Value::as_str).unwrap_or("?").to_string(),
             step: get("step").and_then(Value::as_u64),
             stage: get("stage").and_then(Value::as_str).unwrap_or("base").to_string(),
+            origin: get("origin").and_then(Value::as_str).map(str::to_string),
             results: rows,
         })
     }

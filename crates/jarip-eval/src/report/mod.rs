@@ -327,14 +327,17 @@ fn evaluation_section(md: &mut String, evals: &[EvalDoc], problems: &[String], c
     for (file, alt) in chart_refs.iter().filter(|(f, _)| f.starts_with("report_eval")) {
         let _ = writeln!(md, "![{alt}]({file})\n");
     }
+    side_by_side(md, evals);
     for d in evals {
         let _ = writeln!(
             md,
-            "### {} — `{}` (step {}, {})\n",
+            "### {} — `{}` ({})\n",
             d.file.file_name().map_or("?".into(), |n| n.to_string_lossy().into_owned()),
             d.model_dir,
-            d.step.map_or("?".into(), |s| s.to_string()),
-            d.stage
+            match &d.origin {
+                Some(o) => format!("**{o}**"),
+                None => format!("step {}, {}", d.step.map_or("?".into(), |s| s.to_string()), d.stage),
+            }
         );
         md.push_str("| task | n | metric | value |\n|---|---|---|---|\n");
         for (task, metrics) in &d.results {
@@ -349,6 +352,46 @@ fn evaluation_section(md: &mut String, evals: &[EvalDoc], problems: &[String], c
                 let (t, nn) = if first { (task.as_str(), n.as_str()) } else { ("", "") };
                 first = false;
                 let _ = writeln!(md, "| {t} | {nn} | {k} | {value} |");
+            }
+        }
+        md.push('\n');
+    }
+}
+
+/// Each results file that scored several models (`jarip eval --model OURS --model OTHER …`) as
+/// one table, a column per model, with whose weights each column holds.
+fn side_by_side(md: &mut String, evals: &[EvalDoc]) {
+    let mut files: Vec<&std::path::Path> = evals.iter().map(|d| d.file.as_path()).collect();
+    files.dedup();
+    for f in files {
+        let docs: Vec<&EvalDoc> = evals.iter().filter(|d| d.file == f).collect();
+        if docs.len() < 2 {
+            continue;
+        }
+        let name = f.file_name().map_or("?".into(), |n| n.to_string_lossy().into_owned());
+        let _ = writeln!(md, "### Side by side — {name}\n");
+        let mut header = "| task | metric |".to_string();
+        let mut rule = "|---|---|".to_string();
+        let mut whose = "| weights | |".to_string();
+        for d in &docs {
+            let _ = write!(header, " `{}` |", d.model_dir);
+            rule.push_str("---|");
+            let _ = write!(whose, " {} |", d.origin.as_deref().unwrap_or("built by this run"));
+        }
+        let _ = writeln!(md, "{header}\n{rule}\n{whose}");
+        for (task, metrics) in &docs[0].results {
+            for (k, _) in metrics.iter().filter(|(k, _)| !k.ends_with("_stderr")) {
+                let mut row = format!("| {task} | {k} |");
+                for d in &docs {
+                    let cell = match (d.metric(task, k), d.metric(task, &format!("{k}_stderr"))) {
+                        (Some(v), Some(se)) => format!("{} ± {}", format_value(k, v), format_value(k, se)),
+                        (Some(v), None) if k == "n" => format!("{v:.0}"),
+                        (Some(v), None) => format_value(k, v),
+                        (None, _) => "—".into(),
+                    };
+                    let _ = write!(row, " {cell} |");
+                }
+                let _ = writeln!(md, "{row}");
             }
         }
         md.push('\n');
