@@ -85,6 +85,16 @@ pub fn config_of(v: &Value) -> Result<ModelConfig> {
     if hf.get("num_key_value_heads").is_none_or(Value::is_null) {
         hf["num_key_value_heads"] = hf.get("num_attention_heads").cloned().unwrap_or(Value::Null);
     }
+    // transformers 5 writes RoPE settings as `rope_parameters` {rope_type, rope_theta, …}.
+    if let Some(rp) = v.get("rope_parameters").filter(|r| !r.is_null()) {
+        let kind = rp.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+        if kind != "default" {
+            bail!("config.json: rope_parameters {rp} (rope_type {kind:?}) is not supported (jarip runs plain RoPE)");
+        }
+        if let Some(theta) = rp.get("rope_theta").filter(|t| t.is_number()) {
+            hf["rope_theta"] = theta.clone();
+        }
+    }
     if hf.get("rope_theta").is_none_or(Value::is_null) {
         hf["rope_theta"] = 10_000.0.into();
     }

@@ -224,6 +224,9 @@ pub struct GenerateArgs {
     /// Render the prompt as one user turn of the chat template.
     #[arg(long)]
     pub chat: bool,
+    /// With --chat: a system message before the user's turn.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
     /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<WeightFormat>,
@@ -249,12 +252,15 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     let (engine, _dir) = load_engine(&a.model, a.weights, a.kv_cache)?;
     let tok = engine.tokenizer();
     let prompt = if a.chat {
-        tok.render_chat(&[Message::new(Role::User, a.prompt.clone())], true)?.ids
+        let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+        msgs.push(Message::new(Role::User, a.prompt.clone()));
+        tok.render_chat(&msgs, true)?.ids
     } else {
         let mut ids = vec![tok.bos_id()];
         ids.extend(tok.encode(&a.prompt));
         ids
     };
+    let prompt_ids = prompt.clone();
     let mut req = a.sampling.request(prompt);
     req.raw = a.raw;
     if a.chat {
@@ -271,7 +277,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     if a.json {
         let c = engine.generate(req, |_| {})?;
         let mut v = serde_json::json!({
-            "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+            "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason, "prompt_ids": prompt_ids,
             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
         });
         if a.logprobs.is_some() {

@@ -1,0 +1,162 @@
+"""Other teams' models, written by Hugging Face's own code, read by jarip as they are.
+
+transformers builds a tiny Llama, Mistral and Qwen3 with random weights (`save_pretrained`, bf16,
+sharded safetensors, a tied head for Llama) and `tokenizers` trains a byte-level BPE the way
+those families ship theirs: special tokens first in the vocabulary, a Split regex then ByteLevel,
+`ignore_merges` (Llama 3), an NFC normalizer (Qwen), a BOS added by the post-processor (Llama)
+or none (Qwen), a Jinja chat template in tokenizer_config.json. jarip then
+
+- tokenizes text exactly as the HF tokenizer does,
+- renders the chat template to the ids `apply_chat_template` gives,
+- computes the logits transformers computes (|Δ| ≤ 1e-3 · max|logit|, from the same bf16
+  weights in f32) and the same greedy continuation,
+- and names each model as not built by this run.
+
+Needs torch and transformers (CI installs them; skipped with the reason where they are absent).
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from serve_helpers import jarip_cmd
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (CI installs it from PyPI)")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
+tokenizers = pytest.importorskip("tokenizers")
+
+# The split of Llama 3 / tiktoken's cl100k, as those tokenizer.json files spell it.
+SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEXTS = [
+    "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.",
+    "All the world's a stage, and all the men and women merely players; 12345 +678.",
+    "  indented\n\nlines\twith tabs — and ünïcödé, 한글 123.",
+]
+TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def hf_tokenizer(out, family):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<|begin_of_text|>"] if family != "qwen3" else [])
+    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=family == "llama"))
+    if family == "qwen3":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(TEXTS * 20, trainer)
+    bos = None
+    if family != "qwen3":
+        bos = "<|begin_of_text|>"
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def hf_model(out, family, vocab):
+    common = dict(
+        vocab_size=vocab + 5, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, initializer_range=0.2,
+    )
+    if family == "llama":
+        cfg = transformers.LlamaConfig(**common, rope_theta=5e5, tie_word_embeddings=True)
+    elif family == "mistral":
+        cfg = transformers.MistralConfig(**common, rope_theta=1e4, sliding_window=None, tie_word_embeddings=False)
+    else:
+        cfg = transformers.Qwen3Config(**common, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)  # gains away from 1, so each must be read
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="100KB")
+    return transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen3"])
+def foreign(request, tmp_path_factory):
+    family = request.param
+    out = tmp_path_factory.mktemp(f"foreign-{family}")
+    tok = hf_tokenizer(out, family)
+    model = hf_model(out, family, len(tok))
+    assert (out / "model.safetensors.index.json").exists(), "sharded, as large models are"
+    assert not any(out.glob("*.py")), "no custom code"
+    return family, out, tok, model
+
+
+def jarip_json(*args):
+    r = subprocess.run(jarip_cmd() + [str(a) for a in args], check=True, capture_output=True, text=True)
+    return json.loads(r.stdout), r.stderr
+
+
+def test_tokenization_matches_the_hf_tokenizer(foreign, tmp_path):
+    _, out, tok, _ = foreign
+    for i, text in enumerate(TEXTS + ["\u1100\u1161\u11a8 decomposed"]):
+        f = tmp_path / f"t{i}.txt"
+        f.write_text(text, encoding="utf-8")
+        got, _ = jarip_json("tokenizer", "encode", "--tokenizer", out, "--input", f, "--json")
+        assert got["ids"] == tok.encode(text, add_special_tokens=False), text
+
+
+def test_logits_and_greedy_match_transformers(foreign):
+    family, out, tok, model = foreign
+    prompt = "대한민국의 주권은 All the world"
+    got, err = jarip_json(
+        "generate", "--model", out, "--prompt", prompt, "--max-tokens", "8", "--temperature", "0",
+        "--raw", "--json", "--logprobs", "5",
+    )
+    assert "not built by this run" in err and family in err
+    # jarip starts a document after BOS, or after the EOS token where the family has no BOS (as
+    # lm-evaluation-harness does).
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    ids = [start] + tok.encode(prompt, add_special_tokens=False)
+    with torch.no_grad():
+        ref = model.generate(
+            torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
+            output_scores=True, return_dict_in_generate=True,
+        )
+    want = ref.sequences[0, len(ids):].tolist()
+    assert got["tokens"] == want, f"{family}: jarip {got['tokens']} vs transformers {want}"
+    # The top-5 log-probabilities at each step: a log-probability moves by at most twice the
+    # largest logit difference, so |Δ logit| ≤ 1e-3 · max|logit| allows 2e-3 · max|logit| here.
+    for step, (lp, scores) in enumerate(zip(got["logprobs"], ref.scores)):
+        logp = torch.log_softmax(scores[0].double(), -1)
+        scale = scores[0].abs().max().item()
+        assert [t for t, _ in lp["top"]] == torch.topk(logp, 5).indices.tolist(), (family, step)
+        for t, value in lp["top"]:
+            assert abs(value - logp[t].item()) <= 2e-3 * scale, (family, step, t, value, logp[t].item())
+
+
+def test_chat_template_renders_as_apply_chat_template(foreign):
+    family, out, tok, _ = foreign
+    messages = [{"role": "system", "content": "간결하게."}, {"role": "user", "content": "안녕? 2+2 is"}]
+    want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(want, "keys"):  # a BatchEncoding in transformers 5
+        want = want["input_ids"]
+    got, _ = jarip_json(
+        "generate", "--model", out, "--chat", "--system", "간결하게.", "--prompt", "안녕? 2+2 is",
+        "--max-tokens", "1", "--temperature", "0", "--json",
+    )
+    assert got["prompt_ids"] == list(want), family
