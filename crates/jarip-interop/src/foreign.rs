@@ -1,6 +1,8 @@
 //! Models jarip did not build, read-only: an HF-layout directory of the Llama, Mistral or Qwen3
 //! family (`config.json`, `model.safetensors` or shards named by `model.safetensors.index.json`,
-//! and `tokenizer.json`). Safetensors only — pickled weights (`*.bin`, `*.pt`) are never opened.
+//! and `tokenizer.json`), or a GGUF file of llama.cpp's `llama` or `qwen3` architecture with
+//! F32, F16, BF16 or Q8_0 tensors and a BPE vocabulary (`tokenizer.ggml.model` `gpt2`).
+//! Safetensors only — pickled weights (`*.bin`, `*.pt`) are never opened.
 //! Such a model can be evaluated, served and compared with; nothing of it can become the start
 //! of a jarip training run unless the user says so (`sft --allow-foreign-base`), and every output
 //! that names it says it was not built by this run.
@@ -177,4 +179,151 @@ pub fn load_foreign_hf(dir: &Path, device: &Device) -> Result<ForeignModel> {
     }
     let family = v.get("model_type").and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(ForeignModel { model, family, files: hashes })
+}
+
+/// A foreign GGUF file read: the model, its tokenizer, and the family.
+pub struct ForeignGguf {
+    pub model: Gpt,
+    pub tokenizer: jarip_tokenizer::Tokenizer,
+    pub family: String,
+}
+
+/// The GGUF architectures jarip's blocks compute exactly (Mistral files are `llama`).
+pub const GGUF_FAMILIES: [&str; 2] = ["llama", "qwen3"];
+
+/// Reads a GGUF file that jarip did not write (no `jarip.config`): hyperparameters from the
+/// `ARCH.*` keys, the vocabulary from `tokenizer.ggml.*` (rebuilt as a tokenizer.json), the
+/// `llama` architecture's paired rotary rows put back into halves.
+pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device) -> Result<ForeignGguf> {
+    use crate::gguf::Value as G;
+    let what = path.display();
+    let arch = f.get("general.architecture").and_then(G::as_str).unwrap_or("(none)").to_string();
+    if !GGUF_FAMILIES.contains(&arch.as_str()) {
+        bail!("{what}: GGUF architecture {arch:?}; jarip runs {} (and the GGUF files it exports)", GGUF_FAMILIES.join(", "));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| -> Result<usize> {
+        f.get(&key(k)).and_then(G::as_u64).map(|x| x as usize).with_context(|| format!("{what}: metadata {} missing", key(k)))
+    };
+    if let Some(t) = f.get(&key("rope.scaling.type")).and_then(G::as_str).filter(|t| *t != "none") {
+        bail!("{what}: {} is {t:?}; jarip runs plain RoPE", key("rope.scaling.type"));
+    }
+    if f.tensor("rope_freqs.weight").is_some() {
+        bail!("{what}: holds rope_freqs.weight (Llama 3.1-style RoPE scaling); jarip runs plain RoPE");
+    }
+    let model_kind = f.get("tokenizer.ggml.model").and_then(G::as_str).unwrap_or("(none)");
+    if model_kind != "gpt2" {
+        bail!(
+            "{what}: tokenizer.ggml.model is {model_kind:?} (SentencePiece is \"llama\"); jarip reads byte-level BPE (\"gpt2\") vocabularies"
+        );
+    }
+    let tokens: Vec<&str> = f
+        .get("tokenizer.ggml.tokens")
+        .and_then(G::as_array)
+        .context("no tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| v.as_str().context("a token is not a string"))
+        .collect::<Result<_>>()
+        .with_context(|| format!("in {what}"))?;
+    let embed = f.tensor("token_embd.weight").with_context(|| format!("{what}: tensor token_embd.weight missing"))?;
+    let n_embd = int("embedding_length")?;
+    let n_head = int("attention.head_count")?;
+    if let Some(k) = f.get(&key("attention.key_length")).and_then(G::as_u64) {
+        if k as usize * n_head != n_embd {
+            bail!("{what}: head width {k} × {n_head} heads is not the embedding width {n_embd}; jarip needs them equal");
+        }
+    }
+    let cfg = ModelConfig {
+        vocab_size: embed.shape()[0],
+        n_layer: int("block_count")?,
+        n_embd,
+        n_head,
+        n_kv_head: f.get(&key("attention.head_count_kv")).and_then(G::as_u64).map_or(n_head, |x| x as usize),
+        mlp_hidden: int("feed_forward_length")?,
+        mlp: jarip_model::MlpKind::SwiGlu,
+        max_seq_len: int("context_length")?.min(MAX_CONTEXT),
+        rope_base: f.get(&key("rope.freq_base")).and_then(G::as_f64).unwrap_or(10_000.0),
+        logit_softcap: 0.0,
+        norm_eps: f.get(&key("attention.layer_norm_rms_epsilon")).and_then(G::as_f64).unwrap_or(1e-5),
+        qk_norm: arch == "qwen3",
+    };
+    cfg.validate().with_context(|| format!("in {what}"))?;
+    let mut tensors = HashMap::new();
+    for (name, _) in jarip_model::param_shapes(&cfg) {
+        let mut g = crate::gguf_model::gguf_name(&name)?;
+        if name == jarip_model::layout::LM_HEAD && f.tensor(&g).is_none() {
+            g = "token_embd.weight".into(); // a tied head
+        }
+        let info = f.tensor(&g).with_context(|| format!("{what}: tensor {g} ({name}) missing"))?;
+        let mut values = f.tensor_f32(&g)?;
+        if let Some(heads) = crate::gguf_model::rotary_heads(&cfg, &name).filter(|_| arch == "llama") {
+            values = crate::gguf_model::halves_to_pairs(&values, heads, cfg.head_dim(), info.shape()[1], true);
+        }
+        tensors.insert(name, Tensor::from_vec(values, info.shape().as_slice(), &Device::Cpu)?);
+    }
+    let model = Gpt::from_tensors(&cfg, tensors, device).with_context(|| format!("in {what}"))?;
+    let tokenizer = gguf_tokenizer(f, &tokens, &arch).with_context(|| format!("{what}: its vocabulary"))?;
+    Ok(ForeignGguf { model, tokenizer, family: arch })
+}
+
+/// tokenizer.json (+ its config) rebuilt from a GGUF vocabulary: control and user-defined tokens
+/// (`token_type` 3, 4) become added tokens, the rest the BPE vocabulary; the split from
+/// `tokenizer.ggml.pre`; BOS only where the file adds one.
+fn gguf_tokenizer(f: &crate::gguf::GgufFile, tokens: &[&str], arch: &str) -> Result<jarip_tokenizer::Tokenizer> {
+    use crate::gguf::Value as G;
+    use serde_json::json;
+    let pre = f.get("tokenizer.ggml.pre").and_then(G::as_str).unwrap_or("default");
+    let Some(pattern) = jarip_tokenizer::llama_cpp_pattern(pre) else {
+        bail!("tokenizer.ggml.pre {pre:?} is a split jarip does not know (it reads llama-bpe, qwen2, gpt-2)");
+    };
+    let types: Vec<u64> = f
+        .get("tokenizer.ggml.token_type")
+        .and_then(G::as_array)
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let merges: Vec<&str> = f
+        .get("tokenizer.ggml.merges")
+        .and_then(G::as_array)
+        .context("no tokenizer.ggml.merges")?
+        .iter()
+        .map(|v| v.as_str().context("a merge is not a string"))
+        .collect::<Result<_>>()?;
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        match types.get(id).copied().unwrap_or(1) {
+            3 | 4 => added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                                      "rstrip": false, "normalized": false, "special": true})),
+            _ => {
+                vocab.insert(t.to_string(), json!(id));
+            }
+        }
+    }
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+    let doc = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false}, byte_level]},
+        "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": pre == "llama-bpe", "vocab": vocab, "merges": merges},
+    });
+    let name = |k: &str| -> Option<String> {
+        let id = f.get(k).and_then(G::as_u64)? as usize;
+        tokens.get(id).map(|t| t.to_string())
+    };
+    let add_bos = f.get("tokenizer.ggml.add_bos_token").and_then(G::as_bool).unwrap_or(arch == "llama");
+    let mut eos_ids: Vec<u64> = Vec::new();
+    for k in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        eos_ids.extend(f.get(k).and_then(G::as_u64));
+    }
+    let config = json!({
+        "bos_token": if add_bos { name("tokenizer.ggml.bos_token_id") } else { None },
+        "eos_token": name("tokenizer.ggml.eos_token_id"),
+        "pad_token": name("tokenizer.ggml.padding_token_id"),
+        "chat_template": f.get("tokenizer.chat_template").and_then(G::as_str),
+    });
+    let text = serde_json::to_string(&doc)?;
+    jarip_tokenizer::Tokenizer::from_foreign_json(text, &config, &json!({"eos_token_id": eos_ids}), None)
 }

@@ -284,6 +284,20 @@ impl<T: Into<Value>> From<Vec<T>> for Value {
     }
 }
 
+/// llama.cpp's name of a ggml type id, for refusing the ones this reader does not handle by name.
+pub fn ggml_type_name(id: u32) -> String {
+    const NAMES: [&str; 40] = [
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+        "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0",
+        "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+    ];
+    match NAMES.get(id as usize) {
+        Some(n) => format!("ggml type {n} ({id})"),
+        None => format!("ggml type {id}"),
+    }
+}
+
 /// A ggml tensor type this module handles, with its on-disk id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
@@ -861,7 +875,9 @@ fn parse_header(buf: &[u8], source: &str) -> Result<Header> {
         let Some(ty) = GgmlType::from_id(type_id) else {
             c.pos -= 4;
             return Err(c.err(format_args!(
-                "{what} has ggml type {type_id}, which this reader does not handle (F32=0, F16=1, Q8_0=8, BF16=30)"
+                "{what} is stored as {}, which jarip does not read (it reads F32, F16, BF16 and Q8_0: \
+                 re-quantize with llama.cpp's llama-quantize to Q8_0, or convert to f16)",
+                ggml_type_name(type_id)
             )));
         };
         if let Err(e) = ty.byte_len(&dims) {

@@ -81,7 +81,7 @@ pub fn halves_to_pairs(values: &[f32], heads: usize, head_dim: usize, cols: usiz
 }
 
 /// For the `llama` layout: the heads of a q or k projection (`None` for other tensors).
-fn rotary_heads(cfg: &ModelConfig, name: &str) -> Option<usize> {
+pub(crate) fn rotary_heads(cfg: &ModelConfig, name: &str) -> Option<usize> {
     if name.ends_with("self_attn.q_proj.weight") {
         Some(cfg.n_head)
     } else if name.ends_with("self_attn.k_proj.weight") {

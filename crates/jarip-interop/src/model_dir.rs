@@ -161,6 +161,12 @@ fn load_hf_export(dir: &Path, device: &candle_core::Device) -> Result<LoadedMode
 /// A GGUF file `jarip export` wrote: its weights are checked against the hash recorded in it; the
 /// manifest is made from its metadata (the file is its own record).
 fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    {
+        let f = crate::gguf::GgufFile::open(path)?;
+        if f.get(&format!("{}.config", crate::gguf_model::ARCH)).is_none() {
+            return load_foreign_gguf(&f, path, device);
+        }
+    }
     let g = crate::gguf_model::load_gguf(path, device)?;
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
     let mut files = std::collections::BTreeMap::new();
@@ -221,6 +227,45 @@ fn load_foreign(dir: &Path, device: &candle_core::Device) -> Result<LoadedModel>
         manifest,
         stored_format: WeightFormat::F32,
         origin: Origin::Foreign { family: f.family },
+    })
+}
+
+/// A GGUF file jarip did not write ([`crate::foreign::load_foreign_gguf`]).
+fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
+    let g = crate::foreign::load_foreign_gguf(f, path, device)?;
+    if !g.tokenizer.fits_vocab(g.model.config().vocab_size) {
+        bail!(
+            "{}: the vocabulary has {} tokens, more than the embedding's {} rows",
+            path.display(),
+            g.tokenizer.vocab_size(),
+            g.model.config().vocab_size
+        );
+    }
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
+    let mut files = std::collections::BTreeMap::new();
+    let bytes = std::fs::metadata(path)?.len();
+    files.insert(name, jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes });
+    let stored_format = if f.tensors.iter().any(|t| t.ty == crate::gguf::GgmlType::Q8_0) {
+        WeightFormat::Q8_0
+    } else {
+        WeightFormat::F32
+    };
+    let manifest = Manifest {
+        kind: "foreign-gguf".into(),
+        jarip_version: jarip_ledger::JARIP_VERSION.into(),
+        git_commit: None,
+        created: String::new(),
+        files,
+        inputs: vec![],
+        settings: serde_json::json!({ "family": g.family, "model": g.model.config(), "tokenizer_sha256": g.tokenizer.sha256() }),
+    };
+    Ok(LoadedModel {
+        model: g.model,
+        tokenizer: g.tokenizer,
+        dir: path.to_path_buf(),
+        manifest,
+        stored_format,
+        origin: Origin::Foreign { family: g.family },
     })
 }
 

@@ -65,9 +65,22 @@ impl Tokenizer {
             bail!("{} has no {TOKENIZER_FILE}: a model's tokenizer is required beside its weights", dir.display());
         }
         let json = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let parts = hf_json::read(&json).with_context(|| format!("{} is not a usable tokenizer", file.display()))?;
         let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+        let template_file = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        Self::from_foreign_json(json, &config, &generation, template_file)
+            .with_context(|| format!("in {}", dir.display()))
+    }
+
+    /// Another model's tokenizer from the texts of its `tokenizer.json`, `tokenizer_config.json`
+    /// and `generation_config.json` (`Null` where absent) and a separate chat template file.
+    pub fn from_foreign_json(
+        json: String,
+        config: &Value,
+        generation: &Value,
+        template_file: Option<String>,
+    ) -> Result<Self> {
+        let parts = hf_json::read(&json).context("tokenizer.json is not a usable tokenizer")?;
         let by_name = |name: &str| parts.specials.iter().find(|(s, _)| s == name).map(|s| s.1);
         let named = |key: &str| -> Result<Option<(String, u32)>> {
             match token_name(config.get(key)) {
@@ -87,15 +100,10 @@ impl Tokenizer {
         }
         if eos.is_empty() {
             // A base model's config may name none: the usual end-of-text spellings.
-            eos.extend(
-                ["<|endoftext|>", "<|end_of_text|>", "</s>", "<|eos|>"].iter().filter_map(|n| by_name(n)).take(1),
-            );
+            eos.extend(["<|endoftext|>", "<|end_of_text|>", "</s>", "<|eos|>"].iter().filter_map(|n| by_name(n)).take(1));
         }
         let Some(&first_eos) = eos.first() else {
-            bail!(
-                "{}: no EOS token (tokenizer_config.json eos_token or generation_config.json eos_token_id)",
-                dir.display()
-            )
+            bail!("no EOS token (tokenizer_config.json eos_token or generation_config.json eos_token_id)")
         };
         let eos_token = parts.specials.iter().find(|s| s.1 == first_eos).map(|s| s.0.clone()).unwrap_or_default();
         let chat_template = match config.get("chat_template") {
@@ -107,10 +115,7 @@ impl Tokenizer {
                 .and_then(|t| t.get("template"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            _ => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-                Ok(t) => Some(t),
-                Err(_) => None,
-            },
+            _ => template_file,
         };
         let foreign = Foreign {
             bos: bos.as_ref().map(|b| b.1),
@@ -120,7 +125,7 @@ impl Tokenizer {
             bos_token: bos.map(|b| b.0).unwrap_or_default(),
             eos_token,
         };
-        Self::from_parts_any(parts, json, None, Some(foreign)).with_context(|| format!("in {}", file.display()))
+        Self::from_parts_any(parts, json, None, Some(foreign))
     }
 
     /// A tokenizer jarip trained (`dir/tokenizer.json` or the file), or else another model's

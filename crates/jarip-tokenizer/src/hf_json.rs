@@ -168,7 +168,13 @@ pub(crate) fn read(text: &str) -> Result<Parts> {
         specials.push((content.to_string(), id as u32));
     }
     let vocab = model.get("vocab").and_then(Value::as_object).context("model has no vocab")?;
-    let n = vocab.len().max(specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0));
+    // Ids run 0..n with none missing; added tokens may or may not be listed in the vocab too,
+    // and may come first (as `tokenizers`' trainer puts them) or last (as jarip's).
+    let top_vocab = vocab.values().filter_map(Value::as_u64).max().map_or(0, |m| m as usize + 1);
+    let n = top_vocab.max(vocab.len()).max(specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0));
+    if n > 16 * (vocab.len() + specials.len()) + 1024 {
+        bail!("ids reach {n} for {} tokens: the vocabulary has gaps", vocab.len() + specials.len());
+    }
     let mut tokens: Vec<Option<Vec<u8>>> = vec![None; n];
     for (s, id) in &specials {
         tokens[*id as usize] = Some(s.as_bytes().to_vec());

@@ -24,7 +24,7 @@ mod train;
 pub use bytes_map::{bytes_to_unicode, unicode_to_bytes};
 pub use chat::{Message, Rendered, Role};
 pub use decode::StreamDecoder;
-pub use pretokenize::{PreTokenizer, Preset, JARIP_PATTERN};
+pub use pretokenize::{llama_cpp_pattern, PreTokenizer, Preset, JARIP_PATTERN};
 pub use train::{train, TrainConfig, Trainer};
 
 use anyhow::{bail, Context, Result};

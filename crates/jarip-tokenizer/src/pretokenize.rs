@@ -27,6 +27,19 @@ const JARIP_D1_PATTERN: &str =
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const GPT4_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's split (also Qwen3's): cl100k's with single-digit number pieces.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split a GGUF file's `tokenizer.ggml.pre` names, for the llama.cpp names jarip reads.
+pub fn llama_cpp_pattern(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama-bpe" | "llama3" | "smaug-bpe" => Some(GPT4_PATTERN),
+        "qwen2" => Some(QWEN2_PATTERN),
+        "gpt-2" | "gpt2" | "default" => Some(GPT2_PATTERN),
+        _ => None,
+    }
+}
+
 impl Preset {
     pub const ALL: [Preset; 4] = [Preset::Jarip, Preset::JaripDigits1, Preset::Gpt2, Preset::Gpt4];
 
