@@ -199,11 +199,17 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
     let what = path.display();
     let arch = f.get("general.architecture").and_then(G::as_str).unwrap_or("(none)").to_string();
     if !GGUF_FAMILIES.contains(&arch.as_str()) {
-        bail!("{what}: GGUF architecture {arch:?}; jarip runs {} (and the GGUF files it exports)", GGUF_FAMILIES.join(", "));
+        bail!(
+            "{what}: GGUF architecture {arch:?}; jarip runs {} (and the GGUF files it exports)",
+            GGUF_FAMILIES.join(", ")
+        );
     }
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<usize> {
-        f.get(&key(k)).and_then(G::as_u64).map(|x| x as usize).with_context(|| format!("{what}: metadata {} missing", key(k)))
+        f.get(&key(k))
+            .and_then(G::as_u64)
+            .map(|x| x as usize)
+            .with_context(|| format!("{what}: metadata {} missing", key(k)))
     };
     if let Some(t) = f.get(&key("rope.scaling.type")).and_then(G::as_str).filter(|t| *t != "none") {
         bail!("{what}: {} is {t:?}; jarip runs plain RoPE", key("rope.scaling.type"));
@@ -230,7 +236,9 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
     let n_head = int("attention.head_count")?;
     if let Some(k) = f.get(&key("attention.key_length")).and_then(G::as_u64) {
         if k as usize * n_head != n_embd {
-            bail!("{what}: head width {k} × {n_head} heads is not the embedding width {n_embd}; jarip needs them equal");
+            bail!(
+                "{what}: head width {k} × {n_head} heads is not the embedding width {n_embd}; jarip needs them equal"
+            );
         }
     }
     let cfg = ModelConfig {

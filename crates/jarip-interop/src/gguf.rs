@@ -287,10 +287,46 @@ impl<T: Into<Value>> From<Vec<T>> for Value {
 /// llama.cpp's name of a ggml type id, for refusing the ones this reader does not handle by name.
 pub fn ggml_type_name(id: u32) -> String {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-        "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-        "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0",
-        "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
     match NAMES.get(id as usize) {
         Some(n) => format!("ggml type {n} ({id})"),
@@ -1213,7 +1249,7 @@ mod tests {
         let e = err_of(raw(3, 1, 0, &tensor_info("w", &[2], 0, 4), &[0; 64]));
         assert!(e.contains("not a multiple of the alignment 32"), "{e}");
         let e = err_of(raw(3, 1, 0, &tensor_info("w", &[2], 12, 0), &[0; 64]));
-        assert!(e.contains("ggml type 12"), "{e}");
+        assert!(e.contains("ggml type Q4_K (12)") && e.contains("Q8_0"), "a quantization is refused by name: {e}");
         let e = err_of(raw(3, 1, 0, &tensor_info("w", &[16], 8, 0), &[0; 64]));
         assert!(e.contains("multiple of 32"), "{e}");
         let e = err_of(raw(3, 1, 0, &tensor_info("w", &[1; 5], 0, 0), &[0; 64]));

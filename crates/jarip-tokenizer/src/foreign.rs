@@ -100,7 +100,9 @@ impl Tokenizer {
         }
         if eos.is_empty() {
             // A base model's config may name none: the usual end-of-text spellings.
-            eos.extend(["<|endoftext|>", "<|end_of_text|>", "</s>", "<|eos|>"].iter().filter_map(|n| by_name(n)).take(1));
+            eos.extend(
+                ["<|endoftext|>", "<|end_of_text|>", "</s>", "<|eos|>"].iter().filter_map(|n| by_name(n)).take(1),
+            );
         }
         let Some(&first_eos) = eos.first() else {
             bail!("no EOS token (tokenizer_config.json eos_token or generation_config.json eos_token_id)")
@@ -222,5 +224,89 @@ impl Message {
             Role::User => "user",
             Role::Assistant => "assistant",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A jarip-trained tokenizer dressed as another family's: specials renamed, `ignore_merges`,
+    /// NFC, its own template and EOS ids.
+    fn foreign() -> Tokenizer {
+        let docs = ["대한민국은 민주공화국이다. The cat sat on the mat. 1234".repeat(30)];
+        let tok =
+            crate::train(docs.into_iter(), &crate::TrainConfig { vocab_size: 300, ..Default::default() }).unwrap();
+        let mut t: Value = serde_json::from_str(tok.to_json()).unwrap();
+        t["model"]["ignore_merges"] = json!(true);
+        t["normalizer"] = json!({"type": "NFC"});
+        let names = ["<s>", "</s>", "<pad>", "<|sys|>", "<|usr|>", "<|bot|>", "<|eot|>"];
+        let old: Vec<String> =
+            t["added_tokens"].as_array().unwrap().iter().map(|a| a["content"].as_str().unwrap().to_string()).collect();
+        for (i, (was, name)) in old.iter().zip(names).enumerate() {
+            let id = t["model"]["vocab"].as_object_mut().unwrap().remove(was).unwrap();
+            t["model"]["vocab"][name] = id;
+            t["added_tokens"][i]["content"] = json!(name);
+        }
+        let template = "{{ bos_token }}{% for m in messages %}{{ '<|' + {'system': 'sys', 'user': 'usr', 'assistant': 'bot'}[m['role']] + '|>' }}{{ m['content'] | trim }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}";
+        let config = json!({"bos_token": "<s>", "eos_token": {"content": "<|eot|>"}, "chat_template": template});
+        Tokenizer::from_foreign_json(t.to_string(), &config, &json!({"eos_token_id": [tok.eos_id()]}), None).unwrap()
+    }
+
+    #[test]
+    fn specials_and_encoding_follow_the_foreign_configs() {
+        let tok = foreign();
+        assert!(tok.is_foreign());
+        assert_eq!(tok.bos_id(), tok.special_id("<s>").unwrap());
+        assert_eq!(tok.eos_id(), tok.special_id("<|eot|>").unwrap());
+        assert_eq!(tok.chat_stop_ids().len(), 2, "tokenizer_config's EOS and generation_config's");
+        // NFC: a decomposed syllable encodes as the composed one.
+        assert_eq!(tok.encode("\u{1100}\u{1161}\u{11A8}"), tok.encode("\u{AC01}"));
+        // ignore_merges: a piece that is itself a vocabulary entry is that one token.
+        let ids = tok.encode(" cat");
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(tok.decode(&tok.encode("대한민국 cat 1234")), "대한민국 cat 1234");
+    }
+
+    #[test]
+    fn the_chat_template_renders_and_masks_each_assistant_reply() {
+        let tok = foreign();
+        let msgs = [
+            Message::new(Role::System, "간결하게."),
+            Message::new(Role::User, "안녕?"),
+            Message::new(Role::Assistant, "안녕하세요!"),
+            Message::new(Role::User, "cat?"),
+            Message::new(Role::Assistant, "The cat sat."),
+        ];
+        let text = tok.render_template(&msgs, false).unwrap();
+        assert_eq!(text, "<s><|sys|>간결하게.<|eot|><|usr|>안녕?<|eot|><|bot|>안녕하세요!<|eot|><|usr|>cat?<|eot|><|bot|>The cat sat.<|eot|>");
+        let r = tok.render_chat(&msgs, false).unwrap();
+        assert_eq!(r.ids, tok.encode_with_specials(&text), "segment-wise encoding equals the whole text's here");
+        let targets: Vec<u32> = r.ids.iter().zip(&r.mask).filter(|(_, &m)| m).map(|(&id, _)| id).collect();
+        assert_eq!(tok.decode(&targets), "안녕하세요!<|eot|>The cat sat.<|eot|>");
+        let open = tok.render_chat(&msgs[..2], true).unwrap();
+        assert_eq!(tok.decode(&open.ids), "<s><|sys|>간결하게.<|eot|><|usr|>안녕?<|eot|><|bot|>");
+        assert!(tok.parse_chat(&open.ids).is_err(), "reading back is for jarip's own template");
+    }
+
+    #[test]
+    fn what_is_not_byte_level_bpe_is_refused_by_name() {
+        let tok = foreign();
+        let mut t: Value = serde_json::from_str(tok.to_json()).unwrap();
+        t["model"]["byte_fallback"] = json!(true);
+        let e = Tokenizer::from_foreign_json(t.to_string(), &Value::Null, &Value::Null, None).unwrap_err();
+        assert!(format!("{e:#}").contains("SentencePiece-style"), "{e:#}");
+        let mut t: Value = serde_json::from_str(tok.to_json()).unwrap();
+        t["normalizer"] = json!({"type": "Lowercase"});
+        let e = Tokenizer::from_foreign_json(t.to_string(), &Value::Null, &Value::Null, None).unwrap_err();
+        assert!(format!("{e:#}").contains("normalizer Lowercase"), "{e:#}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.model"), b"\x0a\x03abc").unwrap();
+        let e = Tokenizer::load_foreign(dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("SentencePiece tokenizer.model"), "{e:#}");
+        assert!(Tokenizer::load(&dir.path().join("x")).is_err());
+        // jarip's own loader keeps refusing what it did not train.
+        assert!(Tokenizer::from_json(tok.to_json().to_string()).is_err());
     }
 }
