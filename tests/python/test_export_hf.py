@@ -11,8 +11,8 @@
   as `AutoModelForCausalLM(trust_remote_code=True)` loads them, they give jarip's logits, and
   their KV-cache decoding gives jarip's greedy continuation. This runs in CI, for a ReLU² model
   and a SwiGLU model with grouped-query attention.
-- With the real PyTorch and transformers installed (not in CI: the wheels are gigabytes), the same
-  file loads through `AutoModelForCausalLM(trust_remote_code=True)` and agrees too.
+- With the real PyTorch and transformers installed (.ci/run installs them), the same file loads
+  through `AutoModelForCausalLM(trust_remote_code=True)` and agrees too.
 """
 
 import json
