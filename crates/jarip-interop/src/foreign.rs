@@ -21,9 +21,15 @@ pub const FAMILIES: [&str; 3] = ["llama", "mistral", "qwen3"];
 /// for less (Llama 3 declares 131,072 positions; evaluation and chat here need far fewer).
 pub const MAX_CONTEXT: usize = 32_768;
 
-/// Whether `dir` looks like an HF model directory that jarip did not export.
+/// Whether `dir` looks like an HF model directory that jarip did not write: a `config.json` that
+/// names a `model_type` (a jarip checkpoint's config.json is jarip's own config, without one),
+/// and no jarip checkpoint or export marks.
 pub fn is_foreign_hf(dir: &Path) -> bool {
-    dir.is_dir() && dir.join(CONFIG_FILE).is_file() && !crate::hf::is_hf_export(dir)
+    let names_model_type = std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v.get("model_type").is_some());
+    names_model_type && !crate::hf::is_hf_export(dir) && !dir.join(crate::model_dir::TRAINER_FILE).exists()
 }
 
 /// The weight files of an HF directory: the shards of `model.safetensors.index.json`, else

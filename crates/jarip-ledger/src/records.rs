@@ -801,9 +801,12 @@ mod tests {
             replicas: None,
             template_fraction: None,
             mix: None,
+            foreign_base: None,
         };
-        let s = CheckpointSettings::of(&serde_json::to_value(&sft).unwrap());
-        assert!(s.is_sft());
+        let v = serde_json::to_value(&sft).unwrap();
+        assert!(v.get("foreign_base").is_none(), "absent unless set: older settings compare equal");
+        let s = CheckpointSettings::of(&v);
+        assert!(s.is_sft() && s.foreign_base.is_none());
         assert_eq!(
             (s.seed, s.base_checkpoint.as_deref(), s.base_weights_sha256.as_deref(), s.data_sha256.as_deref()),
             (Some(7), Some("b"), Some("w"), Some("ds"))
