@@ -85,13 +85,13 @@ PRESET = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "mlp_hidden":
           "max_seq_len": 64, "rope_base": 500000.0, "logit_softcap": 0.0, "norm_eps": 1e-5}
 
 
-@pytest.mark.parametrize("arch,split", [("llama", "llama3"), ("qwen3", "jarip")])
-def test_presets_run_in_llama_cpp_as_in_jarip(arch, split, tmp_path):
+@pytest.mark.parametrize("arch,split,tied", [("llama", "llama3", False), ("qwen3", "jarip", False), ("llama", "llama3", True)])
+def test_presets_run_in_llama_cpp_as_in_jarip(arch, split, tied, tmp_path):
     """A llama- or qwen3-shaped model's GGUF is llama.cpp's own graph: llama.cpp's logits for a
     prompt (given as token ids) match jarip's, and its greedy continuation is jarip's. A tokenizer
     trained with the llama3 split is llama.cpp's `llama-bpe`: it tokenizes text as jarip does."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    run_dir = tiny_model(tmp_path, {**PRESET, "qk_norm": arch == "qwen3"}, preset=split)
+    run_dir = tiny_model(tmp_path, {**PRESET, "qk_norm": arch == "qwen3", "tie_embeddings": tied}, preset=split)
     out = tmp_path / f"{arch}.gguf"
     run("export", "--model", run_dir, "--out", out)
     r = gguf.GGUFReader(out)

@@ -61,21 +61,25 @@ def exported_swiglu_gqa(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported_uncapped(tmp_path_factory):
-    # A jarip-family model (ReLU²) with logit_softcap 0 (no soft-cap, written as HF's null) and
-    # no QK-norm: the exported modeling code must honour both.
+    # A jarip-family model (ReLU²) with logit_softcap 0 (no soft-cap, written as HF's null), no
+    # QK-norm and a head tied to the embedding: the exported modeling code must honour all three.
     root = tmp_path_factory.mktemp("export-uncapped")
-    run_dir = tiny_model(root, {**SWIGLU_GQA, "mlp": "relu2", "mlp_hidden": 128, "logit_softcap": 0.0, "qk_norm": False})
+    run_dir = tiny_model(
+        root,
+        {**SWIGLU_GQA, "mlp": "relu2", "mlp_hidden": 128, "logit_softcap": 0.0, "qk_norm": False, "tie_embeddings": True},
+    )
     out = root / "hf"
     run("export", "--model", run_dir, "--out", out)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["final_logit_softcapping"] is None and cfg["qk_norm"] is False
+    assert cfg["final_logit_softcapping"] is None and cfg["qk_norm"] is False and cfg["tie_word_embeddings"] is True
     return run_dir, out
 
 
-def native_export(tmp_path_factory, arch):
-    # The --arch presets' shapes: SwiGLU, no soft-cap; QK-norm for qwen3 only.
+def native_export(tmp_path_factory, arch, tied=False):
+    # The --arch presets' shapes: SwiGLU, no soft-cap; QK-norm for qwen3 only; optionally a head
+    # tied to the embedding (`tie_word_embeddings`, no lm_head tensor).
     root = tmp_path_factory.mktemp(f"export-{arch}")
-    shape = {**SWIGLU_GQA, "logit_softcap": 0.0, "qk_norm": arch == "qwen3", "rope_base": 5e5}
+    shape = {**SWIGLU_GQA, "logit_softcap": 0.0, "qk_norm": arch == "qwen3", "rope_base": 5e5, "tie_embeddings": tied}
     run_dir = tiny_model(root, shape)
     out = root / "hf"
     run("export", "--model", run_dir, "--out", out)
@@ -92,6 +96,11 @@ def exported_llama(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported_qwen3(tmp_path_factory):
     return native_export(tmp_path_factory, "qwen3")
+
+
+@pytest.fixture(scope="module")
+def exported_llama_tied(tmp_path_factory):
+    return native_export(tmp_path_factory, "llama", tied=True)
 
 
 def jarip_json(*args):
@@ -146,7 +155,8 @@ def numpy_logits(d, ids):
         else:
             act = np.maximum(up, 0) ** 2
         x = x + act @ w[p + "mlp.down_proj.weight"].T
-    z = rms_norm(x[-1], w["model.norm.weight"], eps) @ w["lm_head.weight"].T
+    head = w["lm_head.weight"] if "lm_head.weight" in w else w["model.embed_tokens.weight"]  # tied: the embedding
+    z = rms_norm(x[-1], w["model.norm.weight"], eps) @ head.T
     cap = cfg.get("final_logit_softcapping")
     return cap * np.tanh(z / cap) if cap else z  # null or absent: no soft-cap
 
@@ -209,10 +219,11 @@ def test_chat_template_renders_jarip_chat_ids(exported):
         env.from_string(cfg["chat_template"]).render(messages=[{"role": "tool", "content": "x"}])
 
 
-def test_transformers_loads_the_export_with_its_modeling_code(exported):
+@pytest.mark.parametrize("export", ["exported", "exported_uncapped"])
+def test_transformers_loads_the_export_with_its_modeling_code(export, request):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    _, out = exported
+    _, out = request.getfixturevalue(export)
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float64)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     ids = prompt_ids(out, PROMPT)
@@ -229,7 +240,7 @@ def test_transformers_loads_the_export_with_its_modeling_code(exported):
     assert np.abs(step - logits).max() < 1e-9
 
 
-@pytest.mark.parametrize("export", ["exported_llama", "exported_qwen3"])
+@pytest.mark.parametrize("export", ["exported_llama", "exported_qwen3", "exported_llama_tied"])
 def test_native_families_load_in_transformers_own_classes(export, request):
     """Llama/Qwen3-shaped models export as those families: transformers' own classes (no
     trust_remote_code, no modeling file in the export) give jarip's logits and greedy tokens."""
@@ -241,7 +252,8 @@ def test_native_families_load_in_transformers_own_classes(export, request):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    want = {"exported_llama": "LlamaForCausalLM", "exported_qwen3": "Qwen3ForCausalLM"}[export]
+    want = {"exported_llama": "LlamaForCausalLM", "exported_qwen3": "Qwen3ForCausalLM",
+            "exported_llama_tied": "LlamaForCausalLM"}[export]
     assert type(model).__name__ == want
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, -1].double().numpy()

@@ -69,7 +69,7 @@ impl DecodeModel {
         Ok(Self {
             embed: get(EMBED)?,
             final_norm: get(FINAL_NORM)?,
-            lm_head: mat(get(LM_HEAD)?, cfg.vocab_size, c),
+            lm_head: mat(get(if cfg.tie_embeddings { EMBED } else { LM_HEAD })?, cfg.vocab_size, c),
             format,
             kv: KvFormat::F32,
             layers,

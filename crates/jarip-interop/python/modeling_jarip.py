@@ -2,8 +2,9 @@
 
 Pre-norm blocks with RMSNorm; attention with per-head RMSNorm on queries and keys (QK-norm),
 rotary embeddings (the two halves of each head rotated together) and grouped-query heads; a ReLU²
-MLP (`down(relu(up(x))²)`) or SwiGLU (`down(silu(gate(x)) * up(x))`); an untied output head whose
-logits are soft-capped as `cap * tanh(z / cap)`. No biases. Tensor names are jarip's own.
+MLP (`down(relu(up(x))²)`) or SwiGLU (`down(silu(gate(x)) * up(x))`); an output head (its own
+matrix, or the embedding's with `tie_word_embeddings`) whose logits are soft-capped as
+`cap * tanh(z / cap)`. No biases. Tensor names are jarip's own.
 """
 
 import math
@@ -134,7 +135,8 @@ class JaripForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config):
         super().__init__(config)
         self.model = JaripModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Tied: the embedding is the head, and the file holds no lm_head.weight.
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     @classmethod
@@ -173,7 +175,8 @@ class JaripForCausalLM(PreTrainedModel, GenerationMixin):
         for i, layer in enumerate(self.model.layers):
             x, present = layer(x, cos, sin, None if past_key_values is None else past_key_values[i])
             presents.append(present)
-        logits = self.lm_head(self.model.norm(x)).float()
+        h = self.model.norm(x)
+        logits = (F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)).float()
         cap = self.config.final_logit_softcapping
         if cap:  # None or 0: no soft-cap
             logits = cap * torch.tanh(logits / cap)

@@ -117,8 +117,7 @@ pub fn config_of(v: &Value) -> Result<ModelConfig> {
 }
 
 /// A foreign model's weights as f32 tensors under jarip's names (= HF's), read through a memory
-/// map one shard at a time; a tied head (`tie_word_embeddings`, or no `lm_head.weight`) is
-/// given the embedding.
+/// map one shard at a time; with a tied head (`tie_word_embeddings`) the embedding is the head.
 fn read_tensors(files: &[PathBuf], tied: bool) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for path in files {
@@ -144,15 +143,12 @@ fn read_tensors(files: &[PathBuf], tied: bool) -> Result<HashMap<String, Tensor>
             }
         }
     }
-    if !out.contains_key(jarip_model::layout::LM_HEAD) {
-        if !tied {
-            bail!(
-                "the weights have no {} and config.json does not tie it to the embedding",
-                jarip_model::layout::LM_HEAD
-            );
-        }
-        let embed = out.get(jarip_model::layout::EMBED).context("the weights have no embedding")?.clone();
-        out.insert(jarip_model::layout::LM_HEAD.to_string(), embed);
+    if tied {
+        // Some tied checkpoints store the head as well (a copy of the embedding): jarip uses the
+        // embedding, as transformers does.
+        out.remove(jarip_model::layout::LM_HEAD);
+    } else if !out.contains_key(jarip_model::layout::LM_HEAD) {
+        bail!("the weights have no {} and config.json does not tie it to the embedding", jarip_model::layout::LM_HEAD);
     }
     Ok(out)
 }
@@ -172,8 +168,7 @@ pub fn load_foreign_hf(dir: &Path, device: &Device) -> Result<ForeignModel> {
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", cfg_path.display()))?;
     let cfg = config_of(&v).with_context(|| format!("in {}", cfg_path.display()))?;
     let files = weight_files(dir)?;
-    let tied = v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
-    let tensors = read_tensors(&files, tied)?;
+    let tensors = read_tensors(&files, cfg.tie_embeddings)?;
     let model = Gpt::from_tensors(&cfg, tensors, device).with_context(|| format!("in {}", dir.display()))?;
     let mut hashes = BTreeMap::new();
     for p in files.iter().chain([&cfg_path, &dir.join(crate::hf::TOKENIZER_FILE)]) {
@@ -260,14 +255,13 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
         logit_softcap: 0.0,
         norm_eps: f.get(&key("attention.layer_norm_rms_epsilon")).and_then(G::as_f64).unwrap_or(1e-5),
         qk_norm: arch == "qwen3",
+        // llama.cpp's converter leaves `output.weight` out of a tied model.
+        tie_embeddings: f.tensor("output.weight").is_none(),
     };
     cfg.validate().with_context(|| format!("in {what}"))?;
     let mut tensors = HashMap::new();
     for (name, _) in jarip_model::param_shapes(&cfg) {
-        let mut g = crate::gguf_model::gguf_name(&name)?;
-        if name == jarip_model::layout::LM_HEAD && f.tensor(&g).is_none() {
-            g = "token_embd.weight".into(); // a tied head
-        }
+        let g = crate::gguf_model::gguf_name(&name)?;
         let info = f.tensor(&g).with_context(|| format!("{what}: tensor {g} ({name}) missing"))?;
         let mut values = f.tensor_f32(&g)?;
         if let Some(heads) = crate::gguf_model::rotary_heads(&cfg, &name).filter(|_| arch == "llama") {

@@ -73,7 +73,7 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Resul
         "rope_theta": cfg.rope_base,
         "rms_norm_eps": cfg.norm_eps,
         "attention_bias": false,
-        "tie_word_embeddings": false,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": tok.bos_id(),
         "eos_token_id": special(tok, "<|end|>")?,
         "pad_token_id": special(tok, "<|pad|>")?,
@@ -169,6 +169,8 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
             "llama" => false,
             _ => v.get("qk_norm").and_then(Value::as_bool).unwrap_or(true),
         },
+        // transformers' default is untied.
+        tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
     };
     if let Some(hd) = v.get("head_dim").and_then(Value::as_u64) {
         if hd as usize != cfg.head_dim() {

@@ -63,6 +63,10 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -88,6 +92,10 @@ pub struct ModelConfig {
     /// only when off, so configs from before the field read and write unchanged.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub qk_norm: bool,
+    /// The output head is the embedding matrix (`logits = h · Eᵀ`; Llama 3.2 1B/3B, Qwen3 small,
+    /// Gemma): one V×C matrix fewer. Written only when on.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tie_embeddings: bool,
 }
 
 impl ModelConfig {
@@ -108,6 +116,7 @@ impl ModelConfig {
             logit_softcap: 15.0,
             norm_eps: 1e-5,
             qk_norm: true,
+            tie_embeddings: false,
         }
     }
 
@@ -149,6 +158,7 @@ impl ModelConfig {
             logit_softcap: 15.0,
             norm_eps: 1e-5,
             qk_norm: true,
+            tie_embeddings: false,
         }
     }
 
@@ -240,8 +250,10 @@ impl ModelConfig {
             MlpKind::Relu2 => 2,
             MlpKind::SwiGlu => 3,
         };
-        let per_layer = c * c * 2 + c * self.kv_dim() * 2 + mlp_mats * c * self.mlp_hidden + 2 * c + 2 * d;
-        2 * self.vocab_size * c + self.n_layer * per_layer + c
+        let qk_gains = if self.qk_norm { 2 * d } else { 0 };
+        let per_layer = c * c * 2 + c * self.kv_dim() * 2 + mlp_mats * c * self.mlp_hidden + 2 * c + qk_gains;
+        let matrices_v = if self.tie_embeddings { 1 } else { 2 };
+        matrices_v * self.vocab_size * c + self.n_layer * per_layer + c
     }
 
     /// Matmul FLOPs per token of a training step (forward + backward = 6 per weight use,

@@ -141,8 +141,10 @@ impl ParamRole {
 /// order for hashing and saving).
 pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (c, v) = (cfg.n_embd, cfg.vocab_size);
-    let mut out =
-        vec![(EMBED.to_string(), vec![v, c]), (FINAL_NORM.to_string(), vec![c]), (LM_HEAD.to_string(), vec![v, c])];
+    let mut out = vec![(EMBED.to_string(), vec![v, c]), (FINAL_NORM.to_string(), vec![c])];
+    if !cfg.tie_embeddings {
+        out.push((LM_HEAD.to_string(), vec![v, c]));
+    }
     for i in 0..cfg.n_layer {
         for part in Part::ALL.into_iter().filter(|p| p.present(cfg)) {
             out.push((part.name(i), part.shape(cfg)));

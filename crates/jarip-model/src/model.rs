@@ -41,6 +41,8 @@ fn init_values(cfg: &ModelConfig, seed: u64, name: &str, shape: &[usize]) -> Vec
     let fan_in = *shape.last().unwrap_or(&1) as f64;
     let std = match ParamRole::of(name) {
         ParamRole::Norm => return vec![1.0; n],
+        // A tied embedding is the head too: 1/√C keeps the first logits at unit scale.
+        ParamRole::Embedding if cfg.tie_embeddings => 1.0 / (cfg.n_embd as f64).sqrt(),
         ParamRole::Embedding => 1.0,
         ParamRole::Head => 0.001,
         ParamRole::Matrix if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") => {
@@ -93,7 +95,8 @@ impl Gpt {
             kernels: if device.is_cpu() { Kernels::Fused } else { Kernels::Composed },
             embed: get(EMBED),
             final_norm: get(FINAL_NORM),
-            lm_head: get(LM_HEAD),
+            // Tied: the same variable, so its gradient sums both uses.
+            lm_head: get(if cfg.tie_embeddings { EMBED } else { LM_HEAD }),
             blocks,
             rope: RopeTables::new(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base, device)?,
             params,

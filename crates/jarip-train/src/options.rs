@@ -32,6 +32,8 @@ pub struct PretrainOptions {
     /// The architecture family of the depth dial's shape (ignored with a config file, which sets
     /// every field itself).
     pub arch: jarip_model::Arch,
+    /// The head is the embedding matrix (with `depth`/`arch`; a config file says it itself).
+    pub tie_embeddings: bool,
     /// Seeds the weights at step 0 and the sampling RNG.
     pub seed: u64,
     /// Seeds the data order (the sampler's shuffle); `None` = `seed`. Apart from `seed` so that two
@@ -94,6 +96,7 @@ impl Default for PretrainOptions {
             stop_at_step: None,
             resume: false,
             arch: jarip_model::Arch::Jarip,
+            tie_embeddings: false,
             seed: 42,
             data_seed: None,
             seq_len: 256,

@@ -39,18 +39,20 @@ fn tokenizer_path(opts: &PretrainOptions) -> Result<PathBuf> {
 fn requested_config(opts: &PretrainOptions, vocab: usize) -> Result<Option<ModelConfig>> {
     let cfg = match (&opts.config, opts.depth) {
         (Some(_), Some(_)) => bail!("give either --depth or --config, not both"),
-        (Some(_), None) if opts.arch != jarip_model::Arch::Jarip => {
-            bail!("--arch shapes the --depth dial; a --config file sets every field itself (mlp, qk_norm, logit_softcap, rope_base)")
+        (Some(_), None) if opts.arch != jarip_model::Arch::Jarip || opts.tie_embeddings => {
+            bail!("--arch and --tie-embeddings shape the --depth dial; a --config file sets every field itself (mlp, qk_norm, logit_softcap, rope_base, tie_embeddings)")
         }
         (Some(path), None) => ModelConfig::from_file(path)?,
         (None, Some(d)) => {
             let mut c = ModelConfig::from_depth_arch(d, vocab, opts.arch);
             c.max_seq_len = c.max_seq_len.max(opts.seq_len);
+            c.tie_embeddings = opts.tie_embeddings;
             c
         }
-        (None, None) if opts.arch != jarip_model::Arch::Jarip && !opts.resume => {
+        (None, None) if (opts.arch != jarip_model::Arch::Jarip || opts.tie_embeddings) && !opts.resume => {
             let mut c = ModelConfig::from_depth_arch(6, vocab, opts.arch);
             c.max_seq_len = c.max_seq_len.max(opts.seq_len);
+            c.tie_embeddings = opts.tie_embeddings;
             c
         }
         (None, None) => return Ok(None),

@@ -64,6 +64,10 @@ pub struct PretrainArgs {
     /// RoPE θ 1M). Every weight is still drawn from --seed.
     #[arg(long, default_value = "jarip")]
     pub arch: jarip_model::Arch,
+    /// Tie the output head to the embedding matrix (one V×C matrix fewer, as Llama 3.2 1B/3B and
+    /// small Qwen3 models do); exports say `tie_word_embeddings`, GGUF leaves `output.weight` out.
+    #[arg(long)]
+    pub tie_embeddings: bool,
     /// Seeds the weights at step 0, the data order (unless --data-seed) and the samples.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -162,6 +166,7 @@ impl PretrainArgs {
             minutes: self.minutes,
             resume: self.resume,
             arch: self.arch,
+            tie_embeddings: self.tie_embeddings,
             seed: self.seed,
             data_seed: self.data_seed,
             seq_len: self.seq_len,

@@ -205,6 +205,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<(PathBuf, St
         minutes: Some(a.minutes),
         resume: false,
         arch: jarip_model::Arch::Jarip,
+        tie_embeddings: false,
         seed: a.seed,
         data_seed: None,
         seq_len: SEQ_LEN,

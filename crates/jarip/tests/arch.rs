@@ -8,7 +8,7 @@ mod common;
 use common::{fails_with, jarip, ok, s};
 use std::path::Path;
 
-fn pretrain(run: &Path, out: &Path, arch: &str, resume: bool) -> String {
+fn pretrain(run: &Path, out: &Path, arch: &str, tied: bool, resume: bool) -> String {
     let (shards, tok, out) = (s(&run.join("shards")), s(&run.join("tok")), s(out));
     let mut args = vec![
         "pretrain",
@@ -43,6 +43,9 @@ fn pretrain(run: &Path, out: &Path, arch: &str, resume: bool) -> String {
     if resume {
         args.push("--resume");
     }
+    if tied {
+        args.push("--tie-embeddings");
+    }
     ok(&jarip(&args))
 }
 
@@ -66,10 +69,10 @@ fn greedy(model: &Path) -> String {
 
 #[test]
 fn llama_and_qwen3_presets_train_resume_replay_and_export() {
-    for (arch, qk_norm) in [("llama", false), ("qwen3", true)] {
+    for (arch, qk_norm, tied) in [("llama", false, false), ("qwen3", true, false), ("llama", false, true)] {
         let dir = tempfile::tempdir().unwrap();
         let run = common::tiny_shards(dir.path());
-        pretrain(&run, &run, arch, false);
+        pretrain(&run, &run, arch, tied, false);
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("ckpt-000006/config.json")).unwrap()).unwrap();
         assert_eq!((cfg["mlp"].as_str(), cfg["logit_softcap"].as_f64()), (Some("swi_glu"), Some(0.0)), "{arch}: {cfg}");
@@ -77,14 +80,17 @@ fn llama_and_qwen3_presets_train_resume_replay_and_export() {
         let tensors = std::fs::read(run.join("ckpt-000006/model.safetensors")).unwrap();
         let has_q_norm = String::from_utf8_lossy(&tensors[..4096.min(tensors.len())]).contains("q_norm");
         assert_eq!(has_q_norm, qk_norm, "{arch}: QK-norm gains stored only when used");
+        let has_head = String::from_utf8_lossy(&tensors[..4096.min(tensors.len())]).contains("lm_head");
+        assert_eq!(has_head, !tied, "{arch}: a tied head is the embedding, not a tensor of its own");
+        assert_eq!(cfg["tie_embeddings"].as_bool().unwrap_or(false), tied, "{cfg}");
 
         // Every recorded interval replays bit for bit; a run cut at step 3 resumes to the same
         // weights.
         ok(&jarip(&["provenance", "verify", &s(&run), "--replay-all"]));
         let again = dir.path().join("again");
-        pretrain(&run, &again, arch, false);
+        pretrain(&run, &again, arch, tied, false);
         std::fs::remove_dir_all(again.join("ckpt-000006")).unwrap();
-        pretrain(&run, &again, arch, true);
+        pretrain(&run, &again, arch, tied, true);
         let hash = |d: &Path| std::fs::read(d.join("ckpt-000006/model.safetensors")).unwrap();
         assert!(hash(&again) == hash(&run), "{arch}: resumed weights differ");
         // A --config file sets every field itself: --arch is refused beside it.
@@ -114,9 +120,18 @@ fn llama_and_qwen3_presets_train_resume_replay_and_export() {
         let said = ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&hf)]));
         assert!(said.contains("no remote code") && said.contains("vLLM"), "{said}");
         assert_eq!(greedy(&run), greedy(&hf), "{arch}");
+        let hf_cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+        assert_eq!(hf_cfg["tie_word_embeddings"], tied, "{hf_cfg}");
         let gguf = dir.path().join("m.gguf");
         let said = ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&gguf)]));
         assert!(said.contains(&format!("llama.cpp and Ollama as {arch} exactly")), "{said}");
         assert_eq!(greedy(&run), greedy(&gguf), "{arch} (GGUF)");
+        let file = jarip_interop::gguf::GgufFile::open(&gguf).unwrap();
+        assert_eq!(
+            file.tensor("output.weight").is_some(),
+            !tied,
+            "a tied GGUF leaves output.weight out, as llama.cpp's converter does"
+        );
     }
 }

@@ -88,6 +88,7 @@ fn foreign_model(root: &Path, family: &str) -> PathBuf {
         logit_softcap: 0.0,
         norm_eps: 1e-6,
         qk_norm: qwen,
+        tie_embeddings: !qwen,
     };
     let hf = json!({
         "architectures": [if qwen { "Qwen3ForCausalLM" } else { "LlamaForCausalLM" }],
@@ -100,9 +101,6 @@ fn foreign_model(root: &Path, family: &str) -> PathBuf {
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&hf).unwrap()).unwrap();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (i, (name, shape)) in jarip_model::param_shapes(&cfg).into_iter().enumerate() {
-        if !qwen && name == jarip_model::layout::LM_HEAD {
-            continue; // tied
-        }
         let t = if shape.len() == 1 {
             (Tensor::rand(0.5f32, 1.5, shape.as_slice(), &Device::Cpu).unwrap()).to_dtype(DType::F32).unwrap()
         } else {

@@ -67,7 +67,11 @@ class PreTrainedModel(nn.Module):
         # transformers: initialize every module's weights, then tie the embeddings if configured.
         self.apply(self._init_weights)
         if self.config.tie_word_embeddings:
-            raise missing("tied word embeddings")
+            # transformers' tie_weights: a model with an output layer gets the input embedding's
+            # parameter there; a model without one (get_output_embeddings() is None) has nothing to tie.
+            out = self.get_output_embeddings()
+            if out is not None:
+                out.weight = self.get_input_embeddings().weight
 
     @classmethod
     def from_pretrained(cls, path, *, config=None, dtype=None):
