@@ -14,7 +14,7 @@ bin=target/release/examples/decode_bench
 "$bin" --write-qwen3 "$out" --tokenizer "$tok"
 for t in f32 q8_0; do
   f="$out/jarip-qwen3-$t.gguf"
-  line="$("$bin" --model "$f" --contexts 16 --steps "${STEPS:-64}" --skip-random | grep "batch 1")"
+  line="$("$bin" --model "$f" --contexts 16 --kv-cache f32 --steps "${STEPS:-64}" --skip-random | grep "batch 1")"
   echo "jarip     $line"
   ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
   "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "${STEPS:-64}" --jarip "$ours"

@@ -61,6 +61,22 @@ fn decode_tps(
     Ok(best)
 }
 
+/// Prompt-processing tokens/s: one sequence's prompt of `n` tokens through the batcher (prefill in
+/// its chunks, up to the first sampled token), best of 3.
+fn prefill_tps(model: &Arc<DecodeModel>, tok: &Arc<Tokenizer>, n: usize) -> Result<f64> {
+    let mut best = 0f64;
+    for r in 0..3 {
+        let mut b = Batcher::new(model.clone(), tok.clone(), 1);
+        let prompt: Vec<u32> = (0..n).map(|j| ((j * 7 + r) % 200) as u32 + 1).collect();
+        let sampling = SamplingParams { temperature: 1.0, seed: Some(r as u64), ..Default::default() };
+        b.admit(0, Request::new(prompt, 1, sampling))?;
+        let t = Instant::now();
+        while b.step()?.is_empty() {}
+        best = best.max(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
 fn report(
     name: &str,
     model: Arc<DecodeModel>,
@@ -83,6 +99,39 @@ fn report(
             100.0 * t1 / bound,
             t8,
             t8 / t1
+        );
+    }
+    Ok(())
+}
+
+/// For the side-by-side with llama.cpp per architecture preset (`bench/decode/presets_vs_llamacpp.sh`):
+/// the depth-12 shape of `--arch ARCH` (768 wide, 12 layers, SwiGLU 2048; ~100M parameters with a
+/// 32k vocabulary) at random initialisation, written as GGUF of llama.cpp's own architecture for
+/// that preset (`llama` or `qwen3`), f32 and Q8_0.
+fn write_preset(arch: jarip_model::Arch, dir: &std::path::Path, tok_dir: &std::path::Path) -> Result<()> {
+    use jarip_interop::gguf_model::{export_gguf, GgufArch, WeightType};
+    let tok_file = tok_dir.join("tokenizer.json");
+    let tok = Tokenizer::load(&tok_file)?;
+    let cfg = ModelConfig::from_depth_arch(12, tok.vocab_size(), arch);
+    let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
+    std::fs::create_dir_all(dir)?;
+    let name = format!("{arch:?}").to_lowercase();
+    for wt in [WeightType::F32, WeightType::Q8_0] {
+        let out = dir.join(format!("jarip-{name}-{}.gguf", wt.name()));
+        let e = export_gguf(
+            &gpt,
+            &tok_file,
+            &out,
+            wt,
+            GgufArch::for_config(&cfg),
+            "jarip-bench",
+            &serde_json::Value::Null,
+        )?;
+        println!(
+            "{} ({:.1}M parameters, {:.1} MB)",
+            out.display(),
+            gpt.num_params() as f64 / 1e6,
+            e.bytes as f64 / 1e6
         );
     }
     Ok(())
@@ -133,6 +182,10 @@ fn main() -> Result<()> {
     if let (Some(dir), Some(tok)) = (flag("--write-qwen3"), flag("--tokenizer")) {
         return write_qwen3(std::path::Path::new(&dir), std::path::Path::new(&tok));
     }
+    if let (Some(arch), Some(dir), Some(tok)) = (flag("--write-preset"), flag("--out"), flag("--tokenizer")) {
+        return write_preset(arch.parse()?, std::path::Path::new(&dir), std::path::Path::new(&tok));
+    }
+    let prefill: Option<usize> = flag("--prefill").map(|p| p.parse()).transpose()?;
     println!("threads: {}", rayon::current_num_threads());
     let bw = copy_bandwidth(1024);
     println!("memory bandwidth (1 GiB parallel copy, read + write): {:.2} GB/s", bw / 1e9);
@@ -143,7 +196,17 @@ fn main() -> Result<()> {
         let tok = Arc::new(loaded.tokenizer);
         for &kv in &kvs {
             let model = Arc::new(DecodeModel::with_format(&loaded.model, loaded.stored_format)?.with_kv_cache(kv));
-            report(&format!("{dir} ({:.1}M) kv {kv:?}", n as f64 / 1e6), model, tok.clone(), bw, steps, &contexts)?;
+            report(
+                &format!("{dir} ({:.1}M) kv {kv:?}", n as f64 / 1e6),
+                model.clone(),
+                tok.clone(),
+                bw,
+                steps,
+                &contexts,
+            )?;
+            if let Some(p) = prefill {
+                println!("{dir} kv {kv:?} | prefill {p} {:.1} tok/s", prefill_tps(&model, &tok, p)?);
+            }
         }
     }
     if args.iter().any(|a| a == "--skip-random") {

@@ -2,25 +2,54 @@
 //! recorded data order (p below α), a twin trained on the same data, from the same seeded
 //! initialisation, in another order does not, nor does an independent model (with its own
 //! tokenizer, so the run's text is re-tokenised), and the trace survives fine-tuning on other
-//! text. The corpus is real text (this workspace's own Rust sources), which a tiny model partly
-//! memorises: random word salad leaves no trace a tiny model keeps.
+//! text. The corpus is real text (the Rust sources of regex-syntax at the version Cargo.lock pins,
+//! from cargo's registry: the same bytes on every machine and after every change to this
+//! workspace), which a tiny model partly memorises: random word salad leaves no trace a tiny
+//! model keeps.
 
 mod common;
 
 use common::{fails_with, jarip, ok, s};
 use std::path::{Path, PathBuf};
 
-/// About 280k tokens of Rust source (the workspace's crates in path order) in 2,000-character
+/// The crate whose sources are the corpus: regex-syntax's are half documentation prose, which the
+/// tiny model memorises enough to leave a clear trace (candle-core's and tokio's left the run's
+/// own weights at log10 p −7.4 and −6.0 and fine-tuning below α; regex-syntax's −8.8, −7.4).
+const CORPUS_CRATE: &str = "regex-syntax";
+
+/// The source directory of the [`CORPUS_CRATE`] version Cargo.lock pins (the first listed), in
+/// cargo's registry.
+fn pinned_sources() -> PathBuf {
+    let krate = CORPUS_CRATE;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains(&format!("name = \"{krate}\"\n")))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .unwrap_or_else(|| panic!("Cargo.lock does not pin {krate}"));
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registry = home.join("registry").join("src");
+    let found = std::fs::read_dir(&registry)
+        .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
+        .filter_map(|e| e.ok().map(|e| e.path().join(format!("{krate}-{version}")).join("src")))
+        .find(|p| p.is_dir());
+    found.unwrap_or_else(|| panic!("{krate} {version} sources are not under {}", registry.display()))
+}
+
+/// About 280k tokens of Rust source ([`CORPUS_CRATE`]'s, files in path order) in 2,000-character
 /// documents.
 fn source_corpus(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files: Vec<PathBuf> = Vec::new();
     {
-        let mut stack = vec![root.to_path_buf()];
+        let mut stack = vec![pinned_sources()];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
-                if p.is_dir() && !p.ends_with("target") {
+                if p.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "rs") {
                     files.push(p);
