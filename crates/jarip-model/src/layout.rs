@@ -167,6 +167,18 @@ pub fn gguf_name(name: &str) -> Result<String> {
     Ok(format!("blk.{layer}.{}", part.gguf()))
 }
 
+/// llama.cpp tensor name → jarip's (HF's); `None` for a tensor jarip's blocks do not have.
+pub fn hf_name_of_gguf(gguf: &str) -> Option<String> {
+    let fixed = [(EMBED, "token_embd.weight"), (FINAL_NORM, "output_norm.weight"), (LM_HEAD, "output.weight")];
+    if let Some((n, _)) = fixed.iter().find(|(_, g)| *g == gguf) {
+        return Some(n.to_string());
+    }
+    let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let part = Part::ALL.into_iter().find(|p| p.gguf() == part)?;
+    Some(format!("model.layers.{layer}.{}", part.hf()))
+}
+
 /// One block's tensors: norm gains as `N`, matrices as `M` (`[out, in]`).
 pub struct Block<N, M> {
     pub attn_norm: N,

@@ -11,8 +11,10 @@
 //! Paths it accepts: one `.safetensors` file; a directory with `model.safetensors.index.json`
 //! (exactly the shards it names); a directory of `*.safetensors` files (files named `optim*`,
 //! optimizer state in jarip checkpoints, are skipped); a jarip run directory (its selected or newest
-//! `ckpt-*`). Pickled weights (`.bin`, `.pt`, `.pth`, `.ckpt`, `.pkl`) are refused, since loading
-//! them can run code; GGUF is not read yet.
+//! `ckpt-*`); one `.gguf` file (llama.cpp's; F32, F16, BF16 and Q8_0 tensors, named as HF names
+//! them, the `llama` architecture's pairwise q/k rows read back in the halves order of HF and
+//! jarip). Pickled weights (`.bin`, `.pt`, `.pth`, `.ckpt`, `.pkl`) are refused, since loading
+//! them can run code.
 //!
 //! Only floating-point tensors are weights (F64, F32, F16, BF16, F8_E4M3, F8_E5M2); integer and
 //! bool tensors are skipped. FP8 weights are dequantised with their scale: DeepSeek-V3 block
@@ -49,6 +51,8 @@ pub enum WDtype {
     BF16,
     F8E4M3,
     F8E5M2,
+    /// llama.cpp's 8-bit blocks (32 values and an f16 scale in 34 bytes), from GGUF files.
+    Q8_0,
 }
 
 impl WDtype {
@@ -65,13 +69,21 @@ impl WDtype {
         })
     }
 
-    /// Bytes per element.
+    /// Bytes per element (Q8_0: rounded up; see [`WDtype::row_bytes`]).
     pub fn size(self) -> usize {
         match self {
             Self::F64 => 8,
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
-            Self::F8E4M3 | Self::F8E5M2 => 1,
+            Self::F8E4M3 | Self::F8E5M2 | Self::Q8_0 => 1,
+        }
+    }
+
+    /// Bytes of a row of `len` values (a Q8_0 row is whole blocks).
+    pub fn row_bytes(self, len: usize) -> usize {
+        match self {
+            Self::Q8_0 => len / 32 * 34,
+            _ => len * self.size(),
         }
     }
 
@@ -103,6 +115,9 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Bytes of data.
     pub len: u64,
+    /// `Some((heads, head_dim))`: the rows are stored per head in llama.cpp's pairwise rotary
+    /// order and are read back in the halves order (a GGUF file of the `llama` architecture).
+    pub pairs: Option<(usize, usize)>,
 }
 
 impl TensorInfo {
@@ -117,6 +132,17 @@ impl TensorInfo {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The stored row holding logical row `r` (see [`TensorInfo::pairs`]).
+    fn stored_row(&self, r: usize) -> usize {
+        match self.pairs {
+            None => r,
+            Some((_, d)) => {
+                let (h, k, half) = (r / d, r % d, d / 2);
+                h * d + 2 * (k % half) + k / half
+            }
+        }
+    }
+
     /// Values per row as stored (0 for an empty tensor, unlike [`cols`](Self::cols)).
     fn row_len(&self) -> usize {
         match self.rows() {
@@ -191,6 +217,16 @@ impl WeightSource {
                     add_file(f, &mut tensors)?;
                 }
             }
+            Layout::Gguf(file) => {
+                let handle = File::open(&file).with_context(|| format!("{}: cannot open", file.display()))?;
+                for t in gguf_tensors(&file, 0)? {
+                    if tensors.insert(t.name.clone(), t).is_some() {
+                        bail!("{}: a tensor name appears twice", file.display());
+                    }
+                }
+                files.push(file);
+                handles.push(handle);
+            }
             Layout::Index(index) => {
                 let map = read_index(&index)?;
                 let mut by_shard: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -253,6 +289,9 @@ impl WeightSource {
                 t.rows()
             );
         }
+        if t.pairs.is_some() {
+            return self.read_row_list(name, &rows.collect::<Vec<_>>());
+        }
         let mut out = Vec::with_capacity(rows.len() * t.row_len());
         self.read_into(t, rows, &mut out)?;
         Ok(out)
@@ -279,8 +318,8 @@ impl WeightSource {
         if rl == 0 {
             return Ok(out);
         }
-        let max_run = (CHUNK_BYTES / (rl * t.dtype.size())).max(1);
-        let mut order: Vec<(usize, usize)> = rows.iter().enumerate().map(|(pos, &r)| (r, pos)).collect();
+        let max_run = (CHUNK_BYTES / t.dtype.row_bytes(rl).max(1)).max(1);
+        let mut order: Vec<(usize, usize)> = rows.iter().enumerate().map(|(pos, &r)| (t.stored_row(r), pos)).collect();
         order.sort_unstable();
         let mut tmp = Vec::new();
         let mut i = 0;
@@ -338,7 +377,7 @@ impl WeightSource {
     fn read_into(&self, t: &TensorInfo, rows: Range<usize>, out: &mut Vec<f32>) -> Result<()> {
         let file = &self.files[t.file];
         let rl = t.row_len();
-        let row_bytes = rl * t.dtype.size();
+        let row_bytes = t.dtype.row_bytes(rl);
         let base = out.len();
         if row_bytes > 0 && !rows.is_empty() {
             let chunk_rows = (CHUNK_BYTES / row_bytes).max(1).min(rows.len());
@@ -481,6 +520,12 @@ fn convert(dtype: WDtype, bytes: &[u8], out: &mut Vec<f32>) {
             let lut = fp8_table(WDtype::F8E5M2);
             out.extend(bytes.iter().map(|&b| lut[b as usize]))
         }
+        WDtype::Q8_0 => {
+            for block in bytes.chunks_exact(34) {
+                let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                out.extend(block[2..].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
     }
 }
 
@@ -593,7 +638,7 @@ fn parse_header(handle: &File, file: &Path, idx: usize) -> Result<(Vec<TensorInf
             .map(|&d| usize::try_from(d))
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| bad("shape does not fit this machine's address space"))?;
-        infos.push(TensorInfo { name, dtype, shape, file: idx, offset: data_start + b, len: e - b });
+        infos.push(TensorInfo { name, dtype, shape, file: idx, offset: data_start + b, len: e - b, pairs: None });
     }
     Ok((infos, all))
 }
@@ -602,6 +647,7 @@ fn parse_header(handle: &File, file: &Path, idx: usize) -> Result<(Vec<TensorInf
 enum Layout {
     Files(Vec<PathBuf>),
     Index(PathBuf),
+    Gguf(PathBuf),
 }
 
 fn ext_lower(p: &Path) -> String {
@@ -624,7 +670,57 @@ fn pickle_refusal(path: &Path, found: &str) -> anyhow::Error {
 }
 
 fn gguf_refusal(path: &Path, found: &str) -> anyhow::Error {
-    anyhow!("{}: {found} is GGUF, which lineage does not read yet; convert it to safetensors", path.display())
+    anyhow!("{}: {found} is GGUF: name the .gguf file itself", path.display())
+}
+
+/// The tensors of a GGUF file (validated by [`jarip_interop::gguf::GgufFile`]: offsets and sizes
+/// within the file) under HF names; a `llama` file's q/k projections marked as stored in pairs.
+fn gguf_tensors(path: &Path, idx: usize) -> Result<Vec<TensorInfo>> {
+    use jarip_interop::gguf::{GgmlType, GgufFile, Value};
+    let f = GgufFile::open(path)?;
+    let arch = f.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
+    let int = |k: &str| f.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
+    let heads = int("attention.head_count");
+    let kv_heads = int("attention.head_count_kv").or(heads);
+    let width = int("embedding_length");
+    let mut out = Vec::new();
+    for t in &f.tensors {
+        let name = jarip_model::layout::hf_name_of_gguf(&t.name).unwrap_or_else(|| t.name.clone());
+        let dtype = match t.ty {
+            GgmlType::F32 => WDtype::F32,
+            GgmlType::F16 => WDtype::F16,
+            GgmlType::BF16 => WDtype::BF16,
+            GgmlType::Q8_0 => WDtype::Q8_0,
+        };
+        let pairs = match (arch.as_str(), heads, kv_heads, width) {
+            ("llama", Some(h), Some(hkv), Some(c)) if h > 0 && c % h == 0 => {
+                if name.ends_with("self_attn.q_proj.weight") {
+                    Some((h, c / h))
+                } else if name.ends_with("self_attn.k_proj.weight") {
+                    Some((hkv, c / h))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let shape = t.shape();
+        if let Some((h, d)) = pairs {
+            if shape.first() != Some(&(h * d)) || d % 2 != 0 {
+                bail!("{}: tensor {} has {:?} rows for {h} heads of {d}", path.display(), t.name, shape.first());
+            }
+        }
+        out.push(TensorInfo {
+            name,
+            dtype,
+            shape,
+            file: idx,
+            offset: f.data_offset + t.offset,
+            len: t.byte_len(),
+            pairs,
+        });
+    }
+    Ok(out)
 }
 
 /// The weights directory and files a model path names.
@@ -643,7 +739,7 @@ fn resolve_at(path: &Path, nested: bool) -> Result<(PathBuf, Layout)> {
         return match ext_lower(path).as_str() {
             "safetensors" => Ok((dir, Layout::Files(vec![path.to_path_buf()]))),
             "json" if name.ends_with(".safetensors.index.json") => Ok((dir, Layout::Index(path.to_path_buf()))),
-            "gguf" => Err(gguf_refusal(path, "the file")),
+            "gguf" => Ok((dir, Layout::Gguf(path.to_path_buf()))),
             _ if is_pickle(path) => Err(pickle_refusal(path, "the file")),
             _ => bail!("{}: not a .safetensors file (only safetensors weights are read)", path.display()),
         };
@@ -1041,6 +1137,50 @@ mod tests {
         assert!(format!("{:#}", ws.read("e").unwrap_err()).contains("tensor e holds non-finite"));
     }
 
+    /// A llama-architecture GGUF (q/k rows in llama.cpp's pairwise order) reads back as the
+    /// model's own tensors under HF names, whole, by row ranges and by row lists; Q8_0 within
+    /// its blocks' rounding.
+    #[test]
+    fn gguf_files_read_as_their_model() {
+        use jarip_interop::gguf_model::{export_gguf, GgufArch, WeightType};
+        let d = tempfile::tempdir().unwrap();
+        let docs = ["the cat sat on the mat 1234 대한민국".repeat(20)];
+        let tok = jarip_tokenizer::train(
+            docs.into_iter(),
+            &jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() },
+        )
+        .unwrap();
+        tok.save(&d.path().join("tok"), vec![]).unwrap();
+        let mut cfg = jarip_model::ModelConfig::from_depth_arch(1, tok.vocab_size(), jarip_model::Arch::Llama);
+        cfg.n_kv_head = 1; // grouped-query: k's heads differ from q's
+        let model = jarip_model::Gpt::new(&cfg, 5, &candle_core::Device::Cpu).unwrap();
+        let want: BTreeMap<String, Vec<f32>> =
+            model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+        for (wt, tol) in [(WeightType::F32, 0.0f32), (WeightType::Q8_0, 0.02)] {
+            let path = d.path().join(format!("m-{}.gguf", wt.name()));
+            let tok_file = d.path().join("tok/tokenizer.json");
+            export_gguf(&model, &tok_file, &path, wt, GgufArch::Llama, "test", &serde_json::Value::Null).unwrap();
+            let src = WeightSource::open(&path).unwrap();
+            assert_eq!(src.names().collect::<Vec<_>>(), want.keys().map(String::as_str).collect::<Vec<_>>());
+            for (name, values) in &want {
+                let got = src.read(name).unwrap();
+                let worst = got.iter().zip(values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let scale = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(worst <= tol * scale, "{} {name}: off by {worst}", wt.name());
+                let info = src.info(name).unwrap();
+                if info.rows() > 3 {
+                    let (rl, r) = (info.row_len(), 1..info.rows() - 1);
+                    assert_eq!(src.read_rows(name, r.clone()).unwrap(), got[rl..(info.rows() - 1) * rl], "{name}");
+                    let list = [info.rows() - 1, 0, 2, 2];
+                    let rows = src.read_row_list(name, &list).unwrap();
+                    for (k, &row) in list.iter().enumerate() {
+                        assert_eq!(rows[k * rl..(k + 1) * rl], got[row * rl..(row + 1) * rl], "{name} row {row}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn pickle_gguf_and_missing_paths_refused() {
         let d = tempfile::tempdir().unwrap();
@@ -1058,8 +1198,9 @@ mod tests {
         let g = tempfile::tempdir().unwrap();
         let gguf = g.path().join("model.gguf");
         write(&gguf, b"GGUF");
-        assert!(err_of(&gguf).contains("GGUF") && err_of(&gguf).contains("convert it to safetensors"));
-        assert!(err_of(g.path()).contains("model.gguf"));
+        assert!(err_of(&gguf).contains("model.gguf"), "a truncated GGUF is refused naming it");
+        let e = err_of(g.path());
+        assert!(e.contains("model.gguf") && e.contains("name the .gguf file itself"), "{e}");
         let none = d.path().join("nope");
         assert!(err_of(&none).contains("nope: no such model directory or file"));
         let empty = tempfile::tempdir().unwrap();
