@@ -26,7 +26,9 @@ for arch in llama qwen3; do
     echo "jarip     $pre"
     ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
     ours_pre="$(sed -E 's/.*prefill [0-9]+ ([0-9.]+) tok\/s.*/\1/' <<<"$pre")"
+    # A llama.cpp crash (its CPU build segfaulted on Q8_0 on the AMX Xeon this was written on)
+    # is reported and the run goes on.
     "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "$steps" --jarip "$ours" \
-      --prefill "$prefill" --jarip-prefill "$ours_pre"
+      --prefill "$prefill" --jarip-prefill "$ours_pre" || echo "llama.cpp $f: failed (exit $?)"
   done
 done
