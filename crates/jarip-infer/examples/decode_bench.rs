@@ -104,62 +104,46 @@ fn report(
     Ok(())
 }
 
-/// For the side-by-side with llama.cpp per architecture preset (`bench/decode/presets_vs_llamacpp.sh`):
-/// the depth-12 shape of `--arch ARCH` (768 wide, 12 layers, SwiGLU 2048; ~100M parameters with a
-/// 32k vocabulary) at random initialisation, written as GGUF of llama.cpp's own architecture for
-/// that preset (`llama` or `qwen3`), f32 and Q8_0.
-fn write_preset(arch: jarip_model::Arch, dir: &std::path::Path, tok_dir: &std::path::Path) -> Result<()> {
-    use jarip_interop::gguf_model::{export_gguf, GgufArch, WeightType};
-    let tok_file = tok_dir.join("tokenizer.json");
-    let tok = Tokenizer::load(&tok_file)?;
-    let cfg = ModelConfig::from_depth_arch(12, tok.vocab_size(), arch);
-    let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
+/// GGUF files of `cfg` at random initialisation (seed 1) under `arch`, f32 and Q8_0, named
+/// `jarip-STEM-TYPE.gguf` in `dir`.
+fn write_ggufs(
+    cfg: &ModelConfig,
+    arch: jarip_interop::gguf_model::GgufArch,
+    stem: &str,
+    dir: &std::path::Path,
+    tok_file: &std::path::Path,
+) -> Result<()> {
+    use jarip_interop::gguf_model::{export_gguf, WeightType};
+    let gpt = Gpt::new(cfg, 1, &candle_core::Device::Cpu)?;
     std::fs::create_dir_all(dir)?;
-    let name = format!("{arch:?}").to_lowercase();
     for wt in [WeightType::F32, WeightType::Q8_0] {
-        let out = dir.join(format!("jarip-{name}-{}.gguf", wt.name()));
-        let e = export_gguf(
-            &gpt,
-            &tok_file,
-            &out,
-            wt,
-            GgufArch::for_config(&cfg),
-            "jarip-bench",
-            &serde_json::Value::Null,
-        )?;
-        println!(
-            "{} ({:.1}M parameters, {:.1} MB)",
-            out.display(),
-            gpt.num_params() as f64 / 1e6,
-            e.bytes as f64 / 1e6
-        );
+        let out = dir.join(format!("jarip-{stem}-{}.gguf", wt.name()));
+        let e = export_gguf(&gpt, tok_file, &out, wt, arch, "jarip-bench", &serde_json::Value::Null)?;
+        let (params, mb) = (gpt.num_params() as f64 / 1e6, e.bytes as f64 / 1e6);
+        println!("{} ({params:.1}M parameters, {mb:.1} MB)", out.display());
     }
     Ok(())
+}
+
+/// For the side-by-side with llama.cpp per architecture preset (`bench/decode/presets_vs_llamacpp.sh`):
+/// the depth-12 shape of `--arch ARCH` (768 wide, 12 layers, SwiGLU 2048; ~100M parameters with an
+/// 8k vocabulary) as GGUF of llama.cpp's own architecture for that preset (`llama` or `qwen3`).
+fn write_preset(arch: jarip_model::Arch, dir: &std::path::Path, tok_dir: &std::path::Path) -> Result<()> {
+    let tok_file = tok_dir.join("tokenizer.json");
+    let cfg = ModelConfig::from_depth_arch(12, Tokenizer::load(&tok_file)?.vocab_size(), arch);
+    let stem = format!("{arch:?}").to_lowercase();
+    write_ggufs(&cfg, jarip_interop::gguf_model::GgufArch::for_config(&cfg), &stem, dir, &tok_file)
 }
 
 /// For the side-by-side with llama.cpp (`bench/decode/vs_llamacpp.sh`): a ~100M SwiGLU model at
 /// random initialisation (depth 12: 768 wide, 12 layers) with the given tokenizer's vocabulary,
 /// written as GGUF files of llama.cpp's `qwen3` architecture, f32 and Q8_0.
 fn write_qwen3(dir: &std::path::Path, tok_dir: &std::path::Path) -> Result<()> {
-    use jarip_interop::gguf_model::{export_gguf, GgufArch, WeightType};
     let tok_file = tok_dir.join("tokenizer.json");
-    let tok = Tokenizer::load(&tok_file)?;
-    let mut cfg = ModelConfig::from_depth(12, tok.vocab_size());
+    let mut cfg = ModelConfig::from_depth(12, Tokenizer::load(&tok_file)?.vocab_size());
     cfg.mlp = jarip_model::MlpKind::SwiGlu;
     cfg.mlp_hidden = 2048; // 8/3 of the width: the parameters of a ReLU² MLP of 4×
-    let gpt = Gpt::new(&cfg, 1, &candle_core::Device::Cpu)?;
-    std::fs::create_dir_all(dir)?;
-    for wt in [WeightType::F32, WeightType::Q8_0] {
-        let out = dir.join(format!("jarip-qwen3-{}.gguf", wt.name()));
-        let e = export_gguf(&gpt, &tok_file, &out, wt, GgufArch::Qwen3, "jarip-bench", &serde_json::Value::Null)?;
-        println!(
-            "{} ({:.1}M parameters, {:.1} MB)",
-            out.display(),
-            gpt.num_params() as f64 / 1e6,
-            e.bytes as f64 / 1e6
-        );
-    }
-    Ok(())
+    write_ggufs(&cfg, jarip_interop::gguf_model::GgufArch::Qwen3, "qwen3", dir, &tok_file)
 }
 
 fn main() -> Result<()> {

@@ -168,24 +168,12 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
         }
     }
     let g = crate::gguf_model::load_gguf(path, device)?;
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
-    let mut files = std::collections::BTreeMap::new();
-    let bytes = std::fs::metadata(path)?.len();
-    files.insert(name, jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes });
     let mut settings = g.source.get("source_settings").cloned().unwrap_or_default();
     if let Some(obj) = settings.as_object_mut() {
         obj.insert("file_type".into(), g.file_type.clone().into());
         obj.insert("weights_sha256".into(), g.weights_sha256.clone().into());
     }
-    let manifest = Manifest {
-        kind: "export-gguf".into(),
-        jarip_version: jarip_ledger::JARIP_VERSION.into(),
-        git_commit: None,
-        created: String::new(),
-        files,
-        inputs: vec![],
-        settings,
-    };
+    let manifest = file_manifest("export-gguf", path, settings)?;
     check_pair(&g.model, &g.tokenizer, &manifest, path)?;
     let stored_format = if g.file_type == "q8_0" { WeightFormat::Q8_0 } else { WeightFormat::F32 };
     Ok(LoadedModel {
@@ -241,24 +229,14 @@ fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &candle_cor
             g.model.config().vocab_size
         );
     }
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
-    let mut files = std::collections::BTreeMap::new();
-    let bytes = std::fs::metadata(path)?.len();
-    files.insert(name, jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes });
     let stored_format = if f.tensors.iter().any(|t| t.ty == crate::gguf::GgmlType::Q8_0) {
         WeightFormat::Q8_0
     } else {
         WeightFormat::F32
     };
-    let manifest = Manifest {
-        kind: "foreign-gguf".into(),
-        jarip_version: jarip_ledger::JARIP_VERSION.into(),
-        git_commit: None,
-        created: String::new(),
-        files,
-        inputs: vec![],
-        settings: serde_json::json!({ "family": g.family, "model": g.model.config(), "tokenizer_sha256": g.tokenizer.sha256() }),
-    };
+    let settings =
+        serde_json::json!({ "family": g.family, "model": g.model.config(), "tokenizer_sha256": g.tokenizer.sha256() });
+    let manifest = file_manifest("foreign-gguf", path, settings)?;
     Ok(LoadedModel {
         model: g.model,
         tokenizer: g.tokenizer,
@@ -266,6 +244,22 @@ fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &candle_cor
         manifest,
         stored_format,
         origin: Origin::Foreign { family: g.family },
+    })
+}
+
+/// A manifest for a model that is one file (a GGUF): its name, SHA-256 and size, and `settings`.
+fn file_manifest(kind: &str, path: &Path, settings: serde_json::Value) -> Result<Manifest> {
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
+    let bytes = std::fs::metadata(path)?.len();
+    let hash = jarip_ledger::manifest::FileHash { sha256: jarip_ledger::sha256_file(path)?, bytes };
+    Ok(Manifest {
+        kind: kind.into(),
+        jarip_version: jarip_ledger::JARIP_VERSION.into(),
+        git_commit: None,
+        created: String::new(),
+        files: [(name, hash)].into_iter().collect(),
+        inputs: vec![],
+        settings,
     })
 }
 
