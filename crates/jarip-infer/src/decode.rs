@@ -13,7 +13,7 @@
 use anyhow::{bail, Result};
 use jarip_kernels::ops::fastmath::tanh_one_exp as tanh;
 use jarip_kernels::ops::rms_norm::rms_norm_row;
-use jarip_kernels::ops::rope::{rope_angles, rope_rows_inplace};
+use jarip_kernels::ops::rope::{rope_angles_of, rope_rows_inplace};
 use jarip_model::layout::{Block, EMBED, FINAL_NORM, LM_HEAD};
 use jarip_model::{Gpt, ModelConfig};
 use rayon::prelude::*;
@@ -65,7 +65,7 @@ impl DecodeModel {
         let layers = (0..cfg.n_layer)
             .map(|i| Block::load(&cfg, i, get, |name, n, k| Ok(mat(get(name)?, n, k))))
             .collect::<Result<Vec<Layer>>>()?;
-        let (cos, sin) = rope_angles(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base);
+        let (cos, sin) = rope_angles_of(cfg.max_seq_len, &cfg.rope_inv_freq());
         Ok(Self {
             embed: get(EMBED)?,
             final_norm: get(FINAL_NORM)?,

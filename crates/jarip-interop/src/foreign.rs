@@ -83,9 +83,6 @@ pub fn config_of(v: &Value) -> Result<ModelConfig> {
             bail!("config.json: {key} is true; jarip's blocks have no biases");
         }
     }
-    if let Some(s) = v.get("rope_scaling").filter(|s| !s.is_null()) {
-        bail!("config.json: rope_scaling {s} is not supported (jarip runs plain RoPE)");
-    }
     let mut hf = v.clone();
     if family == "mistral" {
         hf["model_type"] = "llama".into();
@@ -94,14 +91,8 @@ pub fn config_of(v: &Value) -> Result<ModelConfig> {
         hf["num_key_value_heads"] = hf.get("num_attention_heads").cloned().unwrap_or(Value::Null);
     }
     // transformers 5 writes RoPE settings as `rope_parameters` {rope_type, rope_theta, …}.
-    if let Some(rp) = v.get("rope_parameters").filter(|r| !r.is_null()) {
-        let kind = rp.get("rope_type").and_then(Value::as_str).unwrap_or("default");
-        if kind != "default" {
-            bail!("config.json: rope_parameters {rp} (rope_type {kind:?}) is not supported (jarip runs plain RoPE)");
-        }
-        if let Some(theta) = rp.get("rope_theta").filter(|t| t.is_number()) {
-            hf["rope_theta"] = theta.clone();
-        }
+    if let Some(theta) = v.pointer("/rope_parameters/rope_theta").filter(|t| t.is_number()) {
+        hf["rope_theta"] = theta.clone();
     }
     if hf.get("rope_theta").is_none_or(Value::is_null) {
         hf["rope_theta"] = 10_000.0.into();
@@ -257,6 +248,7 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
         qk_norm: arch == "qwen3",
         // llama.cpp's converter leaves `output.weight` out of a tied model.
         tie_embeddings: f.tensor("output.weight").is_none(),
+        rope_scaling: None, // a file with rope_freqs.weight was refused above
     };
     cfg.validate().with_context(|| format!("in {what}"))?;
     let mut tensors = HashMap::new();

@@ -147,6 +147,9 @@ pub fn export_gguf(
         std::fs::read_to_string(tokenizer_json).with_context(|| format!("cannot read {}", tokenizer_json.display()))?;
     let tok = Tokenizer::from_json(tok_text.clone())?;
     let cfg = model.config();
+    if cfg.rope_scaling.is_some() {
+        bail!("a model with RoPE scaling is not written as GGUF yet (llama.cpp's rope_freqs tensor); export the HF layout");
+    }
     if tok.vocab_size() != cfg.vocab_size {
         bail!("tokenizer {} has {} tokens, the model {}", tokenizer_json.display(), tok.vocab_size(), cfg.vocab_size);
     }

@@ -85,7 +85,13 @@ pub fn hf_config(cfg: &ModelConfig, tok: &Tokenizer, dtype: WeightType) -> Resul
             "architectures": [class],
             "model_type": model_type,
             "hidden_act": "silu",
-            "rope_scaling": null,
+            "rope_scaling": cfg.rope_scaling.as_ref().map(|r| json!({
+                "rope_type": "llama3",
+                "factor": r.factor,
+                "low_freq_factor": r.low_freq_factor,
+                "high_freq_factor": r.high_freq_factor,
+                "original_max_position_embeddings": r.original_max_position_embeddings,
+            })),
             "attention_dropout": 0.0,
             "mlp_bias": false,
             "use_sliding_window": false,
@@ -171,6 +177,7 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
         },
         // transformers' default is untied.
         tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        rope_scaling: rope_scaling_of(v)?,
     };
     if let Some(hd) = v.get("head_dim").and_then(Value::as_u64) {
         if hd as usize != cfg.head_dim() {
@@ -179,6 +186,30 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// RoPE scaling from `rope_scaling` (transformers 4) or `rope_parameters` (5): none for absent,
+/// null or `default`; Llama 3.1's `llama3`; any other kind (YaRN, linear, dynamic …) refused by name.
+fn rope_scaling_of(v: &Value) -> Result<Option<jarip_model::RopeScaling>> {
+    let Some(r) = v.get("rope_scaling").filter(|r| !r.is_null()).or_else(|| v.get("rope_parameters")) else {
+        return Ok(None);
+    };
+    let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let f = |k: &str| {
+                r.get(k).and_then(Value::as_f64).with_context(|| format!("config.json: llama3 rope scaling without {k}"))
+            };
+            Ok(Some(jarip_model::RopeScaling {
+                factor: f("factor")?,
+                low_freq_factor: f("low_freq_factor")?,
+                high_freq_factor: f("high_freq_factor")?,
+                original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
+            }))
+        }
+        other => bail!("config.json: RoPE scaling of type {other:?} is not supported (jarip computes plain RoPE and Llama 3.1's llama3 scaling)"),
+    }
 }
 
 /// What an export wrote.

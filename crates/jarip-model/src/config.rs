@@ -96,6 +96,22 @@ pub struct ModelConfig {
     /// Gemma): one V×C matrix fewer. Written only when on.
     #[serde(default, skip_serializing_if = "is_false")]
     pub tie_embeddings: bool,
+    /// Llama 3.1's rotary frequency scaling (`rope_scaling` of type `llama3`), for reading such
+    /// models; absent (plain RoPE) unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// Llama 3.1's RoPE scaling: wavelengths longer than `original_max_position_embeddings /
+/// low_freq_factor` are stretched by `factor`, those shorter than `… / high_freq_factor` kept, the
+/// band between interpolated smoothly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
 }
 
 impl ModelConfig {
@@ -117,6 +133,7 @@ impl ModelConfig {
             norm_eps: 1e-5,
             qk_norm: true,
             tie_embeddings: false,
+            rope_scaling: None,
         }
     }
 
@@ -159,6 +176,7 @@ impl ModelConfig {
             norm_eps: 1e-5,
             qk_norm: true,
             tie_embeddings: false,
+            rope_scaling: None,
         }
     }
 
@@ -204,7 +222,40 @@ impl ModelConfig {
         if !(self.rope_base > 1.0 && self.norm_eps > 0.0) {
             bail!("model config: rope_base must exceed 1 and norm_eps be positive");
         }
+        if let Some(r) = &self.rope_scaling {
+            let ok = r.factor >= 1.0
+                && r.low_freq_factor > 0.0
+                && r.high_freq_factor > r.low_freq_factor
+                && r.original_max_position_embeddings > 0
+                && r.factor.is_finite()
+                && r.high_freq_factor.is_finite();
+            if !ok {
+                bail!("model config: rope_scaling needs factor ≥ 1, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+            }
+        }
         Ok(())
+    }
+
+    /// The rotary frequencies, `rope_base^(−2i/D)` for `i < D/2`, scaled as [`RopeScaling`] says
+    /// where the config has one (the computation of HF's `_compute_llama3_parameters`, in f64).
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let base = jarip_kernels::ops::rope::rope_inv_freq(self.head_dim(), self.rope_base);
+        let Some(s) = &self.rope_scaling else { return base };
+        let old = s.original_max_position_embeddings as f64;
+        let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
+        base.into_iter()
+            .map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / s.factor
+                } else {
+                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * f / s.factor + smooth * f
+                }
+            })
+            .collect()
     }
 
     /// A context of `seq_len` tokens must fit the rotary tables.

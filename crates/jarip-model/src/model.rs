@@ -98,7 +98,7 @@ impl Gpt {
             // Tied: the same variable, so its gradient sums both uses.
             lm_head: get(if cfg.tie_embeddings { EMBED } else { LM_HEAD }),
             blocks,
-            rope: RopeTables::new(cfg.max_seq_len, cfg.head_dim(), cfg.rope_base, device)?,
+            rope: RopeTables::with_freqs(cfg.max_seq_len, &cfg.rope_inv_freq(), device)?,
             params,
         })
     }

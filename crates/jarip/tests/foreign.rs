@@ -309,7 +309,8 @@ fn what_jarip_cannot_read_exactly_is_refused_by_name() {
         })
     };
     fails_with(&gen(&edit_config("gpt2", "model_type", json!("gpt2"))), &["model_type \"gpt2\"", "llama"]);
-    fails_with(&gen(&edit_config("scaled", "rope_scaling", json!({"rope_type": "llama3"}))), &["rope_scaling"]);
+    fails_with(&gen(&edit_config("yarn", "rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}))), &["\"yarn\""]);
+    fails_with(&gen(&edit_config("scaled", "rope_scaling", json!({"rope_type": "llama3"}))), &["without factor"]);
     fails_with(&gen(&edit_config("bias", "attention_bias", json!(true))), &["attention_bias"]);
     let metaspace = variant("metaspace", &|d| {
         let mut t: Value = serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap();

@@ -21,17 +21,26 @@ pub struct RopeTables {
     half: usize,
 }
 
+/// The rotary frequencies `base^(−2i/D)`, `i < D/2`, in f64.
+pub fn rope_inv_freq(head_dim: usize, base: f64) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| base.powf(-(2.0 * i as f64) / head_dim as f64)).collect()
+}
+
 /// `cos` and `sin` of `p · base^(−2i/D)` for positions `p < max_seq_len` and `i < D/2`, row by
 /// row (`[max_seq_len, D/2]`), computed in f64 and rounded once: the one table training and
 /// decoding both rotate with.
 pub fn rope_angles(max_seq_len: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
+    rope_angles_of(max_seq_len, &rope_inv_freq(head_dim, base))
+}
+
+/// [`rope_angles`] for given frequencies (a model's own, scaled ones: `ModelConfig::rope_inv_freq`).
+pub fn rope_angles_of(max_seq_len: usize, inv_freq: &[f64]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(max_seq_len * half);
     let mut sin = Vec::with_capacity(max_seq_len * half);
     for p in 0..max_seq_len {
-        for i in 0..half {
-            let inv_freq = base.powf(-(2.0 * i as f64) / head_dim as f64);
-            let angle = p as f64 * inv_freq;
+        for &f in inv_freq {
+            let angle = p as f64 * f;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
         }
@@ -62,8 +71,13 @@ pub fn rope_rows_inplace(x: &mut [f32], pos: &[usize], heads: usize, d: usize, c
 
 impl RopeTables {
     pub fn new(max_seq_len: usize, head_dim: usize, base: f64, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let (cos, sin) = rope_angles(max_seq_len, head_dim, base);
+        Self::with_freqs(max_seq_len, &rope_inv_freq(head_dim, base), device)
+    }
+
+    /// Tables for given frequencies (`D/2` of them).
+    pub fn with_freqs(max_seq_len: usize, inv_freq: &[f64], device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let (cos, sin) = rope_angles_of(max_seq_len, inv_freq);
         Ok(Self {
             cos: Tensor::from_vec(cos.clone(), (max_seq_len, half), device)?,
             sin: Tensor::from_vec(sin.clone(), (max_seq_len, half), device)?,
