@@ -44,9 +44,10 @@ TEMPLATE = (
 def hf_tokenizer(out, family):
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<|begin_of_text|>"] if family != "qwen3" else [])
+    qwen = family.startswith("qwen3")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<|begin_of_text|>"] if not qwen else [])
     tok = tokenizers.Tokenizer(models.BPE(ignore_merges=family == "llama"))
-    if family == "qwen3":
+    if qwen:
         tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -60,7 +61,7 @@ def hf_tokenizer(out, family):
     )
     tok.train_from_iterator(TEXTS * 20, trainer)
     bos = None
-    if family != "qwen3":
+    if not qwen:
         bos = "<|begin_of_text|>"
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
@@ -87,8 +88,10 @@ def hf_model(out, family, vocab):
         cfg = transformers.LlamaConfig(**common, rope_theta=5e5, rope_scaling=scaling, tie_word_embeddings=True)
     elif family == "mistral":
         cfg = transformers.MistralConfig(**common, rope_theta=1e4, sliding_window=None, tie_word_embeddings=False)
-    else:
+    elif family == "qwen3":
         cfg = transformers.Qwen3Config(**common, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)
+    else:  # heads wider than hidden/heads, as Qwen3 0.6B's 16 × 128 over 1,024
+        cfg = transformers.Qwen3Config(**common, head_dim=32, rope_theta=1e6, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
@@ -100,7 +103,7 @@ def hf_model(out, family, vocab):
     return transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
 
 
-@pytest.fixture(scope="module", params=["llama", "llama31", "mistral", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "llama31", "mistral", "qwen3", "qwen3-wide-heads"])
 def foreign(request, tmp_path_factory):
     family = request.param
     out = tmp_path_factory.mktemp(f"foreign-{family}")
@@ -132,7 +135,7 @@ def test_logits_and_greedy_match_transformers(foreign):
         "generate", "--model", out, "--prompt", prompt, "--max-tokens", "8", "--temperature", "0",
         "--raw", "--json", "--logprobs", "5",
     )
-    assert "not built by this run" in err and family.removesuffix("31") in err
+    assert "not built by this run" in err and family.removesuffix("31").removesuffix("-wide-heads") in err
     # jarip starts a document after BOS, or after the EOS token where the family has no BOS (as
     # lm-evaluation-harness does).
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -174,7 +177,7 @@ def write_gguf(family, out, tok, model, path, qtype):
     import gguf
     import numpy as np
 
-    arch = "qwen3" if family == "qwen3" else "llama"
+    arch = "qwen3" if family.startswith("qwen3") else "llama"
     c = model.config
     theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta") or getattr(c, "rope_theta", 1e4)
     w = gguf.GGUFWriter(str(path), arch)
@@ -184,8 +187,9 @@ def write_gguf(family, out, tok, model, path, qtype):
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.hidden_size // c.num_attention_heads)
-    w.add_value_length(c.hidden_size // c.num_attention_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
     w.add_rope_freq_base(theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type({gguf.GGMLQuantizationType.F16: 1, gguf.GGMLQuantizationType.Q8_0: 7}[qtype])

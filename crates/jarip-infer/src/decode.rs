@@ -143,9 +143,10 @@ impl DecodeModel {
         for s in seqs.iter_mut() {
             s.cache.prepare(cfg.n_layer * hkv, self.kv)?;
         }
+        let qd = h * d;
         let (mut hn, mut q, mut k, mut v) =
-            (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n * kv], vec![0f32; n * kv]);
-        let mut y = vec![0f32; n * c];
+            (vec![0f32; n * c], vec![0f32; n * qd], vec![0f32; n * kv], vec![0f32; n * kv]);
+        let mut y = vec![0f32; n * qd];
         let mut up = vec![0f32; n * cfg.mlp_hidden];
         let mut tmp = vec![0f32; n * c];
         for (li, lw) in self.layers.iter().enumerate() {

@@ -226,13 +226,12 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
     let embed = f.tensor("token_embd.weight").with_context(|| format!("{what}: tensor token_embd.weight missing"))?;
     let n_embd = int("embedding_length")?;
     let n_head = int("attention.head_count")?;
-    if let Some(k) = f.get(&key("attention.key_length")).and_then(G::as_u64) {
-        if k as usize * n_head != n_embd {
-            bail!(
-                "{what}: head width {k} × {n_head} heads is not the embedding width {n_embd}; jarip needs them equal"
-            );
-        }
-    }
+    // llama.cpp's key_length: the head width, when it is not embedding_length / head_count.
+    let head_dim = f
+        .get(&key("attention.key_length"))
+        .and_then(G::as_u64)
+        .map(|k| k as usize)
+        .filter(|&k| n_head == 0 || !n_embd.is_multiple_of(n_head) || k != n_embd / n_head);
     let cfg = ModelConfig {
         vocab_size: embed.shape()[0],
         n_layer: int("block_count")?,
@@ -249,6 +248,7 @@ pub fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &Device
         // llama.cpp's converter leaves `output.weight` out of a tied model.
         tie_embeddings: f.tensor("output.weight").is_none(),
         rope_scaling: None, // a file with rope_freqs.weight was refused above
+        head_dim_override: head_dim,
     };
     cfg.validate().with_context(|| format!("in {what}"))?;
     let mut tensors = HashMap::new();

@@ -178,10 +178,14 @@ pub fn model_config_from_hf(v: &Value) -> Result<ModelConfig> {
         // transformers' default is untied.
         tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         rope_scaling: rope_scaling_of(v)?,
+        head_dim_override: None,
     };
-    if let Some(hd) = v.get("head_dim").and_then(Value::as_u64) {
-        if hd as usize != cfg.head_dim() {
-            bail!("config.json: head_dim {hd} is not hidden_size / num_attention_heads = {}", cfg.head_dim());
+    let mut cfg = cfg;
+    // A head width other than hidden/heads (Qwen3 0.6B, 4B, 32B) is kept as such.
+    if let Some(hd) = v.get("head_dim").and_then(Value::as_u64).map(|h| h as usize) {
+        let heads = cfg.n_head.max(1);
+        if !cfg.n_embd.is_multiple_of(heads) || hd != cfg.n_embd / heads {
+            cfg.head_dim_override = Some(hd);
         }
     }
     cfg.validate()?;

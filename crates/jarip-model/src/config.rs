@@ -75,7 +75,7 @@ pub struct ModelConfig {
     pub n_layer: usize,
     /// Residual stream width C.
     pub n_embd: usize,
-    /// Query heads; head width is `n_embd / n_head`.
+    /// Query heads; head width is `n_embd / n_head` unless `head_dim` says otherwise.
     pub n_head: usize,
     /// Key/value heads (grouped-query attention); must divide `n_head`.
     pub n_kv_head: usize,
@@ -100,6 +100,10 @@ pub struct ModelConfig {
     /// models; absent (plain RoPE) unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// The width of a head when it is not `n_embd / n_head` (Qwen3 0.6B: 16 heads of 128 over a
+    /// width of 1,024); the projections are then `n_head·head_dim` wide. Written only when set.
+    #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
+    pub head_dim_override: Option<usize>,
 }
 
 /// Llama 3.1's RoPE scaling: wavelengths longer than `original_max_position_embeddings /
@@ -134,6 +138,7 @@ impl ModelConfig {
             qk_norm: true,
             tie_embeddings: false,
             rope_scaling: None,
+            head_dim_override: None,
         }
     }
 
@@ -177,11 +182,17 @@ impl ModelConfig {
             qk_norm: true,
             tie_embeddings: false,
             rope_scaling: None,
+            head_dim_override: None,
         }
     }
 
     pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
+        self.head_dim_override.unwrap_or(self.n_embd / self.n_head)
+    }
+
+    /// Width of all query heads together (`n_embd` unless `head_dim` is set otherwise).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim()
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -204,7 +215,10 @@ impl ModelConfig {
                 bail!("model config: {name} must be positive");
             }
         }
-        if !self.n_embd.is_multiple_of(self.n_head) {
+        if self.head_dim_override == Some(0) {
+            bail!("model config: head_dim must be positive");
+        }
+        if self.head_dim_override.is_none() && !self.n_embd.is_multiple_of(self.n_head) {
             bail!("model config: n_head {} does not divide n_embd {}", self.n_head, self.n_embd);
         }
         if !self.n_head.is_multiple_of(self.n_kv_head) {
@@ -302,7 +316,8 @@ impl ModelConfig {
             MlpKind::SwiGlu => 3,
         };
         let qk_gains = if self.qk_norm { 2 * d } else { 0 };
-        let per_layer = c * c * 2 + c * self.kv_dim() * 2 + mlp_mats * c * self.mlp_hidden + 2 * c + qk_gains;
+        let per_layer =
+            c * self.q_dim() * 2 + c * self.kv_dim() * 2 + mlp_mats * c * self.mlp_hidden + 2 * c + qk_gains;
         let matrices_v = if self.tie_embeddings { 1 } else { 2 };
         matrices_v * self.vocab_size * c + self.n_layer * per_layer + c
     }
@@ -312,7 +327,7 @@ impl ModelConfig {
     /// the scores being masked), as in the PaLM/nanochat estimate.
     pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
         let matmul_params = (self.num_params() - self.vocab_size * self.n_embd) as f64;
-        let attn = 12.0 * self.n_layer as f64 * self.n_embd as f64 * seq_len as f64 / 2.0;
+        let attn = 12.0 * self.n_layer as f64 * self.q_dim() as f64 * seq_len as f64 / 2.0;
         6.0 * matmul_params + attn
     }
 }

@@ -97,7 +97,8 @@ impl Part {
         match self {
             Part::AttnNorm | Part::MlpNorm => vec![c],
             Part::QNorm | Part::KNorm => vec![d],
-            Part::Q | Part::O => vec![c, c],
+            Part::Q => vec![cfg.q_dim(), c],
+            Part::O => vec![c, cfg.q_dim()],
             Part::K | Part::V => vec![kv, c],
             Part::Gate | Part::Up => vec![hid, c],
             Part::Down => vec![c, hid],

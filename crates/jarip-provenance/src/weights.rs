@@ -682,7 +682,8 @@ fn gguf_tensors(path: &Path, idx: usize) -> Result<Vec<TensorInfo>> {
     let int = |k: &str| f.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
     let heads = int("attention.head_count");
     let kv_heads = int("attention.head_count_kv").or(heads);
-    let width = int("embedding_length");
+    // The head width: key_length where the file states it (it may differ from width / heads).
+    let head_dim = int("attention.key_length").or_else(|| Some(int("embedding_length")? / heads.filter(|&h| h > 0)?));
     let mut out = Vec::new();
     for t in &f.tensors {
         let name = jarip_model::layout::hf_name_of_gguf(&t.name).unwrap_or_else(|| t.name.clone());
@@ -692,12 +693,12 @@ fn gguf_tensors(path: &Path, idx: usize) -> Result<Vec<TensorInfo>> {
             GgmlType::BF16 => WDtype::BF16,
             GgmlType::Q8_0 => WDtype::Q8_0,
         };
-        let pairs = match (arch.as_str(), heads, kv_heads, width) {
-            ("llama", Some(h), Some(hkv), Some(c)) if h > 0 && c % h == 0 => {
+        let pairs = match (arch.as_str(), heads, kv_heads, head_dim) {
+            ("llama", Some(h), Some(hkv), Some(d)) if d > 0 => {
                 if name.ends_with("self_attn.q_proj.weight") {
-                    Some((h, c / h))
+                    Some((h, d))
                 } else if name.ends_with("self_attn.k_proj.weight") {
-                    Some((hkv, c / h))
+                    Some((hkv, d))
                 } else {
                     None
                 }
