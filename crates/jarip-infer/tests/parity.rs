@@ -159,6 +159,26 @@ fn llama_and_qwen3_shapes_decode_as_they_train() {
     }
 }
 
+#[test]
+fn wide_heads_and_scaled_rope_decode_as_they_train() {
+    // Heads wider than n_embd / n_head (Qwen3 0.6B's shape: here 4 heads of 24 over a width of
+    // 64) and Llama 3.1's RoPE scaling: both training paths and the decode path agree.
+    let mut cfg = config(MlpKind::SwiGlu, 2);
+    cfg.logit_softcap = 0.0;
+    cfg.head_dim_override = Some(24);
+    uncapped_cell(&cfg);
+    cfg.head_dim_override = None;
+    cfg.qk_norm = false;
+    cfg.rope_scaling = Some(jarip_model::RopeScaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    });
+    assert_ne!(cfg.rope_inv_freq(), jarip_model::ops::rope::rope_inv_freq(cfg.head_dim(), cfg.rope_base));
+    uncapped_cell(&cfg);
+}
+
 fn uncapped_cell(cfg: &ModelConfig) {
     let cfg = cfg.clone();
     let ids: Vec<u32> = (0..40).map(|i| ((i * 37 + 11) % 97) as u32).collect();
