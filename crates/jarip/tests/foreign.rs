@@ -89,6 +89,8 @@ fn foreign_model(root: &Path, family: &str) -> PathBuf {
         norm_eps: 1e-6,
         qk_norm: qwen,
         tie_embeddings: !qwen,
+        rope_scaling: None,
+        head_dim_override: None,
     };
     let hf = json!({
         "architectures": [if qwen { "Qwen3ForCausalLM" } else { "LlamaForCausalLM" }],
