@@ -436,6 +436,8 @@ mod tests {
         v["num_hidden_layers"] = json!(2);
         v["head_dim"] = json!(7);
         assert!(model_config_from_hf(&v).unwrap_err().to_string().contains("head_dim"));
+        v["head_dim"] = json!(32); // wider than hidden / heads = 16: kept (Qwen3 0.6B's case)
+        assert_eq!(model_config_from_hf(&v).unwrap().head_dim(), 32);
         v["head_dim"] = json!(16);
         v["mlp_type"] = json!("gelu");
         assert!(model_config_from_hf(&v).unwrap_err().to_string().contains("mlp_type"));

@@ -225,7 +225,7 @@ impl ModelConfig {
             bail!("model config: n_head {} is not a multiple of n_kv_head {}", self.n_head, self.n_kv_head);
         }
         if !self.head_dim().is_multiple_of(2) {
-            bail!("model config: head width {} must be even for rotary embeddings", self.head_dim());
+            bail!("model config: head width (head_dim) {} must be even for rotary embeddings", self.head_dim());
         }
         if self.vocab_size > u32::MAX as usize {
             bail!("model config: vocab_size {} does not fit token ids (u32)", self.vocab_size);
