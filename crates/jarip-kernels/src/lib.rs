@@ -13,6 +13,7 @@
 //!   reads it;
 //! - [`quant`]: ggml's Q8_0 block quantization, byte-compatible with GGUF files;
 //! - [`mmap`]: read-only memory maps of files;
+//! - [`peak`]: the machine's measured fp32 FMA and bf16 dot-product peaks, for MFU;
 //! - `nccl` (feature `nccl`): the NCCL all-reduce as a candle op.
 //!
 //! Kernels are chosen at run time from the CPU's features, never at build time.
@@ -26,6 +27,7 @@ pub mod mmap;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod ops;
+pub mod peak;
 pub mod quant;
 
 pub use kv_cache::{KvFormat, SeqCache};

@@ -347,6 +347,9 @@ pub struct StepMetrics {
     pub tokens_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// The peak `mfu` divides by (GFLOP/s): given, or the CPU's measured fp32 peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gflops: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //!
 //! cargo run --release -p jarip-train --example bench_train -- [--depth 6] [--vocab 8192]
 //!     [--seq-len 256] [--batch 8] [--steps 10] [--warmup 2] [--kernels fused|composed]
-//!     [--arch jarip|llama|qwen3] [--mlp relu2|swiglu] [--peak-gflops 269] [--breakdown] [--accum 1]
+//!     [--arch jarip|llama|qwen3] [--mlp relu2|swiglu] [--peak-gflops G (default: measured)] [--breakdown] [--accum 1]
 //!
 //! Data-parallel (build with `--features mpi`): `mpirun -n N bench_train --dist mpi --accum A`
 //! splits each step's A micro-batches among the N ranks; rank 0 prints, with the time spent
@@ -51,7 +51,9 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
     let batch: usize = arg(&args, "--batch", 8);
     let steps: usize = arg(&args, "--steps", 10);
     let warmup: usize = arg(&args, "--warmup", 2);
-    let peak_gflops: f64 = arg(&args, "--peak-gflops", 269.0);
+    // MFU against this CPU's measured fp32 FMA peak (cached per CPU model), unless given.
+    let peak_gflops: f64 = arg(&args, "--peak-gflops", 0.0);
+    let peak_gflops = if peak_gflops > 0.0 { peak_gflops } else { jarip_kernels::peak::peak().fp32_gflops };
     let kernels = match arg(&args, "--kernels", "fused".to_string()).as_str() {
         "composed" => Kernels::Composed,
         _ => Kernels::Fused,
@@ -133,6 +135,7 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
         "tokens_per_s": tokens as f64 / median,
         "gflops_per_step": flops / 1e9,
         "mfu": flops / median / (peak_gflops * 1e9),
+        "peak_gflops": peak_gflops,
         "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
         "final_loss": last_loss,
         "exchange_ms": exchange[exchange.len() / 2] * 1e3,

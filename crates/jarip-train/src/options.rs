@@ -64,8 +64,9 @@ pub struct PretrainOptions {
     pub kernels: Kernels,
     /// "cpu" or "cuda" (needs the `cuda` feature; bf16 compute, fp32 master weights).
     pub device: String,
-    /// Peak FLOP/s of the device, for MFU (default: this 2-core CPU's fp32 peak).
-    pub peak_flops: f64,
+    /// Peak FLOP/s of the device, for MFU; `None`: on the CPU, its fp32 FMA peak measured once
+    /// and cached per CPU model ([`jarip_kernels::peak`]); on a GPU, no MFU.
+    pub peak_flops: Option<f64>,
     /// Show a progress bar.
     pub progress: bool,
     /// Sleep this long after each step. Only for tests that interrupt a run; 0 otherwise.
@@ -114,7 +115,7 @@ impl Default for PretrainOptions {
             schedule: Schedule { kind: ScheduleKind::Cosine, warmup_steps: 50, min_lr_frac: 0.1, decay_frac: 0.2 },
             kernels: Kernels::Fused,
             device: "cpu".into(),
-            peak_flops: 269e9,
+            peak_flops: None,
             progress: true,
             step_delay_ms: 0,
             reserve_steps: 0,

@@ -149,6 +149,8 @@ struct Pretraining<'a> {
     accum: usize,
     batch_tokens: usize,
     flops_per_token: f64,
+    /// FLOP/s the MFU figures divide by, if known.
+    peak_flops: Option<f64>,
     world_size: usize,
     tps_ema: f64,
 }
@@ -180,12 +182,16 @@ impl Stage for Pretraining<'_> {
     fn annotate(&mut self, line: &mut StepMetrics, out: &StepOutcome, step_s: f64) -> String {
         let tps = self.batch_tokens as f64 / step_s;
         self.tps_ema = if self.tps_ema == 0.0 { tps } else { 0.9 * self.tps_ema + 0.1 * tps };
-        let mfu = self.flops_per_token * tps / self.opts.peak_flops;
+        let mfu = self.peak_flops.map(|p| self.flops_per_token * tps / p);
         line.tokens_per_s = Some(tps);
-        line.mfu = Some(mfu);
+        line.mfu = mfu;
+        line.peak_gflops = self.peak_flops.map(|p| p / 1e9);
         line.step_ms = Some(step_s * 1e3);
         line.exchange_ms = (self.world_size > 1).then_some(out.exchange_s * 1e3);
-        format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, self.tps_ema, mfu * 100.0)
+        match mfu {
+            Some(m) => format!("loss {:.4}  {:.0} tok/s  MFU {:.1}%", out.loss, self.tps_ema, m * 100.0),
+            None => format!("loss {:.4}  {:.0} tok/s", out.loss, self.tps_ema),
+        }
     }
 
     fn evaluate(&self, model: &Gpt) -> Result<Option<EvalResult>> {
@@ -341,6 +347,26 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         "model: {num_params} parameters ({} layers, width {}, {} heads)",
         cfg.n_layer, cfg.n_embd, cfg.n_head
     )];
+    // What MFU divides by: given, or this CPU's fp32 peak measured (once per CPU model, cached).
+    let peak_flops = match (opts.peak_flops, device.is_cpu()) {
+        (Some(p), _) => {
+            banner.push(format!("MFU against the given peak of {:.1} GFLOP/s", p / 1e9));
+            Some(p)
+        }
+        (None, true) => {
+            let p = jarip_kernels::peak::peak();
+            banner.push(format!(
+                "MFU against this CPU's measured fp32 peak: {:.1} GFLOP/s ({}, {} threads, {} FMA){}",
+                p.fp32_gflops,
+                p.cpu,
+                p.threads,
+                p.fp32_path,
+                p.bf16_gflops.map_or(String::new(), |b| format!("; bf16 dot-product peak {b:.1} GFLOP/s"))
+            ));
+            Some(p.fp32_gflops * 1e9)
+        }
+        (None, false) => None,
+    };
     if comm.world_size() > 1 {
         banner.push(format!(
             "data-parallel: {} replicas on {} ranks ({})",
@@ -381,6 +407,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         accum,
         batch_tokens,
         flops_per_token: cfg.train_flops_per_token(opts.seq_len),
+        peak_flops,
         world_size: comm.world_size(),
         tps_ema: 0.0,
     };

@@ -16,6 +16,8 @@ pub struct StepLog {
     pub lr: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub mfu: Option<f64>,
+    /// What `mfu` divides by (GFLOP/s).
+    pub peak_gflops: Option<f64>,
     pub val_loss: Option<f64>,
     pub val_bpb: Option<f64>,
     pub elapsed_s: Option<f64>,
@@ -67,6 +69,7 @@ pub fn read_stage(name: &'static str, file: &Path) -> Result<Option<Stage>> {
             lr: m.lr,
             tokens_per_s: m.tokens_per_s,
             mfu: m.mfu,
+            peak_gflops: m.peak_gflops,
             val_loss: m.val_loss,
             val_bpb: m.val_bpb,
             elapsed_s: m.elapsed_s,

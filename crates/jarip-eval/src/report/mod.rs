@@ -194,7 +194,13 @@ fn stage_summary(md: &mut String, stages: &[Option<&Stage>; 2], evals: &[EvalDoc
         ("final validation bits/byte".into(), col(&|s| fmt_opt(s.last(|l| l.val_bpb), |v| format!("{v:.4}")))),
         ("training time".into(), col(&|s| fmt_opt(s.last(|l| l.elapsed_s), |v| format!("{:.1} min", v / 60.0)))),
         ("median tokens/s".into(), col(&|s| fmt_opt(s.median(|l| l.tokens_per_s), |v| format!("{v:.0}")))),
-        ("median MFU".into(), col(&|s| fmt_opt(s.median(|l| l.mfu), |v| format!("{:.1} %", v * 100.0)))),
+        (
+            "median MFU".into(),
+            col(&|s| {
+                let peak = s.last(|l| l.peak_gflops).map_or(String::new(), |p| format!(" of {p:.0} GFLOP/s"));
+                fmt_opt(s.median(|l| l.mfu), |v| format!("{:.1} %{peak}", v * 100.0))
+            }),
+        ),
     ];
     // Evaluation scores of each stage's latest evaluated checkpoint.
     let latest = |stage: &str| -> Option<&EvalDoc> {
