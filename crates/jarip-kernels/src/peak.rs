@@ -69,8 +69,12 @@ pub fn peak() -> Peak {
     cached.retain(|c| !(c.cpu == cpu && c.threads == threads));
     cached.push(p.clone());
     if let Some(f) = file {
+        // Written beside and renamed into place: processes measuring at once never leave a torn file.
+        let tmp = f.with_extension(format!("json.{}", std::process::id()));
         let _ = f.parent().map(std::fs::create_dir_all);
-        let _ = std::fs::write(&f, serde_json::to_string_pretty(&cached).unwrap_or_default());
+        if std::fs::write(&tmp, serde_json::to_string_pretty(&cached).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &f);
+        }
     }
     p
 }
