@@ -121,6 +121,8 @@ def main():
     p.add_argument("--peak-gflops", type=float, default=269.0)
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step, over all ranks")
     p.add_argument("--arch", choices=["jarip", "llama", "qwen3"], default="jarip")
+    p.add_argument("--bf16", action="store_true",
+                   help="PyTorch's bf16 autocast on the CPU (matmuls in bf16, fp32 master weights and optimizer)")
     a = p.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -152,8 +154,10 @@ def main():
         for j in range(local):
             # DDP all-reduces the gradients on the last micro-batch's backward only.
             quiet = ddp.no_sync() if ddp is not None and j < local - 1 else contextlib.nullcontext()
+            cast = torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
             with quiet:
-                l = (ddp or model)(idx[j, :, :-1], idx[j, :, 1:]) / local
+                with cast:
+                    l = (ddp or model)(idx[j, :, :-1], idx[j, :, 1:]) / local
                 l.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -169,7 +173,7 @@ def main():
     med = times[len(times) // 2]
     flops = flops_per_token * tokens
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} fp32 {a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
+        "impl": f"pytorch {torch.__version__} {'bf16 autocast' if a.bf16 else 'fp32'} {a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
         "params": params,
         "ms_per_step": med * 1e3,
         "tokens_per_s": tokens / med,
