@@ -55,8 +55,12 @@ fn cache_file() -> Option<PathBuf> {
 /// The cached peak of this CPU model and thread count, else a fresh measurement (then cached;
 /// a cache that cannot be read or written is ignored).
 pub fn peak() -> Peak {
+    peak_cached_in(cache_file())
+}
+
+/// [`peak`] with the cache at `file` (`None`: measure, cache nothing).
+fn peak_cached_in(file: Option<PathBuf>) -> Peak {
     let (cpu, threads) = (cpu_model(), rayon::current_num_threads());
-    let file = cache_file();
     let mut cached: Vec<Peak> = file
         .as_ref()
         .and_then(|f| std::fs::read_to_string(f).ok())
@@ -252,12 +256,8 @@ mod tests {
     #[test]
     fn the_cache_is_keyed_by_cpu_and_threads() {
         let d = tempfile::tempdir().unwrap();
-        // Only this test reads or sets XDG_CACHE_HOME.
-        let first = {
-            std::env::set_var("XDG_CACHE_HOME", d.path());
-            peak()
-        };
         let file = d.path().join("jarip/peak.json");
+        let first = peak_cached_in(Some(file.clone()));
         let text = std::fs::read_to_string(&file).unwrap();
         let stored: Vec<Peak> = serde_json::from_str(&text).unwrap();
         assert_eq!(stored, vec![first.clone()]);
@@ -265,6 +265,6 @@ mod tests {
         let mut edited = stored.clone();
         edited[0].fp32_gflops = 12345.0;
         std::fs::write(&file, serde_json::to_string(&edited).unwrap()).unwrap();
-        assert_eq!(peak().fp32_gflops, 12345.0);
+        assert_eq!(peak_cached_in(Some(file)).fp32_gflops, 12345.0);
     }
 }

@@ -370,6 +370,15 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     let base =
         jarip_interop::model_dir::load_model(&opts.base, &device).with_context(|| "cannot load the base model")?;
     let foreign_base = foreign_base_of(&base, opts.allow_foreign_base)?;
+    // Every checkpoint keeps the base's tokenizer.json: refuse now, before anything is written,
+    // a base that has none beside it (a GGUF file carries its vocabulary inside).
+    if !base.dir.join(jarip_interop::model_dir::TOKENIZER_FILE).is_file() {
+        bail!(
+            "{}: fine-tuning needs a base directory with its tokenizer.json (a checkpoint, run or HF-layout model), \
+             not a single file",
+            base.dir.display()
+        );
+    }
     let base_sha = base.model.weights_sha256()?;
     let tokenizer = base.tokenizer;
     let convs = read_conversations(&opts.data)?;

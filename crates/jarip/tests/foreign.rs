@@ -259,6 +259,17 @@ fn foreign_models_are_read_only_and_named_so_everywhere() {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         jarip(&refs)
     };
+    // A single-file base (GGUF) is refused before anything is written: checkpoints keep the
+    // base's tokenizer.json, which a GGUF file has only inside.
+    let gguf = root.join("ours.gguf");
+    ok(&jarip(&["export", "--model", &s(&run), "--out", &s(&gguf)]));
+    let from_file = root.join("sft-from-gguf");
+    #[rustfmt::skip]
+    fails_with(
+        &jarip(&["sft", "--base", &s(&gguf), "--data", &s(&convs), "--out", &s(&from_file), "--max-steps", "1", "--no-progress"]),
+        &["ours.gguf", "not a single file"],
+    );
+    assert!(!from_file.join("ledger.jsonl").exists(), "nothing written");
     let refused = root.join("sft-refused");
     fails_with(&sft(&refused, false), &["not built by this run", "from scratch", "--allow-foreign-base"]);
     assert!(!refused.join("ledger.jsonl").exists(), "nothing written when refused");
