@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# Batch-1 decode, jarip next to llama.cpp on the same weights: a ~100M SwiGLU model at random
-# initialisation exported as GGUF of llama.cpp's qwen3 architecture (f32 and Q8_0), decoded by
-# jarip (loading the GGUF) and by llama.cpp (llama-cpp-python, built for this CPU).
+# jarip next to llama.cpp on the same weights: a ~100M SwiGLU model at random initialisation
+# exported as GGUF of llama.cpp's qwen3 architecture (f32 and Q8_0), run by jarip (loading the
+# GGUF) and by llama.cpp (llama-cpp-python, built for this CPU) in one run: batch-1 decode after
+# a 16-token prompt, and prompt processing (prefill) of a 512-token prompt; ratios printed.
 #   bench/decode/vs_llamacpp.sh TOKENIZER_DIR     e.g. runs/speedrun/tokenizer
+# STEPS (decode steps, default 64), PREFILL (prompt tokens, default 512), REPEATS (default 1).
 # Needs: pip install -r bench/requirements-llamacpp.txt (builds llama.cpp; several minutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tok="${1:?usage: bench/decode/vs_llamacpp.sh TOKENIZER_DIR}"
 out="${OUT:-target/bench-llamacpp}"
 py="${PYTHON:-python3}"
+steps="${STEPS:-64}"
+prefill="${PREFILL:-512}"
+grep -m1 "model name" /proc/cpuinfo || true
 cargo build --release -q -p jarip-infer --example decode_bench
 bin=target/release/examples/decode_bench
 "$bin" --write-qwen3 "$out" --tokenizer "$tok"
-for t in f32 q8_0; do
-  f="$out/jarip-qwen3-$t.gguf"
-  line="$("$bin" --model "$f" --contexts 16 --kv-cache f32 --steps "${STEPS:-64}" --skip-random | grep "batch 1")"
-  echo "jarip     $line"
-  ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
-  "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "${STEPS:-64}" --jarip "$ours"
+for rep in $(seq 1 "${REPEATS:-1}"); do
+  for t in f32 q8_0; do
+    f="$out/jarip-qwen3-$t.gguf"
+    report="$("$bin" --model "$f" --contexts 16 --kv-cache f32 --steps "$steps" --prefill "$prefill" --skip-random)"
+    grep "matrix kernel" <<<"$report" || true
+    line="$(grep "batch 1" <<<"$report")"
+    pre="$(grep "prefill" <<<"$report")"
+    echo "jarip     $line"
+    echo "jarip     $pre"
+    ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
+    ours_pre="$(sed -E 's/.*prefill [0-9]+ ([0-9.]+) tok\/s.*/\1/' <<<"$pre")"
+    "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "$steps" --jarip "$ours" \
+      --prefill "$prefill" --jarip-prefill "$ours_pre" || echo "llama.cpp $f: failed (exit $?)"
+  done
 done

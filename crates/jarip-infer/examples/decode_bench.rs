@@ -170,7 +170,12 @@ fn main() -> Result<()> {
         return write_preset(arch.parse()?, std::path::Path::new(&dir), std::path::Path::new(&tok));
     }
     let prefill: Option<usize> = flag("--prefill").map(|p| p.parse()).transpose()?;
-    println!("threads: {}", rayon::current_num_threads());
+    println!(
+        "cpu: {}; threads: {}; matrix kernel: {}",
+        jarip_kernels::peak::cpu_model(),
+        rayon::current_num_threads(),
+        jarip_kernels::decode_matmul::Kernel::detect().name()
+    );
     let bw = copy_bandwidth(1024);
     println!("memory bandwidth (1 GiB parallel copy, read + write): {:.2} GB/s", bw / 1e9);
     if let Some(dir) = flag("--model") {

@@ -4,7 +4,7 @@
 //! cargo run --release -p jarip-kernels --example op_bench
 
 use candle_core::{Device, Tensor, Var};
-use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
+use jarip_kernels::ops::{self, matmul_bf16::Path, rope::RopeTables, Kernels};
 use std::time::Instant;
 
 /// One benchmark case: runs the op's forward with the given kernels.
@@ -39,15 +39,18 @@ fn main() {
     let targets =
         Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % v as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
     let tables = RopeTables::new(t, d, 10_000.0, &Device::Cpu).unwrap();
+    // The fused column multiplies on this path (`JARIP_MATMUL=bf16_amx`, …; default fp32).
+    let path: Path = std::env::var("JARIP_MATMUL").ok().map_or(Path::Fp32, |p| p.parse().expect("a matmul path"));
+    println!("fused matmuls: {} ({})", path.name(), jarip_kernels::peak::cpu_model());
     let cases: Vec<Case> = vec![
         ("rms_norm [2048,384]", Box::new(|k| ops::rms_norm::rms_norm(&x, &w, 1e-5, k).unwrap())),
-        ("linear 384->1536", Box::new(|k| ops::linear::linear(&x, &w_up, (n, 4 * c), k).unwrap())),
+        ("linear 384->1536", Box::new(|k| ops::linear::linear(&x, &w_up, (n, 4 * c), k, path).unwrap())),
         ("relu2 [2048,1536]", Box::new(|k| ops::relu2::relu2(&hid, k).unwrap())),
         ("rope [8,256,6,64]", Box::new(|k| ops::rope::rope(&q, &tables, 0, k).unwrap())),
         ("attention [8,256,6,64]", Box::new(|kk| ops::attention::causal_attention(&q, &k, &vv, kk).unwrap())),
         (
             "head+cross-entropy 384->8192",
-            Box::new(|k| ops::head_ce::head_cross_entropy(&x, &head, &targets, 15.0, k).unwrap()),
+            Box::new(|k| ops::head_ce::head_cross_entropy(&x, &head, &targets, 15.0, k, path).unwrap()),
         ),
     ];
     println!("{:32} {:>12} {:>12}", "op (forward+backward)", "fused ms", "composed ms");

@@ -225,6 +225,14 @@ pub enum Kernel {
     /// AVX-512VL: the same 256-bit arithmetic with 32 registers, room for larger tiles.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512VL with AVX512-VNNI: Q8_0 blocks summed by `vpdpbusd` (one instruction where the
+    /// others take two; the same exact integers); f32 as [`Kernel::Avx512`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// AVX2 with AVX-VNNI (VEX `vpdpbusd`, e.g. Alder Lake, Zen 5 without AVX-512); f32 as
+    /// [`Kernel::Avx2`].
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Kernel {
@@ -234,13 +242,56 @@ impl Kernel {
         {
             use std::is_x86_feature_detected as has;
             if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
-                return Kernel::Avx512;
+                return if has!("avx512vnni") { Kernel::Avx512Vnni } else { Kernel::Avx512 };
             }
             if has!("avx2") && has!("fma") {
-                return Kernel::Avx2;
+                return if has!("avxvnni") { Kernel::AvxVnni } else { Kernel::Avx2 };
             }
         }
         Kernel::Portable
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            let avx512 = avx2 && has!("avx512f") && has!("avx512vl");
+            match self {
+                Kernel::Portable => true,
+                Kernel::Avx2 => avx2,
+                Kernel::Avx512 => avx512,
+                Kernel::Avx512Vnni => avx512 && has!("avx512vnni"),
+                Kernel::AvxVnni => avx2 && has!("avxvnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        true
+    }
+
+    /// Every kernel this CPU runs, fastest first.
+    pub fn all_available() -> Vec<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        let all = vec![Kernel::Avx512Vnni, Kernel::Avx512, Kernel::AvxVnni, Kernel::Avx2, Kernel::Portable];
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = vec![Kernel::Portable];
+        all.into_iter().filter(|k| k.available()).collect()
+    }
+
+    /// The name printed beside benchmark figures.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "avx512+vnni",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => "avx2+avx-vnni",
+        }
     }
 
     /// `part[m × nb] = x · w_blockᵀ`. Panics if this CPU lacks the kernel's instructions.
@@ -249,14 +300,14 @@ impl Kernel {
         match self {
             Kernel::Portable => portable(x, m, w, nb, k, part),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+            Kernel::Avx2 | Kernel::AvxVnni => {
+                assert!(Kernel::Avx2.available());
                 // SAFETY: the instructions were just detected; sizes were checked above.
                 unsafe { avx2::kernel(x, m, w, nb, k, part) }
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                assert!(Kernel::detect() == Kernel::Avx512);
+            Kernel::Avx512 | Kernel::Avx512Vnni => {
+                assert!(Kernel::Avx512.available());
                 // SAFETY: as above.
                 unsafe { avx512::kernel(x, m, w, nb, k, part) }
             }
@@ -280,15 +331,27 @@ impl Kernel {
             Kernel::Portable => portable_q8(x, w, part),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => {
-                assert!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+                assert!(Kernel::Avx2.available());
                 // SAFETY: the instructions were just detected; sizes were checked above.
                 unsafe { q8_avx2::kernel(x, w, part) }
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
-                assert!(Kernel::detect() == Kernel::Avx512);
+                assert!(Kernel::Avx512.available());
                 // SAFETY: as above.
                 unsafe { q8_avx512::kernel(x, w, part) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                assert!(Kernel::Avx512Vnni.available());
+                // SAFETY: as above.
+                unsafe { q8_avx512vnni::kernel(x, w, part) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => {
+                assert!(Kernel::AvxVnni.available());
+                // SAFETY: as above.
+                unsafe { q8_avxvnni::kernel(x, w, part) }
             }
         }
     }
@@ -452,7 +515,7 @@ macro_rules! simd_kernel {
 /// (16 registers) spill a little, and measured faster than smaller ones all the same.
 #[cfg(target_arch = "x86_64")]
 macro_rules! q8_kernel {
-    ($name:ident, $features:literal, $max_rows:expr, [$($r:literal => $g:literal),*]) => {
+    ($name:ident, $features:literal, $dot:ident, $max_rows:expr, [$($r:literal => $g:literal),*]) => {
         mod $name {
             use super::{reduce, Q8Activations, Q8Rows, LANES, QK8_0};
             use std::arch::x86_64::*;
@@ -488,8 +551,7 @@ macro_rules! q8_kernel {
                         let xa = _mm256_abs_epi8(xv);
                         let dx = _mm256_broadcast_ss(&*xd.add(r * nblk + b));
                         for g in 0..G {
-                            let pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[g], xv));
-                            let isum = _mm256_madd_epi16(pairs, ones);
+                            let isum = super::$dot(xa, _mm256_sign_epi8(wv[g], xv), ones);
                             let s = _mm256_mul_ps(ws[g], dx);
                             acc[r][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), s, acc[r][g]);
                         }
@@ -543,10 +605,66 @@ macro_rules! q8_kernel {
     };
 }
 
+// The integer sum of one Q8_0 block, per 32-bit lane `l`: `Σ_{t=4l}^{4l+3} |x_t| · (w_t·sign x_t)`,
+// exact (|x|, |w| ≤ 127: the 16-bit pair sums of `maddubs` stay below 2¹⁵, so no saturation).
+// `maddubs` + `madd` (two instructions) or VNNI's `vpdpbusd` (one) give the same integers.
+
+/// Sum of 4-byte groups by `vpmaddubsw` then `vpmaddwd`.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
-q8_kernel!(q8_avx2, "avx2,fma", 3, [1 => 4, 2 => 3, 3 => 2]);
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_madd(
+    xa: std::arch::x86_64::__m256i,
+    wv: std::arch::x86_64::__m256i,
+    ones: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wv), ones)
+}
+
+/// Sum of 4-byte groups by AVX512-VNNI `vpdpbusd` (256-bit, EVEX).
+///
+/// # Safety
+/// The CPU must support AVX512-VNNI and AVX-512VL.
 #[cfg(target_arch = "x86_64")]
-q8_kernel!(q8_avx512, "avx2,fma,avx512f,avx512vl", 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_vnni512(
+    xa: std::arch::x86_64::__m256i,
+    wv: std::arch::x86_64::__m256i,
+    _: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), xa, wv)
+}
+
+/// Sum of 4-byte groups by AVX-VNNI `vpdpbusd` (VEX).
+///
+/// # Safety
+/// The CPU must support AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn dot_avxvnni(
+    xa: std::arch::x86_64::__m256i,
+    wv: std::arch::x86_64::__m256i,
+    _: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), xa, wv)
+}
+
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avx2, "avx2,fma", dot_madd, 3, [1 => 4, 2 => 3, 3 => 2]);
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avx512, "avx2,fma,avx512f,avx512vl", dot_madd, 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni512, 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+#[cfg(target_arch = "x86_64")]
+q8_kernel!(q8_avxvnni, "avx2,fma,avxvnni", dot_avxvnni, 3, [1 => 4, 2 => 3, 3 => 2]);
 
 #[cfg(target_arch = "x86_64")]
 simd_kernel!(avx2, "avx2,fma", 4, [1 => 8, 2 => 4, 3 => 3, 4 => 2]);
@@ -599,14 +717,8 @@ mod tests {
     }
 
     fn kernels() -> Vec<Kernel> {
-        let mut v = vec![Kernel::detect()];
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            v.push(Kernel::Avx2);
-        }
-        #[cfg(target_feature = "fma")]
-        v.push(Kernel::Portable);
-        v
+        // The portable f32 kernel has the vector kernels' bits only where FMA is native.
+        Kernel::all_available().into_iter().filter(|k| cfg!(target_feature = "fma") || *k != Kernel::Portable).collect()
     }
 
     #[test]

@@ -301,7 +301,9 @@ fn f16_fused() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::is_x86_feature_detected as has;
-        if matches!(Kernel::detect(), Kernel::Avx2 | Kernel::Avx512) && has!("f16c") {
+        if matches!(Kernel::detect(), Kernel::Avx2 | Kernel::Avx512 | Kernel::Avx512Vnni | Kernel::AvxVnni)
+            && has!("f16c")
+        {
             return true;
         }
     }

@@ -7,12 +7,15 @@
 //! - [`ops`]: the model's building blocks for training, each as composed candle ops and as a
 //!   fused multithreaded CPU kernel with a hand-written backward, tested against each other;
 //!   [`ops::fastmath`]: vectorised `exp`/`tanh`;
+//! - [`ops::matmul_bf16`]: bf16 matrix products with fp32 accumulation for `--precision bf16`
+//!   (portable, AVX512-BF16 and AMX paths; the first two give the same bits);
 //! - [`decode_matmul`]: the register-blocked `x · wᵀ` of CPU decoding (f32 and Q8_0 weights),
 //!   with one stated reduction order on every instruction set;
 //! - [`kv_cache`]: the decode path's per-sequence KV cache (f32 or f16) and the attention that
 //!   reads it;
 //! - [`quant`]: ggml's Q8_0 block quantization, byte-compatible with GGUF files;
 //! - [`mmap`]: read-only memory maps of files;
+//! - [`alloc`]: keeping freed memory for reuse in training processes (no page faults per step);
 //! - [`peak`]: the machine's measured fp32 FMA and bf16 dot-product peaks, for MFU;
 //! - `nccl` (feature `nccl`): the NCCL all-reduce as a candle op.
 //!
@@ -21,6 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::missing_safety_doc)]
 
+pub mod alloc;
 pub mod decode_matmul;
 pub mod kv_cache;
 pub mod mmap;

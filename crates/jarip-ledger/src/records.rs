@@ -38,6 +38,14 @@ pub trait Domain {
     type Kernels: Embedded + Default;
     /// Where the data sampler stands (`jarip_data::SamplerState`).
     type Cursor: Embedded;
+    /// How matrices were multiplied (`jarip_model::MatmulPath`; its default, fp32, is what
+    /// records without the key ran).
+    type Matmul: Embedded + Default;
+}
+
+/// Whether `t` is its type's default (such fields are left out, so older records read the same).
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 /// Every embedded type read as a JSON value: for readers that only pass them on.
@@ -50,6 +58,7 @@ impl Domain for Opaque {
     type Schedule = Value;
     type Kernels = Value;
     type Cursor = Value;
+    type Matmul = Value;
 }
 
 fn cpu() -> String {
@@ -92,6 +101,10 @@ pub struct PretrainConfig<D: Domain> {
     pub shards_merkle_root: Option<String>,
     #[serde(default)]
     pub kernels: D::Kernels,
+    /// The matrix products' precision and kernel path (`fp32`, `bf16_portable`, `bf16_avx512`,
+    /// `bf16_amx`); absent for fp32. A replay needs a path with the same bits.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub matmul: D::Matmul,
     /// The device kind (`cpu`, `cuda`); `cpu` for runs that predate the field.
     #[serde(default = "cpu")]
     pub device: String,
@@ -203,6 +216,9 @@ pub struct SftConfig<D: Domain> {
     pub val_fraction: f64,
     #[serde(default)]
     pub kernels: D::Kernels,
+    /// As in [`PretrainConfig::matmul`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub matmul: D::Matmul,
     #[serde(default = "cpu")]
     pub device: String,
     pub tokenizer_sha256: String,
@@ -774,6 +790,7 @@ mod tests {
             tokenizer_sha256: "t".into(),
             shards_merkle_root: Some("m".into()),
             kernels: Value::Null,
+            matmul: Value::Null,
             device: cpu(),
             replicas: 1,
         };
@@ -795,6 +812,7 @@ mod tests {
             total_steps: 3,
             val_fraction: 0.1,
             kernels: Value::Null,
+            matmul: Value::Null,
             device: cpu(),
             tokenizer_sha256: "t".into(),
             base_checkpoint: "b".into(),

@@ -18,7 +18,7 @@ use crate::init::{normal, tensor_rng};
 use crate::layout::{param_shapes, Block, ParamRole, EMBED, FINAL_NORM, LM_HEAD};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use jarip_kernels::ops::{self, rope::RopeTables, Kernels};
+use jarip_kernels::ops::{self, matmul_bf16::Path as MatmulPath, rope::RopeTables, Kernels};
 use std::collections::HashMap;
 
 pub struct Gpt {
@@ -26,6 +26,7 @@ pub struct Gpt {
     device: Device,
     compute_dtype: DType,
     kernels: Kernels,
+    matmul: MatmulPath,
     embed: Var,
     blocks: Vec<Block<Var, Var>>,
     final_norm: Var,
@@ -93,6 +94,7 @@ impl Gpt {
             device: device.clone(),
             compute_dtype: DType::F32,
             kernels: if device.is_cpu() { Kernels::Fused } else { Kernels::Composed },
+            matmul: MatmulPath::Fp32,
             embed: get(EMBED),
             final_norm: get(FINAL_NORM),
             // Tied: the same variable, so its gradient sums both uses.
@@ -118,6 +120,16 @@ impl Gpt {
     /// Chooses composed or fused building blocks (fused silently falls back where unsupported).
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
+    }
+
+    /// How the fused CPU kernels multiply: fp32, or bf16 with fp32 accumulation on one of the
+    /// bf16 paths (linear layers and the head; attention, norms and the loss stay fp32).
+    pub fn set_matmul(&mut self, path: MatmulPath) {
+        self.matmul = path;
+    }
+
+    pub fn matmul(&self) -> MatmulPath {
+        self.matmul
     }
 
     /// The dtype matmuls and activations use (f32, or bf16 on CUDA); master weights stay f32.
@@ -149,7 +161,7 @@ impl Gpt {
 
     /// `x: [..., in]` times `wᵀ` (`w: [out, in]`), shaped as `out_shape`.
     fn linear(&self, x: &Tensor, w: &Var, out_shape: impl Into<candle_core::Shape>) -> candle_core::Result<Tensor> {
-        ops::linear::linear(x, &self.w(w)?, out_shape, self.kernels)
+        ops::linear::linear(x, &self.w(w)?, out_shape, self.kernels, self.matmul)
     }
 
     fn norm(&self, x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
@@ -210,7 +222,14 @@ impl Gpt {
         let hidden = self.hidden(ids)?;
         let targets = targets.flatten_all()?;
         let cap = self.cfg.logit_softcap;
-        Ok(ops::head_ce::head_cross_entropy(&hidden, &self.w(&self.lm_head)?, &targets, cap, self.kernels)?)
+        Ok(ops::head_ce::head_cross_entropy(
+            &hidden,
+            &self.w(&self.lm_head)?,
+            &targets,
+            cap,
+            self.kernels,
+            self.matmul,
+        )?)
     }
 
     /// Mean cross-entropy (nats) over all target tokens: the training loss.
@@ -260,6 +279,43 @@ mod tests {
                     let g = grads.get(v).unwrap_or_else(|| panic!("{kernels:?}: no gradient for {name}"));
                     let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
                     assert!(norm > 0.0 && norm.is_finite(), "{kernels:?} {mlp:?}: gradient of {name} is {norm}");
+                }
+            }
+        }
+    }
+
+    /// The whole model in bf16 (every available path) against fp32: loss and every gradient
+    /// within bf16 rounding, and the bit-portable paths identical.
+    #[test]
+    fn bf16_model_tracks_fp32_model() {
+        let cfg = ModelConfig::tiny(300);
+        let mut m = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+        let (x, y) = batch(2, 32, 300, 9);
+        let run = |m: &Gpt| {
+            let loss = m.loss(&x, &y).unwrap();
+            let g = loss.backward().unwrap();
+            let gs: Vec<Vec<f32>> =
+                m.params().iter().map(|(_, v)| g.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+            (loss.to_scalar::<f32>().unwrap(), gs)
+        };
+        let (l0, g0) = run(&m);
+        let mut portable_bits = None;
+        for path in [MatmulPath::Bf16Portable, MatmulPath::Bf16Avx512, MatmulPath::Bf16Amx] {
+            if !path.available() {
+                continue;
+            }
+            m.set_matmul(path);
+            let (l1, g1) = run(&m);
+            assert!((l0 - l1).abs() < 2e-2 && l0 != l1, "{path:?}: loss {l1} vs fp32 {l0}");
+            for ((name, _), (a, b)) in m.params().iter().zip(g0.iter().zip(&g1)) {
+                let scale = a.iter().fold(0f32, |s, x| s.max(x.abs())).max(1e-6);
+                let d = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+                assert!(d <= 5e-2 * scale, "{path:?} {name}: grads differ by {d} (scale {scale})");
+            }
+            if path.same_bits(MatmulPath::Bf16Portable) {
+                match &portable_bits {
+                    None => portable_bits = Some((l1, g1)),
+                    Some(p) => assert!(p == &(l1, g1), "{path:?} differs from the portable path"),
                 }
             }
         }

@@ -65,6 +65,7 @@ fn training_json(rec: &RunRecord, p: &Pretraining) -> Value {
         "schedule": p.config.schedule,
         "device": p.config.device,
         "kernels": p.config.kernels,
+        "matmul": p.config.matmul,
         "replicas": p.config.replicas,
         "started": rec.entries[p.start].1.time,
         "resumptions": p.resumes.len(),
@@ -583,7 +584,7 @@ fn render_markdown(j: &Value) -> String {
         let _ = writeln!(
             m,
             "Initialised from seed {} (step-0 weights `{}`), started {}; {} steps, {} tokens ({} planned steps), \
-             {} resumptions; {} on {} ({} kernels, {} data-parallel replica(s)).\n",
+             {} resumptions; {} on {} ({} kernels, {} matmuls, {} data-parallel replica(s)).\n",
             s(&tr["seed"]),
             short(&s(&tr["initial_weights_sha256"])),
             s(&tr["started"]),
@@ -594,6 +595,7 @@ fn render_markdown(j: &Value) -> String {
             if tr["optimizer"]["muon"].as_bool() == Some(true) { "AdamW + Muon" } else { "AdamW" },
             s(&tr["device"]),
             s(&tr["kernels"]),
+            s(&tr["matmul"]),
             s(&tr["replicas"])
         );
         let _ = writeln!(m, "| checkpoint | step | tokens | weights SHA-256 | loss | val bpb | data cursor |\n|---|---|---|---|---|---|---|");

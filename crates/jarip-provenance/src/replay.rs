@@ -11,6 +11,7 @@
 use crate::record::{CheckpointRec, Pretraining, RunRecord};
 use crate::verify::Check;
 use anyhow::{bail, Context, Result};
+use jarip_model::Precision;
 use jarip_train::checkpoint::{TrainerState, TOKENIZER_FILE, TRAINER_FILE};
 use jarip_train::records::SftConfig;
 use jarip_train::PretrainOptions;
@@ -56,6 +57,9 @@ fn options(rec: &RunRecord, p: &Pretraining, out: &Path, total_steps: u64, stop:
         optimizer: c.optimizer.clone(),
         schedule: c.schedule,
         kernels: c.kernels,
+        precision: Some(if c.matmul.is_bf16() { Precision::Bf16 } else { Precision::Fp32 }),
+        // The recorded bf16 path, or one with its bits (AVX512-BF16 → portable without it).
+        bf16_kernel: c.matmul.is_bf16().then(|| c.matmul.for_replay()).transpose().map_err(anyhow::Error::msg)?,
         device: "cpu".into(),
         progress: false,
         ..Default::default()
@@ -211,6 +215,8 @@ fn replay_sft_interval(rec: &RunRecord, k: usize) -> Result<String> {
         optimizer: c.optimizer.clone(),
         schedule: c.schedule,
         kernels: c.kernels,
+        precision: Some(if c.matmul.is_bf16() { Precision::Bf16 } else { Precision::Fp32 }),
+        bf16_kernel: c.matmul.is_bf16().then(|| c.matmul.for_replay()).transpose().map_err(anyhow::Error::msg)?,
         device: "cpu".into(),
         progress: false,
         step_delay_ms: 0,

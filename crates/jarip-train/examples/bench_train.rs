@@ -4,6 +4,7 @@
 //! cargo run --release -p jarip-train --example bench_train -- [--depth 6] [--vocab 8192]
 //!     [--seq-len 256] [--batch 8] [--steps 10] [--warmup 2] [--kernels fused|composed]
 //!     [--arch jarip|llama|qwen3] [--mlp relu2|swiglu] [--peak-gflops G (default: measured)] [--breakdown] [--accum 1]
+//!     [--precision fp32|bf16] [--bf16-kernel bf16_portable|bf16_avx512|bf16_amx]
 //!
 //! Data-parallel (build with `--features mpi`): `mpirun -n N bench_train --dist mpi --accum A`
 //! splits each step's A micro-batches among the N ranks; rank 0 prints, with the time spent
@@ -43,6 +44,8 @@ fn main() -> anyhow::Result<()> {
 
 fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
     let args = args.to_vec();
+    // As `jarip pretrain` does: freed buffers are reused, not faulted in again every step.
+    jarip_kernels::alloc::retain_freed_memory();
     let accum: usize = arg(&args, "--accum", 1);
     let dp = DataParallel::new(comm, comm.world_size())?;
     let depth: usize = arg(&args, "--depth", 6);
@@ -69,6 +72,22 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
     cfg.max_seq_len = cfg.max_seq_len.max(seq_len);
     let mut model = Gpt::new(&cfg, 0, &Device::Cpu)?;
     model.set_kernels(kernels);
+    // The same resolution as `jarip pretrain --precision/--bf16-kernel`.
+    let precision = match arg(&args, "--precision", String::new()).as_str() {
+        "bf16" => Some(jarip_model::Precision::Bf16),
+        "fp32" => Some(jarip_model::Precision::Fp32),
+        _ => None,
+    };
+    let kernel = match arg(&args, "--bf16-kernel", String::new()) {
+        k if k.is_empty() => None,
+        k => Some(k.parse::<jarip_model::MatmulPath>().map_err(anyhow::Error::msg)?),
+    };
+    let (matmul, notice) =
+        jarip_model::ops::matmul_bf16::resolve(precision, kernel, None).map_err(anyhow::Error::msg)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    model.set_matmul(matmul);
     let opts = OptimizerOptions::default();
     let mut optim = Optimizer::new(model.params(), &opts, kernels == Kernels::Fused)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -123,7 +142,8 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
     let flops = cfg.train_flops_per_token(seq_len) * tokens as f64;
     let line = serde_json::json!({
         "impl": format!(
-            "jarip ({}, {arch:?}: {:?}, {} rank{} × {} threads)",
+            "jarip {} ({}, {arch:?}: {:?}, {} rank{} × {} threads)",
+            if matmul.is_bf16() { format!("bf16 {}", matmul.name().trim_start_matches("bf16_")) } else { "fp32".into() },
             if kernels == Kernels::Fused { "fused" } else { "composed" },
             cfg.mlp,
             comm.world_size(),
@@ -136,6 +156,7 @@ fn run(args: &[String], comm: &dyn Collective) -> anyhow::Result<()> {
         "gflops_per_step": flops / 1e9,
         "mfu": flops / median / (peak_gflops * 1e9),
         "peak_gflops": peak_gflops,
+        "matmul": matmul.name(),
         "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
         "final_loss": last_loss,
         "exchange_ms": exchange[exchange.len() / 2] * 1e3,

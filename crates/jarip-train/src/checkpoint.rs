@@ -7,7 +7,7 @@ use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use jarip_data::SamplerState;
 use jarip_ledger::{AtomicDir, Manifest};
-use jarip_model::{Gpt, ModelConfig};
+use jarip_model::{Gpt, MatmulPath, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,9 @@ pub struct TrainerState {
     /// Fine-tuning with pretraining text mixed in: where that text's sampler stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix_sampler: Option<SamplerState>,
+    /// How the run multiplies matrices (absent: fp32); a resumed run keeps these bits.
+    #[serde(default, skip_serializing_if = "MatmulPath::is_fp32")]
+    pub matmul: MatmulPath,
 }
 
 pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {

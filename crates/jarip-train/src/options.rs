@@ -2,7 +2,7 @@
 
 use crate::optim::OptimizerOptions;
 use crate::schedule::{Schedule, ScheduleKind};
-use jarip_model::Kernels;
+use jarip_model::{Kernels, MatmulPath, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -62,6 +62,13 @@ pub struct PretrainOptions {
     pub schedule: Schedule,
     /// Fused CPU kernels (default) or plain candle ops.
     pub kernels: Kernels,
+    /// The matrix products' precision on the CPU: fp32, or bf16 with fp32 accumulation (fp32
+    /// master weights, optimizer, norms and loss). `None`: fp32 for a new run; a resumed run
+    /// keeps what it used.
+    pub precision: Option<Precision>,
+    /// The bf16 kernel path (implies bf16): `bf16_portable`, `bf16_avx512`, or the opt-in
+    /// `bf16_amx`. `None`: AVX512-BF16 where the CPU has it, else fp32 with a notice.
+    pub bf16_kernel: Option<MatmulPath>,
     /// "cpu" or "cuda" (needs the `cuda` feature; bf16 compute, fp32 master weights).
     pub device: String,
     /// Peak FLOP/s of the device, for MFU; `None`: on the CPU, its fp32 FMA peak measured once
@@ -114,6 +121,8 @@ impl Default for PretrainOptions {
             optimizer: OptimizerOptions::default(),
             schedule: Schedule { kind: ScheduleKind::Cosine, warmup_steps: 50, min_lr_frac: 0.1, decay_frac: 0.2 },
             kernels: Kernels::Fused,
+            precision: None,
+            bf16_kernel: None,
             device: "cpu".into(),
             peak_flops: None,
             progress: true,

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
 use jarip_ledger::{FileRef, Ledger, Manifest};
-use jarip_model::{Gpt, ModelConfig};
+use jarip_model::{Gpt, Kernels, MatmulPath, ModelConfig, Precision};
 use jarip_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -76,6 +76,27 @@ pub(crate) fn shards_merkle_root(dir: &Path) -> Result<String> {
 /// The model a run trains: drawn from the seed, or restored from the run's newest checkpoint
 /// (with its trainer state and directory) when resuming, after checking that the invocation
 /// asks for the same run.
+/// The CPU matmul path of this invocation (see [`jarip_model::ops::matmul_bf16::resolve`]);
+/// `recorded`: what the resumed run used. Other devices keep their own compute dtype.
+pub(crate) fn matmul_path(
+    (precision, bf16_kernel, kernels): (Option<Precision>, Option<MatmulPath>, Kernels),
+    device: &Device,
+    recorded: Option<MatmulPath>,
+) -> Result<(MatmulPath, Option<String>)> {
+    if !device.is_cpu() {
+        if bf16_kernel.is_some() {
+            bail!("--bf16-kernel selects a CPU kernel; on a GPU the compute dtype is bf16 already");
+        }
+        return Ok((MatmulPath::Fp32, None));
+    }
+    let (path, notice) =
+        jarip_model::ops::matmul_bf16::resolve(precision, bf16_kernel, recorded).map_err(anyhow::Error::msg)?;
+    if path.is_bf16() && kernels == Kernels::Composed {
+        bail!("bf16 matmuls run in the fused kernels; drop --kernels composed or train in fp32");
+    }
+    Ok((path, notice))
+}
+
 fn restore_or_init(
     opts: &PretrainOptions,
     requested: Option<ModelConfig>,
@@ -231,6 +252,8 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainSummary> {
 /// Runs (or resumes) pretraining as `opts` describe, as one rank of `comm`: every rank runs this
 /// with the same options; rank 0 writes the run's files.
 pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Result<PretrainSummary> {
+    // Freed activation and gradient buffers are reused, not faulted in again every step.
+    jarip_kernels::alloc::retain_freed_memory();
     let t_start = Instant::now();
     if opts.seq_len == 0 || opts.batch_size == 0 {
         bail!("--seq-len and --batch-size must be positive");
@@ -275,6 +298,12 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
     cfg.check_seq_len(opts.seq_len)?;
     model.set_kernels(opts.kernels);
     model.set_compute_dtype(compute_dtype);
+    let (matmul, matmul_notice) = matmul_path(
+        (opts.precision, opts.bf16_kernel, opts.kernels),
+        &device,
+        resumed.as_ref().map(|(s, _)| s.matmul),
+    )?;
+    model.set_matmul(matmul);
     let mut optim = Optimizer::new(model.params(), &opts.optimizer, true)?;
     let (state, sampler) = match &resumed {
         Some((s, dir)) => {
@@ -284,7 +313,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
             }
             optim.load(&dir.join(OPTIMIZER_FILE))?;
             let sampler = BatchSampler::resume(&shards, opts.seq_len, opts.batch_size, s.sampler)?;
-            (TrainerState { total_steps, ..s.clone() }, sampler)
+            (TrainerState { total_steps, matmul, ..s.clone() }, sampler)
         }
         None => {
             let sampler = shards.sampler(opts.seq_len, opts.batch_size, opts.order_seed())?;
@@ -302,6 +331,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
                 tokenizer_sha256: tokenizer.sha256().to_string(),
                 total_steps,
                 mix_sampler: None,
+                matmul,
             };
             (state, sampler)
         }
@@ -320,6 +350,7 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         tokenizer_sha256: tokenizer.sha256().to_string(),
         shards_merkle_root: shards_root.clone(),
         kernels: opts.kernels,
+        matmul,
         device: device_kind(&opts.device).to_string(),
         replicas: dp.replicas,
     })?;
@@ -347,6 +378,14 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         "model: {num_params} parameters ({} layers, width {}, {} heads)",
         cfg.n_layer, cfg.n_embd, cfg.n_head
     )];
+    if device.is_cpu() {
+        banner.push(format!("matmul: {} — {}", matmul.name(), matmul.describe()));
+    }
+    if let Some(n) = matmul_notice {
+        if comm.rank() == 0 {
+            eprintln!("{n}");
+        }
+    }
     // What MFU divides by: given, or this CPU's fp32 peak measured (once per CPU model, cached).
     let peak_flops = match (opts.peak_flops, device.is_cpu()) {
         (Some(p), _) => {

@@ -5,7 +5,7 @@ use crate::optim::OptimizerOptions;
 use crate::schedule::Schedule;
 use jarip_data::SamplerState;
 use jarip_ledger::records as rec;
-use jarip_model::{Kernels, ModelConfig};
+use jarip_model::{Kernels, MatmulPath, ModelConfig};
 
 pub use jarip_data::SamplerState as Cursor;
 pub use jarip_ledger::records::{Processes, StepMetrics};
@@ -20,6 +20,7 @@ impl rec::Domain for Trained {
     type Schedule = Schedule;
     type Kernels = Kernels;
     type Cursor = SamplerState;
+    type Matmul = MatmulPath;
 }
 
 /// `config` of `pretrain-start`/`pretrain-resume`, settings of a pretraining checkpoint.

@@ -31,7 +31,7 @@ use jarip_data::conversations::read_conversations;
 use jarip_data::sft::{SftData, ValSplit};
 use jarip_data::{Batch, BatchSampler, SamplerState, ShardSet};
 use jarip_ledger::{FileRef, Ledger};
-use jarip_model::{Gpt, Kernels};
+use jarip_model::{Gpt, Kernels, MatmulPath, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -76,6 +76,10 @@ pub struct SftOptions {
     pub optimizer: OptimizerOptions,
     pub schedule: Schedule,
     pub kernels: Kernels,
+    /// As [`crate::PretrainOptions::precision`] (a resumed run keeps its own).
+    pub precision: Option<Precision>,
+    /// As [`crate::PretrainOptions::bf16_kernel`].
+    pub bf16_kernel: Option<MatmulPath>,
     pub device: String,
     pub progress: bool,
     /// Sleep after each step; only for tests that interrupt a run.
@@ -110,6 +114,8 @@ impl Default for SftOptions {
             optimizer: OptimizerOptions { lr: 1e-3, weight_decay: 0.0, ..Default::default() },
             schedule: Schedule { kind: ScheduleKind::Cosine, warmup_steps: 20, min_lr_frac: 0.0, decay_frac: 0.2 },
             kernels: Kernels::Fused,
+            precision: None,
+            bf16_kernel: None,
             device: "cpu".into(),
             progress: true,
             step_delay_ms: 0,
@@ -358,6 +364,8 @@ pub fn sft(opts: &SftOptions) -> Result<SftSummary> {
 /// Runs (or resumes) fine-tuning as one rank of `comm`: every rank runs this with the same
 /// options; rank 0 writes the run's files.
 pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSummary> {
+    // Freed activation and gradient buffers are reused, not faulted in again every step.
+    jarip_kernels::alloc::retain_freed_memory();
     let t_start = Instant::now();
     if opts.seq_len < 2 || opts.batch_size == 0 {
         bail!("--seq-len must be at least 2 and --batch-size positive");
@@ -437,6 +445,21 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         None => None,
     };
     let has_templates = convs.iter().any(|c| c.template.is_some());
+    let latest = latest_checkpoint(&opts.out)?;
+    // A resumed run keeps the matmul path its checkpoints record.
+    let recorded = match (&latest, opts.resume) {
+        (Some((_, dir)), true) => Some(
+            serde_json::from_value::<SftConfig>(jarip_ledger::Manifest::read(dir)?.settings)
+                .with_context(|| format!("{}: checkpoint settings", dir.display()))?
+                .matmul,
+        ),
+        _ => None,
+    };
+    let (matmul, matmul_notice) =
+        crate::pretrain::matmul_path((opts.precision, opts.bf16_kernel, opts.kernels), &device, recorded)?;
+    if let Some(n) = matmul_notice.filter(|_| comm.rank() == 0) {
+        eprintln!("{n}");
+    }
     let settings = serde_json::to_value(SftConfig {
         stage: "sft".into(),
         model: base.model.config().clone(),
@@ -449,6 +472,8 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
         total_steps,
         val_fraction: opts.val_fraction,
         kernels: opts.kernels,
+        // A resumed run on a path with the recorded bits (AVX512-BF16 → portable) stays the same run.
+        matmul: recorded.filter(|r| r.same_bits(matmul)).unwrap_or(matmul),
         device: device_kind(&opts.device).to_string(),
         tokenizer_sha256: tokenizer.sha256().to_string(),
         base_checkpoint: base.dir.display().to_string(),
@@ -463,7 +488,6 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
     })?;
 
     let ledger = Ledger::at(&opts.ledger.clone().unwrap_or_else(|| opts.out.join(LEDGER_FILE)));
-    let latest = latest_checkpoint(&opts.out)?;
     let tok_file = base.dir.join(jarip_interop::model_dir::TOKENIZER_FILE);
     let (mut model, mut optim, state, resumed_from) = if opts.resume {
         let (_, dir) =
@@ -503,11 +527,13 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
             tokenizer_sha256: tokenizer.sha256().to_string(),
             total_steps: Some(total_steps),
             mix_sampler: mix_set.as_ref().map(|_| mix_start),
+            matmul,
         };
         (base.model, optim, state, None)
     };
     model.set_kernels(opts.kernels);
     model.set_compute_dtype(compute_dtype);
+    model.set_matmul(matmul);
     let mut inputs: Vec<FileRef> =
         [FileRef::of_file(&opts.data), FileRef::of_file(&tok_file)].into_iter().flatten().collect();
     if let Ok(m) = FileRef::of_file(&base.dir.join(jarip_ledger::manifest::MANIFEST_FILE)) {

@@ -242,3 +242,56 @@ fn data_parallel_replicas_in_one_process() {
     let err = run("r3", 3, None, false).unwrap_err();
     assert!(format!("{err:#}").contains("cannot be split among 3"), "{err:#}");
 }
+
+/// bf16 training: the ledger records the path; stopping and resuming gives the same bits; the
+/// portable path gives AVX512-BF16's bits (where the CPU has it); a resume that would change the
+/// arithmetic is refused; the loss tracks fp32's.
+#[test]
+fn bf16_training_resumes_bit_exact_and_replays_on_the_portable_path() {
+    use jarip_model::{MatmulPath, Precision};
+    let dir = tempfile::tempdir().unwrap();
+    let (shards, _, vocab) = fixture(dir.path());
+    let run = |out: &str, kernel: Option<MatmulPath>, precision: Option<Precision>, stop: Option<u64>, resume: bool| {
+        let mut o = tiny_options(dir.path(), &shards, vocab, out);
+        o.max_steps = Some(6);
+        o.precision = precision;
+        o.bf16_kernel = kernel;
+        o.stop_at_step = stop;
+        o.resume = resume;
+        o.sample_every = 0;
+        pretrain(&o)
+    };
+    let portable = Some(MatmulPath::Bf16Portable);
+    let whole = run("bf", portable, None, None, false).unwrap();
+    run("bf-split", portable, None, Some(3), false).unwrap();
+    // Resuming without naming a precision keeps the run's own.
+    let resumed = run("bf-split", None, None, None, true).unwrap();
+    assert_eq!(resumed.weights_sha256, whole.weights_sha256, "a bf16 run resumes bit for bit");
+
+    let start = Ledger::at(&dir.path().join("bf/ledger.jsonl")).verify_chain().unwrap().remove(0);
+    assert_eq!(start.config["matmul"], "bf16_portable");
+    let err = run("bf-split", None, Some(Precision::Fp32), None, true).unwrap_err();
+    assert!(format!("{err:#}").contains("bf16_portable"), "{err:#}");
+
+    let fp32 = run("fp", None, None, None, false).unwrap();
+    assert_ne!(fp32.weights_sha256, whole.weights_sha256, "bf16 products change the arithmetic");
+    let (a, b) = (whole.final_loss.unwrap(), fp32.final_loss.unwrap());
+    assert!((a - b).abs() < 2e-2 * b, "bf16 reaches loss {a}, fp32 {b}");
+    let fp32_start = Ledger::at(&dir.path().join("fp/ledger.jsonl")).verify_chain().unwrap().remove(0);
+    assert!(fp32_start.config.get("matmul").is_none(), "fp32 runs record as before");
+
+    if MatmulPath::Bf16Avx512.available() {
+        let native = run("bf-native", None, Some(Precision::Bf16), None, false).unwrap();
+        assert_eq!(native.weights_sha256, whole.weights_sha256, "AVX512-BF16 and portable give the same bits");
+    } else {
+        eprintln!("skipped the AVX512-BF16 comparison: this CPU lacks it");
+    }
+    if MatmulPath::Bf16Amx.available() {
+        let amx = run("bf-amx", Some(MatmulPath::Bf16Amx), None, None, false).unwrap();
+        let again = run("bf-amx2", Some(MatmulPath::Bf16Amx), None, None, false).unwrap();
+        assert_eq!(amx.weights_sha256, again.weights_sha256, "AMX runs are deterministic on one machine");
+        assert!((amx.final_loss.unwrap() - b).abs() < 2e-2 * b);
+    } else {
+        eprintln!("skipped the AMX run: this CPU lacks AMX-BF16");
+    }
+}

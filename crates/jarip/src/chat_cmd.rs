@@ -99,6 +99,8 @@ impl SftArgs {
             mix_data: self.mix_data.clone(),
             mix_fraction: self.mix_fraction,
             kernels: self.engine.kernels.into(),
+            precision: self.engine.precision.map(Into::into),
+            bf16_kernel: self.engine.bf16_kernel,
             device: self.engine.device.clone(),
             progress: !self.engine.no_progress,
             allow_foreign_base: self.allow_foreign_base,

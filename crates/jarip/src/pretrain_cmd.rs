@@ -125,6 +125,15 @@ pub struct EngineArgs {
     /// Fused CPU kernels or plain candle ops.
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: KernelsArg,
+    /// Matrix products on the CPU: fp32, or bf16 with fp32 accumulation (master weights,
+    /// optimizer, norms and loss stay fp32; AVX512-BF16 where the CPU has it, else fp32 with a
+    /// notice). Default: fp32 for a new run; a resumed run keeps its own.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// Force a bf16 kernel path (implies bf16): bf16_portable (any CPU, the same bits as
+    /// bf16_avx512), bf16_avx512, or bf16_amx (fastest on AMX CPUs; such a run replays only there).
+    #[arg(long, value_parser = parse_matmul_path)]
+    pub bf16_kernel: Option<jarip_model::MatmulPath>,
     /// cpu, cuda or cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -145,6 +154,8 @@ impl Default for EngineArgs {
     fn default() -> Self {
         Self {
             kernels: KernelsArg::Fused,
+            precision: None,
+            bf16_kernel: None,
             device: "cpu".into(),
             no_progress: false,
             dist: DistArg::None,
@@ -193,8 +204,29 @@ impl PretrainArgs {
         };
         o.schedule.warmup_steps = self.warmup_steps;
         o.kernels = self.engine.kernels.into();
+        o.precision = self.engine.precision.map(Into::into);
+        o.bf16_kernel = self.engine.bf16_kernel;
         o
     }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for jarip_model::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Fp32 => jarip_model::Precision::Fp32,
+            PrecisionArg::Bf16 => jarip_model::Precision::Bf16,
+        }
+    }
+}
+
+pub(crate) fn parse_matmul_path(s: &str) -> Result<jarip_model::MatmulPath, String> {
+    s.parse()
 }
 
 impl From<KernelsArg> for jarip_model::Kernels {

@@ -63,6 +63,24 @@ pub struct SpeedrunArgs {
     /// Skip pretraining (data stages only).
     #[arg(long)]
     pub no_pretrain: bool,
+    /// Matrix products of both training stages: fp32 (default) or bf16 with fp32 accumulation
+    /// (AVX512-BF16 where the CPU has it, else fp32 with a notice).
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::pretrain_cmd::PrecisionArg>,
+    /// Force a bf16 kernel path for both stages (bf16_portable, bf16_avx512, bf16_amx).
+    #[arg(long, value_parser = crate::pretrain_cmd::parse_matmul_path)]
+    pub bf16_kernel: Option<jarip_model::MatmulPath>,
+}
+
+impl SpeedrunArgs {
+    /// The training stages' engine: the CLI defaults with this run's precision.
+    fn engine(&self) -> crate::pretrain_cmd::EngineArgs {
+        crate::pretrain_cmd::EngineArgs {
+            precision: self.precision,
+            bf16_kernel: self.bf16_kernel,
+            ..Default::default()
+        }
+    }
 }
 
 pub fn run(a: &SpeedrunArgs) -> Result<()> {
@@ -222,7 +240,7 @@ fn pretrain_and_compare(a: &SpeedrunArgs, plan: &SftPlan) -> Result<(PathBuf, St
         muon: false,
         schedule: crate::pretrain_cmd::ScheduleArg::Cosine,
         warmup_steps: 50,
-        engine: Default::default(),
+        engine: a.engine(),
         reserve_steps: plan.reserve_steps,
     };
     let summary = crate::pretrain_cmd::run(&args)?;
@@ -295,7 +313,7 @@ fn fine_tune(
         mix_data: Some(a.out.join("shards")),
         mix_fraction: MIX_FRACTION,
         allow_foreign_base: false,
-        engine: Default::default(),
+        engine: a.engine(),
     };
     crate::chat_cmd::sft(&args)
 }

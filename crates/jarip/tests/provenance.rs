@@ -49,18 +49,23 @@ fn make_run(root: &Path, seed: u64) -> PathBuf {
 }
 
 fn pretrain(run: &Path, config: &Path, seed: u64) {
+    pretrain_with(run, config, seed, &[]);
+}
+
+fn pretrain_with(run: &Path, config: &Path, seed: u64, extra: &[&str]) {
     let shards = s(&run.join("shards"));
     let tok = s(&run.join("tok"));
-    ok(&jarip(&[
+    let (out, config, seed) = (s(run), s(config), seed.to_string());
+    let mut args = vec![
         "pretrain",
         "--data",
         &shards,
         "--tokenizer",
         &tok,
         "--out",
-        &s(run),
+        &out,
         "--config",
-        &s(config),
+        &config,
         "--max-steps",
         "6",
         "--checkpoint-every",
@@ -78,8 +83,10 @@ fn pretrain(run: &Path, config: &Path, seed: u64) {
         "--sample-every",
         "0",
         "--seed",
-        &seed.to_string(),
-    ]));
+        &seed,
+    ];
+    args.extend_from_slice(extra);
+    ok(&jarip(&args));
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -98,6 +105,26 @@ fn verify(run: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["provenance", "verify", run.to_str().unwrap()];
     args.extend_from_slice(extra);
     jarip(&args)
+}
+
+/// A bf16 run replays bit for bit from its ledger — on this CPU's AVX512-BF16 path where it has
+/// one, else the portable path (the same bits) — and its card names the path.
+#[test]
+fn a_bf16_run_replays_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::tiny_shards(dir.path());
+    pretrain_with(&run, &tiny_config(dir.path(), 64), 5, &["--precision", "bf16"]);
+    let ledger = std::fs::read_to_string(run.join("ledger.jsonl")).unwrap();
+    let native = jarip_model::MatmulPath::Bf16Avx512.available();
+    // Without AVX512-BF16 the run falls back to fp32 (recorded as nothing: fp32 is the default).
+    assert_eq!(ledger.contains("\"matmul\":\"bf16_avx512\""), native, "{ledger}");
+    let out = ok(&verify(&run, &["--replay", "0", "--replay", "2"]));
+    assert!(out.contains("PASS  replay 0") && out.contains("PASS  replay 2"), "{out}");
+    if native {
+        ok(&jarip(&["provenance", "card", &s(&run)]));
+        let card = std::fs::read_to_string(run.join("MODEL_CARD.md")).unwrap();
+        assert!(card.contains("bf16_avx512 matmuls"), "{card}");
+    }
 }
 
 #[test]

@@ -4,10 +4,13 @@
 //! in a scratch buffer. The backward pass recomputes each block's logits (one extra
 //! `N·C·V` matmul) and turns them into `dz` in place, then `dh = dz·W`, `dW += dzᵀ·h`.
 //! Besides the memory (three `N×V` fp32 tensors on the composed path), this removes the
-//! largest tensors from candle's gradient bookkeeping.
+//! largest tensors from candle's gradient bookkeeping. On a bf16 [`Path`] the three products run
+//! in bf16 with fp32 accumulation (`W` packed once per pass); logits, soft-cap and cross-entropy
+//! stay fp32.
 
 use super::cross_entropy::{row_backward, row_forward, softcap_cross_entropy_composed};
-use super::linear::{linear_composed, mm};
+use super::linear::{linear_composed, mm, mm_on};
+use super::matmul_bf16::{self, Path};
 use super::{with_f32, Kernels};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -17,9 +20,16 @@ use std::sync::Mutex;
 pub const BLOCK_ROWS: usize = 128;
 
 /// Per-row losses `[N]` (nats, fp32) of `h: [N, C]` through head `w: [V, C]` against `targets: [N]`.
-pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, cap: f32, kernels: Kernels) -> Result<Tensor> {
+pub fn head_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    cap: f32,
+    kernels: Kernels,
+    path: Path,
+) -> Result<Tensor> {
     if kernels.fused_for(h) && kernels.fused_for(w) {
-        let op = FusedHeadCe { cap, lse: Mutex::new(Vec::new()) };
+        let op = FusedHeadCe { cap, path, lse: Mutex::new(Vec::new()) };
         h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
     } else {
         let n = h.dim(0)?;
@@ -30,6 +40,7 @@ pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, cap: f32, ke
 
 struct FusedHeadCe {
     cap: f32,
+    path: Path,
     lse: Mutex<Vec<f32>>,
 }
 
@@ -45,6 +56,33 @@ fn targets_of(s: &CpuStorage, l: &Layout, n: usize, v: usize) -> Result<Vec<u32>
         candle_core::bail!("fused head: target {bad} outside the vocabulary of {v}");
     }
     Ok(t)
+}
+
+/// A block's logits `z = h_block·Wᵀ`, with `W` packed once when the path is bf16.
+struct Logits<'a> {
+    path: Path,
+    w: &'a [f32],
+    packed: Option<matmul_bf16::PackedRhs>,
+    v: usize,
+    c: usize,
+}
+
+impl<'a> Logits<'a> {
+    fn new(path: Path, w: &'a [f32], v: usize, c: usize) -> Self {
+        let packed = path.is_bf16().then(|| matmul_bf16::pack_rhs(c, v, w, (1, c)));
+        Self { path, w, packed, v, c }
+    }
+
+    /// `z[m×v] = h[m×c]·Wᵀ`.
+    fn block(&self, h: &[f32], m: usize, z: &mut [f32]) {
+        let (v, c) = (self.v, self.c);
+        match &self.packed {
+            Some(wp) => {
+                matmul_bf16::matmul(self.path, &matmul_bf16::pack_lhs(m, c, h, (c, 1)), wp, &mut z[..m * v], false)
+            }
+            None => mm((m, v, c), z, false, h, (c, 1), self.w, (1, c)),
+        }
+    }
 }
 
 impl CustomOp3 for FusedHeadCe {
@@ -72,9 +110,10 @@ impl CustomOp3 for FusedHeadCe {
         let mut loss = vec![0f32; n];
         let mut lse = vec![0f32; n];
         let mut z = vec![0f32; BLOCK_ROWS * v];
+        let logits = Logits::new(self.path, w, v, c);
         for r0 in (0..n).step_by(BLOCK_ROWS) {
             let m = BLOCK_ROWS.min(n - r0);
-            mm((m, v, c), &mut z, false, &h[r0 * c..], (c, 1), w, (1, c));
+            logits.block(&h[r0 * c..(r0 + m) * c], m, &mut z);
             z[..m * v]
                 .par_chunks_mut(v)
                 .zip(loss[r0..r0 + m].par_iter_mut().zip(lse[r0..r0 + m].par_iter_mut()))
@@ -111,16 +150,25 @@ impl CustomOp3 for FusedHeadCe {
                 let mut dh = vec![0f32; n * c];
                 let mut dw = vec![0f32; v * c];
                 let mut z = vec![0f32; BLOCK_ROWS * v];
+                let logits = Logits::new(self.path, w, v, c);
+                // W as the right operand of dz·W, packed once for every block.
+                let w_rows = self.path.is_bf16().then(|| matmul_bf16::pack_rhs(v, c, w, (c, 1)));
                 for r0 in (0..n).step_by(BLOCK_ROWS) {
                     let m = BLOCK_ROWS.min(n - r0);
-                    mm((m, v, c), &mut z, false, &h[r0 * c..], (c, 1), w, (1, c));
+                    logits.block(&h[r0 * c..(r0 + m) * c], m, &mut z);
                     z[..m * v].par_chunks_mut(v).enumerate().for_each_init(
                         || vec![0f32; v],
                         |e, (r, zr)| row_backward(zr, t[r0 + r], lse[r0 + r], g[r0 + r], self.cap, e),
                     );
                     // dh[block] = dz·W ; dW += dzᵀ·h[block]
-                    mm((m, c, v), &mut dh[r0 * c..], false, &z, (v, 1), w, (c, 1));
-                    mm((v, c, m), &mut dw, r0 > 0, &z, (1, v), &h[r0 * c..], (c, 1));
+                    match &w_rows {
+                        Some(wr) => {
+                            let dz = matmul_bf16::pack_lhs(m, v, &z, (v, 1));
+                            matmul_bf16::matmul(self.path, &dz, wr, &mut dh[r0 * c..(r0 + m) * c], false);
+                        }
+                        None => mm((m, c, v), &mut dh[r0 * c..], false, &z, (v, 1), w, (c, 1)),
+                    }
+                    mm_on(self.path, (v, c, m), &mut dw, r0 > 0, &z, (1, v), &h[r0 * c..], (c, 1));
                 }
                 (dh, dw)
             })
@@ -146,7 +194,7 @@ mod tests {
         // A soft-capped head (15) and none (0).
         for cap in [15.0, 0.0] {
             let run = |k: Kernels| {
-                let l = head_cross_entropy(&h, &w, &t, cap, k).unwrap();
+                let l = head_cross_entropy(&h, &w, &t, cap, k, Path::Fp32).unwrap();
                 let g = (l.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
                 (l, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone())
             };
@@ -155,6 +203,34 @@ mod tests {
             assert_close(&l0, &l1, 1e-4, &format!("loss, cap {cap}"));
             assert_close(&dh0, &dh1, 1e-4, &format!("dh, cap {cap}"));
             assert_close(&dw0, &dw1, 1e-4, &format!("dw, cap {cap}"));
+        }
+    }
+
+    #[test]
+    fn bf16_matches_fp32_within_bf16_tolerance() {
+        let (n, c, v) = (BLOCK_ROWS + 9, 40, 260);
+        let h = Var::from_tensor(&randn(&[n, c], 4, 2.0)).unwrap();
+        let w = Var::from_tensor(&randn(&[v, c], 5, 1.0)).unwrap();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
+        let up = randn(&[n], 6, 1.0);
+        let run = |k: Kernels, p: Path| {
+            let l = head_cross_entropy(&h, &w, &t, 15.0, k, p).unwrap();
+            let g = (l.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            [l, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone()]
+        };
+        let want = run(Kernels::Composed, Path::Fp32);
+        for p in [Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx] {
+            if !p.available() {
+                eprintln!("skipped {}: this CPU lacks it", p.name());
+                continue;
+            }
+            let got = run(Kernels::Fused, p);
+            for (what, a, b) in [("loss", &got[0], &want[0]), ("dh", &got[1], &want[1]), ("dw", &got[2], &want[2])] {
+                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let r = max_abs_diff(a, b) / scale;
+                assert!(r < 3e-2 && r > 1e-7, "{}: {what} relative error {r}", p.name());
+            }
         }
     }
 }

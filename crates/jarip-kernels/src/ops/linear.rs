@@ -5,15 +5,19 @@
 //! Backward: `dx = dy·W`, `dW = dyᵀ·x`. The fused version calls the `gemm` crate directly and
 //! returns contiguous gradients, where candle's composed `matmul(x, W.t())` leaves a transposed
 //! gradient that candle's gradient accumulation then copies through a strided path.
+//! On a bf16 [`Path`] the same three products run in bf16 with fp32 accumulation
+//! ([`super::matmul_bf16`]); `x`, `W`, `y` and the gradients stay fp32 tensors.
 
+use super::matmul_bf16::{self, Path};
 use super::{slice_f32, with_f32, Kernels};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-/// `x: [..., in]`, `w: [out, in]` → `[..., out]` reshaped to `out_shape`.
-pub fn linear(x: &Tensor, w: &Tensor, out_shape: impl Into<Shape>, kernels: Kernels) -> Result<Tensor> {
+/// `x: [..., in]`, `w: [out, in]` → `[..., out]` reshaped to `out_shape`; the fused kernel
+/// multiplies on `path` (the composed one always in the tensors' dtype).
+pub fn linear(x: &Tensor, w: &Tensor, out_shape: impl Into<Shape>, kernels: Kernels, path: Path) -> Result<Tensor> {
     let out_shape = out_shape.into();
     if kernels.fused_for(x) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, FusedLinear { out_shape })
+        x.contiguous()?.apply_op2(&w.contiguous()?, FusedLinear { out_shape, path })
     } else {
         linear_composed(x, w, out_shape)
     }
@@ -26,6 +30,7 @@ pub fn linear_composed(x: &Tensor, w: &Tensor, out_shape: Shape) -> Result<Tenso
 
 struct FusedLinear {
     out_shape: Shape,
+    path: Path,
 }
 
 pub(crate) fn parallelism() -> gemm::Parallelism {
@@ -37,7 +42,7 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
 
 /// `dst[m×n] (+)= lhs[m×k]·rhs[k×n]`, row/column strides in elements, threads from rayon.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn mm(
+pub fn mm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
@@ -51,6 +56,25 @@ pub(crate) fn mm(
     // SAFETY: the strides address only elements inside the slices (checked sizes, dense
     // operands), and `dst` is borrowed mutably, so no one else touches it.
     unsafe { gemm_strided(m, n, k, d, n, accumulate, l, (lhs_rs, lhs_cs), r, (rhs_rs, rhs_cs), 1.0, parallelism()) }
+}
+
+/// [`mm`] on `path`: fp32 through `gemm`, or bf16 with fp32 accumulation.
+#[allow(clippy::too_many_arguments)]
+pub fn mm_on(
+    path: Path,
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    if path.is_bf16() {
+        matmul_bf16::mm(path, dims, dst, accumulate, lhs, lhs_strides, rhs, rhs_strides)
+    } else {
+        mm(dims, dst, accumulate, lhs, lhs_strides, rhs, rhs_strides)
+    }
 }
 
 /// `dst[m×n] (= or +=) scale · lhs[m×k] · rhs[k×n]`, strides in elements: the one call into
@@ -123,7 +147,7 @@ impl CustomOp2 for FusedLinear {
         }
         let mut y = vec![0f32; n * out];
         // y[n×out] = x[n×in] · Wᵀ (Wᵀ[i, o] = W[o·in + i])
-        mm((n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
+        mm_on(self.path, (n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
         Ok((CpuStorage::F32(y), self.out_shape.clone()))
     }
 
@@ -135,9 +159,9 @@ impl CustomOp2 for FusedLinear {
                 with_f32(dy, |dy| {
                     let mut dx = vec![0f32; n * inp];
                     let mut dw = vec![0f32; out * inp];
-                    mm((n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
+                    mm_on(self.path, (n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
                     // dW[out×in] = dyᵀ · x (dyᵀ[o, r] = dy[r·out + o])
-                    mm((out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));
+                    mm_on(self.path, (out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));
                     (dx, dw)
                 })
             })
@@ -158,7 +182,7 @@ mod tests {
         let w = Var::from_tensor(&randn(&[40, 24], 2, 0.5)).unwrap();
         let up = randn(&[15, 4, 10], 3, 1.0);
         let run = |k: Kernels| {
-            let y = linear(&x, &w, (15, 4, 10), k).unwrap();
+            let y = linear(&x, &w, (15, 4, 10), k, Path::Fp32).unwrap();
             let g = (y.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
             (y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone())
         };
@@ -167,5 +191,44 @@ mod tests {
         assert_close(&y0, &y1, 1e-5, "y");
         assert_close(&dx0, &dx1, 1e-5, "dx");
         assert_close(&dw0, &dw1, 1e-5, "dw");
+    }
+
+    /// bf16 products against the fp32 composition: values and both gradients within bf16's
+    /// rounding (operands carry 8 significant bits: relative error ~2⁻⁸ per product, summed).
+    #[test]
+    fn bf16_matches_fp32_within_bf16_tolerance_on_every_path() {
+        let x = Var::from_tensor(&randn(&[3, 37, 96], 4, 1.0)).unwrap();
+        let w = Var::from_tensor(&randn(&[80, 96], 5, 0.5)).unwrap();
+        let up = randn(&[111, 80], 6, 1.0);
+        let run = |k: Kernels, p: Path| {
+            let y = linear(&x, &w, (111, 80), k, p).unwrap();
+            let g = (y.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone())
+        };
+        let (y0, dx0, dw0) = run(Kernels::Composed, Path::Fp32);
+        let rel = |a: &Tensor, b: &Tensor| {
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            max_abs_diff(a, b) / scale
+        };
+        let mut bits = Vec::new();
+        for p in [Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx] {
+            if !p.available() {
+                eprintln!("skipped {}: this CPU lacks it", p.name());
+                continue;
+            }
+            let (y1, dx1, dw1) = run(Kernels::Fused, p);
+            for (what, a, b) in [("y", &y1, &y0), ("dx", &dx1, &dx0), ("dw", &dw1, &dw0)] {
+                let r = rel(a, b);
+                assert!(r < 2e-2, "{}: {what} relative error {r}", p.name());
+                assert!(r > 1e-6, "{}: {what} equals fp32 ({r}): bf16 rounding did not happen", p.name());
+            }
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            bits.push((p, [flat(&y1), flat(&dx1), flat(&dw1)]));
+        }
+        // The portable and AVX512-BF16 paths agree bit for bit, gradients included.
+        let same: Vec<_> = bits.iter().filter(|(p, _)| p.same_bits(Path::Bf16Portable)).collect();
+        for pair in same.windows(2) {
+            assert_eq!(pair[0].1, pair[1].1, "{} vs {}", pair[0].0.name(), pair[1].0.name());
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod cross_entropy;
 pub mod fastmath;
 pub mod head_ce;
 pub mod linear;
+pub mod matmul_bf16;
 pub mod relu2;
 pub mod rms_norm;
 pub mod rope;

@@ -1,0 +1,40 @@
+//! The allocator setting of training processes.
+//!
+//! A training step allocates and frees the same large activation and gradient buffers every
+//! step. glibc's malloc returns freed large blocks to the kernel (blocks above its mmap
+//! threshold are unmapped; free memory at the top of a heap is trimmed), so the next step
+//! touches fresh pages and pays a page fault per 4 KiB — measured on the benchmark model as
+//! ~10 % of an fp32 step and ~15 % of a bf16 step. [`retain_freed_memory`] keeps freed memory
+//! in the process for reuse: peak memory is unchanged (the same buffers are reused), memory
+//! is only returned at exit.
+
+/// Keep freed blocks for reuse instead of returning them to the kernel (glibc only; elsewhere
+/// nothing happens). Returns whether the setting took.
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // The largest threshold glibc accepts on 64-bit systems (larger blocks are still mapped).
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        // SAFETY: mallopt only changes malloc's tuning parameters; it takes no pointers and is
+        // safe to call at any time (glibc serialises it against other malloc calls).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_setting_takes_on_glibc() {
+        let took = super::retain_freed_memory();
+        assert_eq!(took, cfg!(all(target_os = "linux", target_env = "gnu")));
+        // Memory still works: a large block is allocated, freed, and allocated again.
+        let v = vec![1u8; 40 << 20];
+        drop(v);
+        assert_eq!(vec![2u8; 40 << 20][123], 2);
+    }
+}

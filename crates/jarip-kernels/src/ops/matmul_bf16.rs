@@ -1,0 +1,856 @@
+//! bf16 matrix products with fp32 accumulation, the matmuls of `--precision bf16` training:
+//! `dst (= | +=) lhs · rhs` with `lhs: [m×k]`, `rhs: [k×n]` (any strides), fp32 in and out.
+//!
+//! Math: every operand is rounded to bf16 as it is packed (round to nearest even, subnormals to
+//! signed zero, NaN kept quiet: the rule of `vcvtne2ps2bf16`), products are exact in fp32, sums
+//! are fp32. `dst` is written (or, with `accumulate`, added to with one plain fp32 add per element).
+//! The backward of a bf16 linear layer is two more products of the same kind (`dx = dy·W`,
+//! `dW = dyᵀ·x`, see [`super::linear`]): gradients stay fp32 tensors, only the products' inputs
+//! are rounded.
+//!
+//! **Reduction order** (the portable and the AVX512-BF16 path give the same bits, tested): `k` is
+//! taken in pairs `(2p, 2p+1)` (zero-padded to a multiple of [`K_ALIGN`]); for each output element,
+//! one fp32 accumulator starts at `+0` and, for `p = 0, 1, …` in order, takes
+//! `acc ← acc + a[2p+1]·b[2p+1]` then `acc ← acc + a[2p]·b[2p]`, each a fused multiply-add rounded
+//! to nearest even with subnormal inputs read as zero and subnormal results flushed to zero — the
+//! arithmetic Intel specifies for `vdpbf16ps`. [`Path::Bf16Portable`] does exactly that in scalar
+//! code, so a bf16 run replays bit for bit on any x86-64 (or other) CPU.
+//! [`Path::Bf16Amx`] (`tdpbf16ps`) sums in an order Intel leaves to the implementation: it is an
+//! opt-in speed path whose runs replay only on AMX machines.
+//!
+//! Layout: `lhs` is packed to `ceil(m/32)·32` rows of `kp = k/2` (padded) bf16 pairs, one `u32` per
+//! pair (element `2p` in the low half); `rhs` to panels of [`NR`] columns, each `kp` rows of `NR`
+//! pairs — the layout both `vdpbf16ps` (pairs broadcast from `lhs`) and AMX's B tiles read.
+//! Threads split `m` into blocks of 32 rows; each output element is computed by one thread in the
+//! order above, so the thread count does not change the bits.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+/// Columns per packed `rhs` panel (two 16-lane registers, two AMX B tiles).
+pub const NR: usize = 32;
+/// Rows per thread task (two AMX A tiles); `lhs` is zero-padded to a multiple.
+pub const MB: usize = 32;
+/// `k` is zero-padded to a multiple of this (one AMX tile row holds 32 bf16).
+pub const K_ALIGN: usize = 32;
+
+/// How the fused kernels multiply matrices: the run's precision and kernel path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// fp32 operands through the `gemm` crate.
+    #[default]
+    Fp32,
+    /// bf16 operands, `vdpbf16ps`'s arithmetic in scalar code: any CPU, same bits as `Bf16Avx512`.
+    Bf16Portable,
+    /// bf16 operands on AVX512-BF16 (`vdpbf16ps`).
+    Bf16Avx512,
+    /// bf16 operands on AMX tiles (`tdpbf16ps`): fastest, replays only on AMX machines.
+    Bf16Amx,
+}
+
+impl Path {
+    pub fn is_bf16(self) -> bool {
+        self != Path::Fp32
+    }
+
+    pub fn is_fp32(&self) -> bool {
+        *self == Path::Fp32
+    }
+
+    /// The name used on the command line and in the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Fp32 => "fp32",
+            Path::Bf16Portable => "bf16_portable",
+            Path::Bf16Avx512 => "bf16_avx512",
+            Path::Bf16Amx => "bf16_amx",
+        }
+    }
+
+    /// Whether this CPU (and OS) can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Fp32 | Path::Bf16Portable => true,
+            Path::Bf16Avx512 => has_avx512bf16(),
+            Path::Bf16Amx => amx_permitted(),
+        }
+    }
+
+    /// The paths that give the same bits as this one (a replay may run any of them).
+    pub fn same_bits(self, other: Path) -> bool {
+        let family = |p: Path| match p {
+            Path::Fp32 => 0,
+            Path::Bf16Portable | Path::Bf16Avx512 => 1,
+            Path::Bf16Amx => 2,
+        };
+        family(self) == family(other)
+    }
+
+    /// The path to replay a run recorded with `self` on this machine: the same, or the portable
+    /// path for AVX512-BF16 (same bits); an AMX run cannot be replayed without AMX.
+    pub fn for_replay(self) -> Result<Path, String> {
+        match self {
+            p if p.available() => Ok(p),
+            Path::Bf16Avx512 => Ok(Path::Bf16Portable),
+            p => Err(format!(
+                "the run multiplied with {} ({}), which this CPU ({}) cannot run; its bits come only from that \
+                 instruction set",
+                p.name(),
+                p.describe(),
+                crate::peak::cpu_model()
+            )),
+        }
+    }
+
+    /// One line for banners and reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Path::Fp32 => "fp32 matmuls (gemm crate)",
+            Path::Bf16Portable => "bf16 matmuls, fp32 accumulation, portable vdpbf16ps arithmetic",
+            Path::Bf16Avx512 => "bf16 matmuls, fp32 accumulation, AVX512-BF16 vdpbf16ps",
+            Path::Bf16Amx => "bf16 matmuls, fp32 accumulation, AMX tdpbf16ps (replays only on AMX machines)",
+        }
+    }
+}
+
+/// The precision of a run's matrix products (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+/// The path a run multiplies with, and a one-line notice when the CPU changed the request.
+///
+/// `precision` `None` means: what `recorded` used when resuming, else fp32. `kernel` names a bf16
+/// path (and implies bf16); without it bf16 runs on AVX512-BF16, or — where the CPU lacks it — in
+/// fp32 with a notice (`bf16_portable` gives bf16's bits there, slowly). A resumed run must keep
+/// its bits: a path that does not give the recorded path's bits is refused.
+pub fn resolve(
+    precision: Option<Precision>,
+    kernel: Option<Path>,
+    recorded: Option<Path>,
+) -> Result<(Path, Option<String>), String> {
+    resolve_on(precision, kernel, recorded, Path::available)
+}
+
+/// [`resolve`] on a CPU that runs the paths `runs` accepts (tests stand in for other CPUs).
+fn resolve_on(
+    precision: Option<Precision>,
+    kernel: Option<Path>,
+    recorded: Option<Path>,
+    runs: impl Fn(Path) -> bool,
+) -> Result<(Path, Option<String>), String> {
+    let for_replay = |p: Path| match p {
+        p if runs(p) => Ok(p),
+        Path::Bf16Avx512 => Ok(Path::Bf16Portable),
+        p => p.for_replay(),
+    };
+    if let Some(k) = kernel {
+        if !k.is_bf16() {
+            return Err("--bf16-kernel names a bf16 path (bf16_portable, bf16_avx512, bf16_amx)".into());
+        }
+        if precision == Some(Precision::Fp32) {
+            return Err(format!("--bf16-kernel {} contradicts --precision fp32", k.name()));
+        }
+    }
+    let mut notice = None;
+    let want = match (precision, kernel, recorded) {
+        (_, Some(k), _) => k,
+        (None, None, Some(r)) => for_replay(r)?,
+        (None | Some(Precision::Fp32), None, _) => Path::Fp32,
+        (Some(Precision::Bf16), None, r) => match r {
+            Some(r) if r.is_bf16() => for_replay(r)?,
+            _ if runs(Path::Bf16Avx512) => Path::Bf16Avx512,
+            _ => {
+                notice = Some(format!(
+                    "note: this CPU ({}) has no AVX512-BF16: training in fp32 (--bf16-kernel bf16_portable gives bf16's \
+                     bits in slow portable code)",
+                    crate::peak::cpu_model()
+                ));
+                Path::Fp32
+            }
+        },
+    };
+    if !runs(want) {
+        return Err(format!(
+            "--bf16-kernel {}: this CPU ({}) cannot run it ({})",
+            want.name(),
+            crate::peak::cpu_model(),
+            want.describe()
+        ));
+    }
+    if let Some(r) = recorded {
+        if !want.same_bits(r) {
+            return Err(format!(
+                "the run multiplied with {}; continuing with {} would change its arithmetic (pass --precision {} \
+                 or nothing)",
+                r.name(),
+                want.name(),
+                if r.is_bf16() { "bf16" } else { "fp32" }
+            ));
+        }
+    }
+    Ok((want, notice))
+}
+
+impl std::str::FromStr for Path {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Path::Fp32, Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown matmul path {s:?} (fp32, bf16_portable, bf16_avx512, bf16_amx)"))
+    }
+}
+
+fn has_avx512bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AMX-BF16 and Linux granted this process the tile data state
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once).
+pub fn amx_permitted() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            use std::arch::x86_64::__cpuid_count;
+            // CPUID leaf 7 subleaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let leaf7 = __cpuid_count(7, 0);
+            if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM only reads its two integer arguments
+            // and changes this process's permitted XSAVE state; no memory is passed.
+            let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+            rc == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
+}
+
+/// fp32 → bf16 bits, round to nearest even; zero and subnormals → signed zero; NaN stays a
+/// (quiet) NaN (the conversion rule of `vcvtne2ps2bf16`).
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let exp = b & 0x7f80_0000;
+    if exp == 0 {
+        return ((b >> 16) & 0x8000) as u16;
+    }
+    if exp == 0x7f80_0000 {
+        return if b & 0x007f_ffff != 0 { ((b >> 16) | 0x40) as u16 } else { (b >> 16) as u16 };
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+#[inline]
+fn from_bf16(h: u32) -> f32 {
+    f32::from_bits(h << 16)
+}
+
+/// `c + a·b` rounded once (the product of two bf16 values is exact in fp32 unless it leaves the
+/// normal range, where the true fused multiply-add is used), subnormal results flushed to zero.
+#[inline]
+fn fma_ftz(a: f32, b: f32, c: f32) -> f32 {
+    let p = a * b;
+    let r = if p.is_normal() || a == 0.0 || b == 0.0 { c + p } else { a.mul_add(b, c) };
+    if r != 0.0 && r.abs() < f32::MIN_POSITIVE {
+        0f32.copysign(r)
+    } else {
+        r
+    }
+}
+
+/// `vdpbf16ps` on one lane: `acc + a₁·b₁ + a₀·b₀` (odd pair element first), `a`, `b` packed pairs.
+#[inline]
+pub fn dot_pair(acc: f32, a: u32, b: u32) -> f32 {
+    let acc = if acc != 0.0 && acc.abs() < f32::MIN_POSITIVE { 0f32.copysign(acc) } else { acc };
+    let acc = fma_ftz(from_bf16(a >> 16), from_bf16(b >> 16), acc);
+    fma_ftz(from_bf16(a & 0xffff), from_bf16(b & 0xffff), acc)
+}
+
+fn padded_kp(k: usize) -> usize {
+    k.div_ceil(K_ALIGN) * K_ALIGN / 2
+}
+
+/// `lhs [m×k]` packed: `ceil(m/MB)` blocks of `MB` rows × `kp` pairs, laid out as [`KS`]-pair
+/// sub-panels (see [`lhs_at`]).
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    kp: usize,
+    data: Vec<u32>,
+}
+
+/// `rhs [k×n]` packed: `ceil(n/NR)` panels of `kp × NR` pairs.
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    data: Vec<u32>,
+}
+
+/// Pairs per `lhs` sub-panel: a block of [`MB`] rows is stored as `kp/KS` sub-panels of
+/// `MB × KS` pairs (row-major), so an AMX A tile (16 rows × 16 pairs) is 1 KiB of contiguous
+/// memory and packing a transposed operand writes inside one 2 KiB sub-panel at a time.
+pub const KS: usize = 16;
+
+/// Index of pair `p` of row `r` inside a packed `lhs` block.
+#[inline]
+fn lhs_at(r: usize, p: usize) -> usize {
+    (p / KS) * (MB * KS) + r * KS + p % KS
+}
+
+/// Packs `lhs[i, p] = lhs[i·rs + p·cs]` for `i < m`, `p < k`.
+pub fn pack_lhs(m: usize, k: usize, lhs: &[f32], (rs, cs): (usize, usize)) -> PackedLhs {
+    check_fits(lhs.len(), m, k, rs, cs, "lhs");
+    let kp = padded_kp(k);
+    let rows = m.div_ceil(MB) * MB;
+    let mut data = vec![0u32; rows * kp];
+    // A transposed operand that is dense (`[k×m]` row-major) is converted in one pass first.
+    let converted = (cs != 1 && rs == 1 && cs == m).then(|| {
+        let mut conv = vec![0u16; k * m];
+        conv.par_chunks_mut(m).zip(lhs[..k * m].par_chunks(m)).for_each(|(d, s)| convert(s, d));
+        conv
+    });
+    data.par_chunks_mut(MB * kp).enumerate().for_each(|(ib, blk)| {
+        let i0 = ib * MB;
+        let rows = MB.min(m.saturating_sub(i0));
+        if cs == 1 {
+            // Rows are contiguous: a pair is two neighbours, so a row packs as its bf16 values.
+            let mut tmp = vec![0u16; 2 * kp];
+            for r in 0..rows {
+                convert(&lhs[(i0 + r) * rs..(i0 + r) * rs + k], &mut tmp[..k]);
+                for (q, t) in tmp.chunks_exact(2).enumerate() {
+                    blk[lhs_at(r, q)] = t[0] as u32 | (t[1] as u32) << 16;
+                }
+            }
+        } else if let Some(conv) = &converted {
+            // Columns are contiguous (a transposed operand): pair q of row i is source rows 2q
+            // and 2q+1 at column i; both reads are contiguous, the writes stay in one sub-panel.
+            for q in 0..k.div_ceil(2) {
+                let lo = &conv[2 * q * m + i0..2 * q * m + i0 + rows];
+                let hi = (2 * q + 1 < k).then(|| &conv[(2 * q + 1) * m + i0..(2 * q + 1) * m + i0 + rows]);
+                for r in 0..rows {
+                    blk[lhs_at(r, q)] = lo[r] as u32 | (hi.map_or(0, |h| h[r]) as u32) << 16;
+                }
+            }
+        } else {
+            // Any other strides: element by element.
+            for r in 0..rows {
+                for q in 0..k.div_ceil(2) {
+                    let at = |p: usize| if p < k { to_bf16(lhs[(i0 + r) * rs + p * cs]) as u32 } else { 0 };
+                    blk[lhs_at(r, q)] = at(2 * q) | at(2 * q + 1) << 16;
+                }
+            }
+        }
+    });
+    PackedLhs { m, k, kp, data }
+}
+
+/// Packs `rhs[p, j] = rhs[p·rs + j·cs]` for `p < k`, `j < n`.
+pub fn pack_rhs(k: usize, n: usize, rhs: &[f32], (rs, cs): (usize, usize)) -> PackedRhs {
+    check_fits(rhs.len(), k, n, rs, cs, "rhs");
+    let kp = padded_kp(k);
+    let panels = n.div_ceil(NR);
+    let mut data = vec![0u32; panels * kp * NR];
+    data.par_chunks_mut(kp * NR).enumerate().for_each(|(jb, panel)| {
+        let j0 = jb * NR;
+        let cols = NR.min(n - j0);
+        if rs == 1 {
+            // Each column is contiguous along k (x·Wᵀ: a row of W): its pairs are neighbours.
+            let mut tmp = vec![0u16; 2 * kp];
+            for jj in 0..cols {
+                let src = &rhs[(j0 + jj) * cs..(j0 + jj) * cs + k];
+                convert(src, &mut tmp[..k]);
+                for (q, t) in tmp.chunks_exact(2).enumerate() {
+                    panel[q * NR + jj] = t[0] as u32 | (t[1] as u32) << 16;
+                }
+            }
+        } else {
+            // Rows are contiguous along n (or strided): rows 2q and 2q+1 interleave into pair row q.
+            let (mut lo, mut hi) = ([0u16; NR], [0u16; NR]);
+            for q in 0..k.div_ceil(2) {
+                let row = |p: usize, out: &mut [u16; NR]| {
+                    if p >= k {
+                        out.fill(0);
+                    } else if cs == 1 {
+                        convert(&rhs[p * rs + j0..p * rs + j0 + cols], &mut out[..cols]);
+                    } else {
+                        out.iter_mut()
+                            .take(cols)
+                            .enumerate()
+                            .for_each(|(jj, o)| *o = to_bf16(rhs[p * rs + (j0 + jj) * cs]));
+                    }
+                };
+                row(2 * q, &mut lo);
+                row(2 * q + 1, &mut hi);
+                for jj in 0..cols {
+                    panel[q * NR + jj] = lo[jj] as u32 | (hi[jj] as u32) << 16;
+                }
+            }
+        }
+    });
+    PackedRhs { k, n, data }
+}
+
+/// `dst[i] = to_bf16(src[i])`, vectorised with AVX-512 where the CPU has it (integer arithmetic
+/// only, so every instruction set gives the same bits).
+fn convert(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU supports AVX-512F/BW, checked just above.
+        unsafe { convert_avx512(src, dst) };
+        return;
+    }
+    convert_plain(src, dst)
+}
+
+#[inline(always)]
+fn convert_plain(src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        // Branch-free form of `to_bf16` (selects, so the loop vectorises).
+        let b = x.to_bits();
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+        let v = if nan { ((b >> 16) | 0x40) as u16 } else { rounded };
+        *d = if b & 0x7f80_0000 == 0 { ((b >> 16) & 0x8000) as u16 } else { v };
+    }
+}
+
+/// [`convert_plain`] on 16 lanes at a time with AVX-512F integer instructions (the same
+/// arithmetic, so the same bits), the tail in scalar code.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn convert_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let full = n / 16 * 16;
+    let (exp_mask, abs_mask, inf) =
+        (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000));
+    let (bias, one, quiet, sign) =
+        (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1), _mm512_set1_epi32(0x40), _mm512_set1_epi32(0x8000));
+    for i in (0..full).step_by(16) {
+        // SAFETY: `i + 16 <= full <= src.len()`: 16 floats are read.
+        let x = unsafe { _mm512_loadu_si512(src.as_ptr().add(i) as *const __m512i) };
+        let hi = _mm512_srli_epi32::<16>(x);
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, _mm512_add_epi32(bias, _mm512_and_si512(hi, one))));
+        let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, abs_mask), inf);
+        let zero = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x, exp_mask), _mm512_setzero_si512());
+        let r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, quiet));
+        let r = _mm512_mask_blend_epi32(zero, r, _mm512_and_si512(hi, sign));
+        // SAFETY: `i + 16 <= dst.len()`: 16 u16 (32 bytes) are written.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(r)) };
+    }
+    convert_plain(&src[full..n], &mut dst[full..n]);
+}
+
+fn check_fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize, what: &str) {
+    if rows > 0 && cols > 0 {
+        let last = (rows - 1) * rs + (cols - 1) * cs;
+        assert!(
+            last < len,
+            "bf16 matmul: {what} [{rows}×{cols}] with strides ({rs}, {cs}) needs {} elements, has {len}",
+            last + 1
+        );
+    }
+}
+
+/// `dst[m×n] (= | +=) lhs·rhs` (dense `dst`, row stride `n`) on `path` (a bf16 path).
+pub fn matmul(path: Path, a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], accumulate: bool) {
+    assert_eq!(a.k, b.k, "bf16 matmul: inner dimensions differ");
+    assert!(path.is_bf16(), "bf16 matmul on path {path:?}");
+    let (m, n, kp) = (a.m, b.n, a.kp);
+    assert!(dst.len() >= m * n, "bf16 matmul: dst too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(path.available(), "bf16 matmul: this CPU cannot run {}", path.name());
+    dst[..m * n].par_chunks_mut(MB * n).enumerate().for_each(|(ib, out)| {
+        let rows = out.len() / n;
+        let a_blk = &a.data[ib * MB * kp..(ib + 1) * MB * kp];
+        let mut tile = [0f32; MB * NR];
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        let _tiles = (path == Path::Bf16Amx).then(amx::TileConfig::load);
+        for jb in 0..n.div_ceil(NR) {
+            let panel = &b.data[jb * kp * NR..(jb + 1) * kp * NR];
+            match path {
+                Path::Bf16Portable | Path::Fp32 => block_portable(a_blk, panel, kp, &mut tile),
+                #[cfg(target_arch = "x86_64")]
+                Path::Bf16Avx512 => {
+                    // SAFETY: `available()` confirmed AVX-512F and AVX512-BF16; `a_blk` holds
+                    // MB rows of `kp` pairs and `panel` `kp` rows of NR pairs, as the kernel reads.
+                    unsafe { avx512::block(a_blk, panel, kp, &mut tile) }
+                }
+                #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+                Path::Bf16Amx => {
+                    // SAFETY: AMX is permitted (`available()`), this thread loaded the tile
+                    // configuration (`_tiles`), and the buffers have the sizes the tiles read.
+                    unsafe { amx::block(a_blk, panel, kp, &mut tile) }
+                }
+                #[allow(unreachable_patterns)]
+                _ => unreachable!("checked by available()"),
+            }
+            let j0 = jb * NR;
+            let cols = NR.min(n - j0);
+            for r in 0..rows {
+                let d = &mut out[r * n + j0..r * n + j0 + cols];
+                let t = &tile[r * NR..r * NR + cols];
+                if accumulate {
+                    d.iter_mut().zip(t).for_each(|(d, t)| *d += t);
+                } else {
+                    d.copy_from_slice(t);
+                }
+            }
+        }
+    });
+}
+
+/// `dst[m×n] (= | +=) lhs[m×k]·rhs[k×n]`, strides in elements, packing both operands.
+#[allow(clippy::too_many_arguments)]
+pub fn mm(
+    path: Path,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    let a = pack_lhs(m, k, lhs, lhs_strides);
+    let b = pack_rhs(k, n, rhs, rhs_strides);
+    matmul(path, &a, &b, dst, accumulate);
+}
+
+/// One `MB × NR` tile in the stated order, scalar.
+fn block_portable(a: &[u32], panel: &[u32], kp: usize, tile: &mut [f32; MB * NR]) {
+    for (r, out) in tile.chunks_exact_mut(NR).enumerate() {
+        out.fill(0.0);
+        for p in 0..kp {
+            let ap = a[lhs_at(r, p)];
+            let bp = &panel[p * NR..(p + 1) * NR];
+            for (o, &b) in out.iter_mut().zip(bp) {
+                *o = dot_pair(*o, ap, b);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MB, NR};
+    use std::arch::x86_64::*;
+
+    /// `tile[MB×NR] = a[MB rows of kp pairs] · panel[kp × NR pairs]`, eight rows at a time: per
+    /// pair `p`, each row's pair is broadcast and `vdpbf16ps` adds it into two 16-lane accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX512-BF16; `a.len() >= MB·kp`, `panel.len() >= kp·NR`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn block(a: &[u32], panel: &[u32], kp: usize, tile: &mut [f32; MB * NR]) {
+        assert!(a.len() >= MB * kp && panel.len() >= kp * NR);
+        const R: usize = 8;
+        for r0 in (0..MB).step_by(R) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for p in 0..kp {
+                // SAFETY: `p < kp`, so the 32 lanes `p·NR..p·NR+32` lie inside `panel`.
+                let (b0, b1) = unsafe {
+                    let bp = panel.as_ptr().add(p * NR) as *const __m512i;
+                    (_mm512_loadu_si512(bp), _mm512_loadu_si512(bp.add(1)))
+                };
+                let (b0, b1) =
+                    (std::mem::transmute::<__m512i, __m512bh>(b0), std::mem::transmute::<__m512i, __m512bh>(b1));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x =
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(a[super::lhs_at(r0 + r, p)] as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                // SAFETY: row `r0 + r < MB` of `tile` has NR = 32 floats: two 16-lane stores.
+                unsafe {
+                    let t = tile.as_mut_ptr().add((r0 + r) * NR);
+                    _mm512_storeu_ps(t, acc[0]);
+                    _mm512_storeu_ps(t.add(16), acc[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use super::{lhs_at, KS, MB, NR};
+    use std::arch::asm;
+
+    /// This thread's tile configuration (palette 1; tiles 0–7 of 16 rows × 64 bytes), released
+    /// when dropped.
+    pub struct TileConfig;
+
+    impl TileConfig {
+        pub fn load() -> Self {
+            assert!(super::amx_permitted(), "AMX not permitted");
+            let mut cfg = [0u8; 64];
+            cfg[0] = 1; // palette 1
+            for t in 0..8 {
+                cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes()); // bytes per row
+                cfg[48 + t] = 16; // rows
+            }
+            // SAFETY: AMX is permitted for this process (asserted); `cfg` is a valid 64-byte
+            // palette-1 configuration that `ldtilecfg` only reads.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly)) };
+            TileConfig
+        }
+    }
+
+    impl Drop for TileConfig {
+        fn drop(&mut self) {
+            // SAFETY: this thread configured the tiles (`load`); releasing returns them to init state.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
+    /// `tile[32×32] = a[32 rows of kp pairs] · panel[kp × 32 pairs]`: four fp32 accumulator tiles
+    /// (tmm0–3), two A tiles (rows 0–15, 16–31: tmm4–5) and two B tiles (columns 0–15, 16–31:
+    /// tmm6–7) per 16 pairs of `k`.
+    ///
+    /// # Safety
+    /// AMX must be permitted and this thread's tiles configured by [`TileConfig::load`];
+    /// `kp` a multiple of 16, `a.len() >= MB·kp`, `panel.len() >= kp·NR`.
+    pub unsafe fn block(a: &[u32], panel: &[u32], kp: usize, tile: &mut [f32; MB * NR]) {
+        assert!(kp.is_multiple_of(16) && a.len() >= MB * kp && panel.len() >= kp * NR);
+        let (a_stride, b_stride, c_stride) = (KS * 4, NR * 4, NR * 4);
+        // SAFETY: tiles configured (caller); `tilezero` touches no memory.
+        unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
+        for p0 in (0..kp).step_by(16) {
+            let a0 = a[lhs_at(0, p0)..].as_ptr();
+            let a1 = a[lhs_at(16, p0)..].as_ptr();
+            let b0 = panel[p0 * NR..].as_ptr();
+            let b1 = panel[p0 * NR + 16..].as_ptr();
+            // SAFETY: each load reads 16 rows of 64 bytes: A rows 0–15 and 16–31 of sub-panel
+            // p0/KS (1 KiB each, contiguous, inside `a`: MB·kp), B rows (p0 + q)·NR (+16) .. +16 pairs for q < 16
+            // (inside `panel`: kp·NR). The dot products touch registers only.
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {as_}*1]",
+                    "tileloadd tmm5, [{a1} + {as_}*1]",
+                    "tileloadd tmm6, [{b0} + {bs}*1]",
+                    "tileloadd tmm7, [{b1} + {bs}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b1,
+                    as_ = in(reg) a_stride,
+                    bs = in(reg) b_stride,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        let t = tile.as_mut_ptr();
+        // SAFETY: each store writes 16 rows of 64 bytes at row stride NR·4 bytes inside `tile`
+        // (32 rows × 32 floats): quadrants (0,0), (0,16), (16,0), (16,16).
+        unsafe {
+            asm!(
+                "tilestored [{c00} + {cs}*1], tmm0",
+                "tilestored [{c01} + {cs}*1], tmm1",
+                "tilestored [{c10} + {cs}*1], tmm2",
+                "tilestored [{c11} + {cs}*1], tmm3",
+                c00 = in(reg) t,
+                c01 = in(reg) t.add(16),
+                c10 = in(reg) t.add(16 * NR),
+                c11 = in(reg) t.add(16 * NR + 16),
+                cs = in(reg) c_stride,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        crate::ops::testing::randn(&[len], seed, scale).to_vec1::<f32>().unwrap()
+    }
+
+    /// Plain composition: round both operands to bf16, multiply and sum in f64.
+    fn reference(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let r = |x: f32| from_bf16(to_bf16(x) as u32);
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| r(a[i * k + p]) as f64 * r(b[p * n + j]) as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conversion_rounds_to_nearest_even_and_flushes_subnormals() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between two bf16 values: ties to even (down); just above rounds up.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82); // odd: tie goes up
+        assert_eq!(to_bf16(-f32::from_bits(1)), 0x8000);
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+        assert_eq!(to_bf16(f32::MAX), 0x7f80); // rounds to infinity
+        assert!(from_bf16(to_bf16(f32::NAN) as u32).is_nan());
+        // The vectorised conversion agrees with the scalar rule on every special class.
+        let xs: Vec<f32> =
+            [0.0, -0.0, 1.0, -2.5, f32::MAX, -f32::MAX, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN]
+                .into_iter()
+                .chain((0..4000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))))
+                .collect();
+        let mut got = vec![0u16; xs.len()];
+        convert(&xs, &mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            assert_eq!(*g, to_bf16(*x), "{x:e} ({:#x})", x.to_bits());
+        }
+    }
+
+    #[test]
+    fn every_path_matches_the_bf16_composition() {
+        // Odd sizes: padding of m, n and k; strided (transposed) operands as the backward uses.
+        let (m, n, k) = (45, 70, 83);
+        let a = data(m * k, 1, 1.0);
+        let b = data(k * n, 2, 1.0);
+        let want = reference(m, n, k, &a, &b);
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // [n×k]
+        for path in [Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx] {
+            if !path.available() {
+                eprintln!("skipped {}: this CPU lacks it", path.name());
+                continue;
+            }
+            let mut got = vec![0f32; m * n];
+            mm(path, (m, n, k), &mut got, false, &a, (k, 1), &bt, (1, k));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{}: element {i}: {g} vs {w}", path.name());
+            }
+            // A transposed lhs (the weight gradient's dyᵀ) packs to the same bits.
+            let at: Vec<f32> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect(); // [k×m]
+            let mut from_t = vec![0f32; m * n];
+            mm(path, (m, n, k), &mut from_t, false, &at, (1, m), &b, (n, 1));
+            assert_eq!(from_t, got, "{}: transposed lhs", path.name());
+            // Accumulating adds onto what is there.
+            let mut twice = got.clone();
+            mm(path, (m, n, k), &mut twice, true, &a, (k, 1), &b, (n, 1));
+            for (t, g) in twice.iter().zip(&got) {
+                assert_eq!(*t, g + g, "{}: accumulate", path.name());
+            }
+        }
+    }
+
+    #[test]
+    fn avx512bf16_gives_the_portable_bits() {
+        if !Path::Bf16Avx512.available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return;
+        }
+        // Wide dynamic range, cancellations and values near the subnormal edge.
+        let (m, n, k) = (40, 33, 301);
+        let mut a = data(m * k, 3, 1.0);
+        let mut b = data(k * n, 4, 1.0);
+        for (i, x) in a.iter_mut().enumerate() {
+            *x *= [1.0, 1e-20, 1e20, 3e-19, 1.0][i % 5];
+        }
+        for (i, x) in b.iter_mut().enumerate() {
+            *x *= [1.0, 1e-19, 1e-3, 1.0, 7e-20, 1.0, 1.0][i % 7];
+        }
+        let run = |path| {
+            let mut out = vec![0f32; m * n];
+            mm(path, (m, n, k), &mut out, false, &a, (k, 1), &b, (n, 1));
+            out
+        };
+        let (p, v) = (run(Path::Bf16Portable), run(Path::Bf16Avx512));
+        for (i, (x, y)) in p.iter().zip(&v).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "element {i}: portable {x:e} vs avx512bf16 {y:e}");
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_the_bits() {
+        let (m, n, k) = (100, 64, 96);
+        let a = data(m * k, 5, 1.0);
+        let b = data(k * n, 6, 1.0);
+        for path in [Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx] {
+            if !path.available() {
+                continue;
+            }
+            let run = |threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut out = vec![0f32; m * n];
+                    mm(path, (m, n, k), &mut out, false, &a, (k, 1), &b, (n, 1));
+                    out
+                })
+            };
+            assert_eq!(run(1), run(3), "{}", path.name());
+        }
+    }
+
+    #[test]
+    fn resolution_follows_the_cpu_and_keeps_a_resumed_run_s_bits() {
+        let native = if Path::Bf16Avx512.available() { Path::Bf16Avx512 } else { Path::Fp32 };
+        assert_eq!(resolve(None, None, None).unwrap(), (Path::Fp32, None));
+        let (p, notice) = resolve(Some(Precision::Bf16), None, None).unwrap();
+        assert_eq!(p, native);
+        assert_eq!(notice.is_some(), native == Path::Fp32, "one notice exactly when bf16 falls back");
+        assert_eq!(resolve(None, Some(Path::Bf16Portable), None).unwrap().0, Path::Bf16Portable);
+        // Resuming: the recorded path (or one with its bits), never another arithmetic.
+        assert_eq!(resolve(None, None, Some(Path::Bf16Portable)).unwrap().0, Path::Bf16Portable);
+        assert!(resolve(Some(Precision::Fp32), None, Some(Path::Bf16Portable)).unwrap_err().contains("bf16_portable"));
+        assert!(resolve(Some(Precision::Bf16), None, Some(Path::Fp32)).is_err());
+        assert!(resolve(Some(Precision::Fp32), Some(Path::Bf16Portable), None).is_err());
+        if Path::Bf16Avx512.available() {
+            assert_eq!(resolve(None, Some(Path::Bf16Portable), Some(Path::Bf16Avx512)).unwrap().0, Path::Bf16Portable);
+        }
+        // A CPU without AVX512-BF16 (or AMX): bf16 falls back to fp32 with one line; a recorded
+        // AVX512-BF16 run resumes on the portable path; an AMX run is refused, naming the path.
+        let plain = |p: Path| matches!(p, Path::Fp32 | Path::Bf16Portable);
+        let (p, notice) = resolve_on(Some(Precision::Bf16), None, None, plain).unwrap();
+        assert_eq!(p, Path::Fp32);
+        let notice = notice.expect("a notice");
+        assert!(notice.contains("AVX512-BF16") && !notice.contains('\n'), "{notice}");
+        assert_eq!(resolve_on(None, None, Some(Path::Bf16Avx512), plain).unwrap(), (Path::Bf16Portable, None));
+        assert_eq!(
+            resolve_on(Some(Precision::Bf16), None, Some(Path::Bf16Avx512), plain).unwrap().0,
+            Path::Bf16Portable
+        );
+        assert!(resolve_on(None, Some(Path::Bf16Amx), None, plain).unwrap_err().contains("bf16_amx"));
+        let with_native = |p: Path| p != Path::Bf16Amx;
+        assert_eq!(resolve_on(Some(Precision::Bf16), None, None, with_native).unwrap(), (Path::Bf16Avx512, None));
+    }
+
+    #[test]
+    fn path_names_round_trip() {
+        for p in [Path::Fp32, Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx] {
+            assert_eq!(p.name().parse::<Path>().unwrap(), p);
+        }
+        assert!(Path::Bf16Portable.same_bits(Path::Bf16Avx512) && !Path::Bf16Amx.same_bits(Path::Bf16Portable));
+        assert_eq!(Path::Bf16Portable.for_replay(), Ok(Path::Bf16Portable));
+    }
+}
