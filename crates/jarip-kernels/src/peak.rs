@@ -5,6 +5,8 @@
 //! (AVX-512: 16 lanes, AVX2+FMA: 8; `A` = 16 covers the FMA latency × ports of current cores), so
 //! the loop is bound by FMA throughput alone: `iters · A · lanes · 2` FLOPs. bf16: the same with
 //! `vdpbf16ps` (`acc ← acc + Σ_{pair} a·b`, 32 bf16 products per instruction: 64 FLOPs). Each
+//! AMX (where the CPU has AMX-BF16 and Linux grants the tile state): four independent
+//! `tdpbf16ps` accumulator tiles (16×16 fp32, each step `16·16·32` products: 16,384 FLOPs). Each
 //! measurement is the best of 3 runs of ~0.1 s; the result is cached per CPU model and thread
 //! count in `$XDG_CACHE_HOME/jarip/peak.json` (else `~/.cache/jarip/peak.json`), so runs do not
 //! pay for it again. Which instruction path was timed is part of the result.
@@ -17,7 +19,7 @@ use std::time::Instant;
 /// Independent accumulator chains per thread.
 const CHAINS: usize = 16;
 /// Bumped when the measurement changes, so cached figures from another method are not reused.
-const METHOD: u32 = 1;
+const METHOD: u32 = 2;
 
 /// What was measured on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +32,27 @@ pub struct Peak {
     /// `None` where the CPU has no bf16 dot-product instruction.
     pub bf16_gflops: Option<f64>,
     pub bf16_path: Option<String>,
+    /// AMX `tdpbf16ps`; `None` where the CPU (or the OS) offers no AMX-BF16.
+    #[serde(default)]
+    pub amx_bf16_gflops: Option<f64>,
     pub method: u32,
+}
+
+impl Peak {
+    /// The peak the matrix products of `path` run against, in GFLOP/s, and its name for banners
+    /// and reports (fp32 FMA where the path's own peak was not measured).
+    pub fn for_matmul(&self, path: crate::ops::matmul_bf16::Path) -> (f64, &'static str) {
+        use crate::ops::matmul_bf16::Path;
+        match path {
+            Path::Bf16Avx512 | Path::Bf16Portable if self.bf16_gflops.is_some() => {
+                (self.bf16_gflops.unwrap_or_default(), "bf16 dot-product (vdpbf16ps)")
+            }
+            Path::Bf16Amx if self.amx_bf16_gflops.is_some() => {
+                (self.amx_bf16_gflops.unwrap_or_default(), "AMX bf16 (tdpbf16ps)")
+            }
+            _ => (self.fp32_gflops, "fp32 FMA"),
+        }
+    }
 }
 
 /// The CPU's model name (`/proc/cpuinfo`'s first `model name`), or `unknown CPU`.
@@ -96,6 +118,9 @@ pub fn measure() -> Peak {
         fp32_path: fp32_path.into(),
         bf16_gflops: bf16.map(|(_, k)| best_rate(k)),
         bf16_path: bf16.map(|(p, _)| p.to_string()),
+        amx_bf16_gflops: crate::ops::matmul_bf16::Path::Bf16Amx
+            .available()
+            .then(|| best_rate(crate::ops::matmul_bf16::amx_peak_kernel)),
         method: METHOD,
     }
 }
@@ -250,6 +275,8 @@ mod tests {
         let p = measure();
         assert!(p.fp32_gflops > 0.0 && p.threads >= 1, "{p:?}");
         assert_eq!(p.bf16_path.is_some(), p.bf16_gflops.is_some());
+        assert_eq!(p.amx_bf16_gflops.is_some(), crate::ops::matmul_bf16::Path::Bf16Amx.available());
+        assert_eq!(p.for_matmul(crate::ops::matmul_bf16::Path::Fp32).0, p.fp32_gflops);
         assert!(!p.cpu.is_empty());
     }
 

@@ -394,15 +394,17 @@ pub fn pretrain_parallel(opts: &PretrainOptions, comm: &dyn Collective) -> Resul
         }
         (None, true) => {
             let p = jarip_kernels::peak::peak();
+            // Against the peak of the instructions the matrix products run on.
+            let (gflops, which) = p.for_matmul(matmul);
             banner.push(format!(
-                "MFU against this CPU's measured fp32 peak: {:.1} GFLOP/s ({}, {} threads, {} FMA){}",
-                p.fp32_gflops,
+                "MFU against this CPU's measured {which} peak: {gflops:.1} GFLOP/s ({}, {} threads; fp32 FMA {:.1}{}{})",
                 p.cpu,
                 p.threads,
-                p.fp32_path,
-                p.bf16_gflops.map_or(String::new(), |b| format!("; bf16 dot-product peak {b:.1} GFLOP/s"))
+                p.fp32_gflops,
+                p.bf16_gflops.map_or(String::new(), |b| format!(", bf16 dot-product {b:.1}")),
+                p.amx_bf16_gflops.map_or(String::new(), |b| format!(", AMX bf16 {b:.1}")),
             ));
-            Some(p.fp32_gflops * 1e9)
+            Some(gflops * 1e9)
         }
         (None, false) => None,
     };

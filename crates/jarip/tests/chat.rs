@@ -138,6 +138,22 @@ fn sft_generate_and_chat_end_to_end() {
     resume.push("--resume");
     ok(&jarip(&resume));
     assert_eq!(trainer_hash(&again.join("ckpt-000006")), trainer_hash(&ckpt6), "resumed fine-tuning differs");
+    // bf16 fine-tuning (the portable path: the same on every CPU) resumes bit for bit too,
+    // without naming its precision again; it records its path and differs from fp32.
+    let bf = run.join("sft-bf16");
+    let bf_s = s(&bf);
+    let mut bf_args = sft_args(&run_s, &convs_s, &bf_s, "6");
+    bf_args.extend(["--bf16-kernel", "bf16_portable"]);
+    ok(&jarip(&bf_args));
+    let bf_hash = trainer_hash(&bf.join("ckpt-000006"));
+    assert_ne!(bf_hash, trainer_hash(&ckpt6), "bf16 products change the arithmetic");
+    let bf_manifest = std::fs::read_to_string(bf.join("ckpt-000006/manifest.json")).unwrap();
+    assert!(bf_manifest.contains("\"matmul\": \"bf16_portable\""), "{bf_manifest}");
+    std::fs::remove_dir_all(bf.join("ckpt-000006")).unwrap();
+    let mut bf_resume = sft_args(&run_s, &convs_s, &bf_s, "6");
+    bf_resume.push("--resume");
+    ok(&jarip(&bf_resume));
+    assert_eq!(trainer_hash(&bf.join("ckpt-000006")), bf_hash, "resumed bf16 fine-tuning differs");
     // Resuming with other settings is refused.
     let mut other = sft_args(&run_s, &convs_s, &again_s, "6");
     let seed_at = other.iter().position(|a| *a == "--seed").unwrap() + 1;

@@ -596,6 +596,23 @@ mod avx512 {
     }
 }
 
+/// The AMX peak's timed loop (see [`crate::peak`]): `iters` rounds of four independent
+/// `tdpbf16ps` on zeroed tiles; returns the FLOPs done. Panics where AMX is not permitted.
+pub(crate) fn amx_peak_kernel(iters: u64) -> f64 {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let _tiles = amx::TileConfig::load();
+        // SAFETY: this thread's tiles are configured (`_tiles`); the loop touches registers only.
+        unsafe { amx::peak_loop(iters) };
+        (iters * 4 * 16 * 16 * 32 * 2) as f64
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = iters;
+        panic!("AMX needs x86-64 Linux")
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx {
     use super::{lhs_at, KS, MB, NR};
@@ -625,6 +642,36 @@ mod amx {
         fn drop(&mut self) {
             // SAFETY: this thread configured the tiles (`load`); releasing returns them to init state.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
+    /// Four independent accumulator chains of `tdpbf16ps` on zeroed tiles, `iters` rounds.
+    ///
+    /// # Safety
+    /// AMX must be permitted and this thread's tiles configured by [`TileConfig::load`].
+    pub unsafe fn peak_loop(iters: u64) {
+        // SAFETY: tiles configured (caller); these instructions touch tile registers only.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7",
+                options(nostack, nomem)
+            );
+            for _ in 0..iters {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                );
+            }
         }
     }
 
