@@ -155,6 +155,16 @@ pub struct Q8Activations {
     qs: Vec<i8>,
 }
 
+/// `x.round()` (halves away from zero) for |x| < 2³¹, in arithmetic the compiler vectorises
+/// (`f32::round` is a library call on baseline x86-64): truncate, then step away from zero
+/// when the exact remainder `x − trunc(x)` is at least one half.
+#[inline]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let f = x - t as f32;
+    t + (f >= 0.5) as i32 - (f <= -0.5) as i32
+}
+
 impl Q8Activations {
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         assert!(k.is_multiple_of(QK8_0) && x.len() == m * k, "Q8_0 rows need a multiple of 32 columns");
@@ -165,7 +175,7 @@ impl Q8Activations {
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             scales.push(d);
-            qs.extend(block.iter().map(|v| (v * id).round() as i8));
+            qs.extend(block.iter().map(|v| round_half_away(v * id) as i8));
         }
         Self { m, k, scales, qs }
     }
@@ -677,6 +687,16 @@ mod tests {
 
     fn data(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 7919 + seed * 104729) % 211) as f32 / 105.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn rounding_matches_f32_round() {
+        let mut xs: Vec<f32> = (-1300..=1300).map(|i| i as f32 / 10.0).collect();
+        xs.extend([0.5, -0.5, 1.5, -2.5, 0.499_999_97, -0.499_999_97, 126.5, -127.0, 0.0, -0.0]);
+        xs.extend((0..2000u32).map(|i| f32::from_bits(0x3f00_0000 + i * 3001) * if i % 2 == 0 { 1.0 } else { -1.0 }));
+        for x in xs {
+            assert_eq!(round_half_away(x), x.round() as i32, "{x:e}");
+        }
     }
 
     #[test]
