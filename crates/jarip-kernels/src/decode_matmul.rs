@@ -235,8 +235,8 @@ pub enum Kernel {
     /// AVX-512VL: the same 256-bit arithmetic with 32 registers, room for larger tiles.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// AVX-512VL with AVX512-VNNI: Q8_0 blocks summed by `vpdpbusd` (one instruction where the
-    /// others take two; the same exact integers); f32 as [`Kernel::Avx512`].
+    /// AVX-512 with VNNI (and BW/DQ): Q8_0 blocks summed by `vpdpbusd` on 512-bit registers, two
+    /// weight rows per register (the same exact integers and order); f32 as [`Kernel::Avx512`].
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// AVX2 with AVX-VNNI (VEX `vpdpbusd`, e.g. Alder Lake, Zen 5 without AVX-512); f32 as
@@ -252,7 +252,11 @@ impl Kernel {
         {
             use std::is_x86_feature_detected as has;
             if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
-                return if has!("avx512vnni") { Kernel::Avx512Vnni } else { Kernel::Avx512 };
+                return if has!("avx512vnni") && has!("avx512bw") && has!("avx512dq") {
+                    Kernel::Avx512Vnni
+                } else {
+                    Kernel::Avx512
+                };
             }
             if has!("avx2") && has!("fma") {
                 return if has!("avxvnni") { Kernel::AvxVnni } else { Kernel::Avx2 };
@@ -272,7 +276,7 @@ impl Kernel {
                 Kernel::Portable => true,
                 Kernel::Avx2 => avx2,
                 Kernel::Avx512 => avx512,
-                Kernel::Avx512Vnni => avx512 && has!("avx512vnni"),
+                Kernel::Avx512Vnni => avx512 && has!("avx512vnni") && has!("avx512bw") && has!("avx512dq"),
                 Kernel::AvxVnni => avx2 && has!("avxvnni"),
             }
         }
@@ -354,8 +358,17 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => {
                 assert!(Kernel::Avx512Vnni.available());
+                // One activation row (batch-1 decode) streams the weights once, bound by memory:
+                // the 256-bit kernel does it with less shuffling. More rows: two weight rows per
+                // 512-bit register. Both give the same bits.
                 // SAFETY: as above.
-                unsafe { q8_avx512vnni::kernel(x, w, part) }
+                unsafe {
+                    if m == 1 {
+                        q8_avx512vnni::kernel(x, w, part)
+                    } else {
+                        q8_wide::kernel(x, w, part)
+                    }
+                }
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni => {
@@ -635,14 +648,14 @@ unsafe fn dot_madd(
     _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wv), ones)
 }
 
-/// Sum of 4-byte groups by AVX512-VNNI `vpdpbusd` (256-bit, EVEX).
+/// Sum of 4-byte groups by AVX512-VNNI `vpdpbusd` on 256 bits (EVEX).
 ///
 /// # Safety
 /// The CPU must support AVX512-VNNI and AVX-512VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn dot_vnni512(
+unsafe fn dot_vnni256(
     xa: std::arch::x86_64::__m256i,
     wv: std::arch::x86_64::__m256i,
     _: std::arch::x86_64::__m256i,
@@ -672,7 +685,128 @@ q8_kernel!(q8_avx2, "avx2,fma", dot_madd, 3, [1 => 4, 2 => 3, 3 => 2]);
 #[cfg(target_arch = "x86_64")]
 q8_kernel!(q8_avx512, "avx2,fma,avx512f,avx512vl", dot_madd, 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
 #[cfg(target_arch = "x86_64")]
-q8_kernel!(q8_avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni512, 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+q8_kernel!(q8_avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni256, 8, [1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2]);
+
+/// Q8_0 on 512-bit registers with AVX512-VNNI: two weight rows per register (lanes 0–7 the first
+/// row's 8 lanes, 8–15 the second's), so each instruction does the work of two in the 256-bit
+/// kernels. Every lane does exactly what the 256-bit kernels' lane does — the same exact integer
+/// block sum (`vpdpbusd`; the sign moved onto `w` by a masked subtraction instead of `vpsignb`),
+/// scaled by `d_w·d_x` and added with one fused multiply-add, block after block — and each row's
+/// 8 lanes are summed in the same tree, so the bits are the other kernels'.
+#[cfg(target_arch = "x86_64")]
+mod q8_wide {
+    use super::{reduce, Q8Activations, Q8Rows, LANES, QK8_0};
+    use std::arch::x86_64::*;
+
+    /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+2P` (a last odd row is paired with
+    /// itself and its copy dropped), block by block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/DQ/VL and AVX512-VNNI; rows `i0..i0+R` must exist in `x`,
+    /// rows `j0..min(j0+2P, w.rows)` in `w` (same `k`), and `part` must hold `x.m · w.rows` values.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn tile<const R: usize, const P: usize>(
+        x: &Q8Activations,
+        i0: usize,
+        w: &Q8Rows<'_>,
+        j0: usize,
+        part: &mut [f32],
+    ) {
+        let (k, nb) = (w.k, w.rows);
+        let nblk = k / QK8_0;
+        let last = nb - 1;
+        let row = |g: usize| (j0 + g).min(last);
+        let (xq, xd) = (x.qs.as_ptr().add(i0 * k), x.scales.as_ptr().add(i0 * nblk));
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for b in 0..nblk {
+            let mut wv = [zero; P];
+            let mut ws = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                let (lo, hi) = (row(2 * p), row(2 * p + 1));
+                let wlo = _mm256_loadu_si256(w.qs.as_ptr().add(lo * k + b * QK8_0) as *const __m256i);
+                let whi = _mm256_loadu_si256(w.qs.as_ptr().add(hi * k + b * QK8_0) as *const __m256i);
+                wv[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(wlo), whi);
+                let slo = _mm256_set1_ps(*w.scales.as_ptr().add(lo * nblk + b));
+                let shi = _mm256_set1_ps(*w.scales.as_ptr().add(hi * nblk + b));
+                ws[p] = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(slo), shi);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(xq.add(r * k + b * QK8_0) as *const __m256i));
+                let xa = _mm512_abs_epi8(xv);
+                let neg = _mm512_movepi8_mask(xv);
+                let dx = _mm512_set1_ps(*xd.add(r * nblk + b));
+                for p in 0..P {
+                    // w·sign(x): where x < 0, 0 − w (where x = 0 the product is 0 either way).
+                    let signed = _mm512_mask_sub_epi8(wv[p], neg, zero, wv[p]);
+                    let isum = _mm512_dpbusd_epi32(zero, xa, signed);
+                    let s = _mm512_mul_ps(ws[p], dx);
+                    acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[p]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, a) in acc.iter().enumerate() {
+                let mut lanes = [0f32; 2 * LANES];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+                for half in 0..2 {
+                    let j = j0 + 2 * p + half;
+                    if j < nb {
+                        let l: &[f32; LANES] = lanes[half * LANES..(half + 1) * LANES].try_into().expect("8 lanes");
+                        part[(i0 + r) * nb + j] = reduce(l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `i0..i0+R` against every weight row.
+    ///
+    /// # Safety
+    /// As for `tile`, for every weight row.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn rows<const R: usize, const P: usize>(x: &Q8Activations, i0: usize, w: &Q8Rows<'_>, part: &mut [f32]) {
+        let mut j = 0;
+        while j + 2 * P <= w.rows {
+            tile::<R, P>(x, i0, w, j, part);
+            j += 2 * P;
+        }
+        while j < w.rows {
+            tile::<R, 1>(x, i0, w, j, part);
+            j += 2;
+        }
+    }
+
+    /// `part[x.m × w.rows] = x · wᵀ` over Q8_0 blocks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/DQ/VL and AVX512-VNNI; `x` and `w` must share `k`, and
+    /// `part` must hold `x.m · w.rows` values.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    pub unsafe fn kernel(x: &Q8Activations, w: &Q8Rows<'_>, part: &mut [f32]) {
+        if w.rows == 0 {
+            return;
+        }
+        let mut i0 = 0;
+        while i0 < x.m {
+            let r = (x.m - i0).min(8);
+            match r {
+                1 => rows::<1, 4>(x, i0, w, part),
+                2 => rows::<2, 4>(x, i0, w, part),
+                3 => rows::<3, 3>(x, i0, w, part),
+                4 => rows::<4, 3>(x, i0, w, part),
+                5 => rows::<5, 2>(x, i0, w, part),
+                6 => rows::<6, 2>(x, i0, w, part),
+                7 => rows::<7, 2>(x, i0, w, part),
+                8 => rows::<8, 2>(x, i0, w, part),
+                _ => unreachable!("tile height {r}"),
+            }
+            i0 += r;
+        }
+    }
+}
 #[cfg(target_arch = "x86_64")]
 q8_kernel!(q8_avxvnni, "avx2,fma,avxvnni", dot_avxvnni, 3, [1 => 4, 2 => 3, 3 => 2]);
 
