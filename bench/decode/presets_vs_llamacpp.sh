@@ -15,20 +15,12 @@ prefill="${PREFILL:-512}"
 grep -m1 "model name" /proc/cpuinfo || true
 cargo build --release -q -p jarip-infer --example decode_bench
 bin=target/release/examples/decode_bench
+# shellcheck source=bench/decode/compare.sh
+source bench/decode/compare.sh
 for arch in llama qwen3; do
   "$bin" --write-preset "$arch" --out "$out" --tokenizer "$tok"
   for t in f32 q8_0; do
     f="$out/jarip-$arch-$t.gguf"
-    report="$("$bin" --model "$f" --contexts 16 --kv-cache f32 --steps "$steps" --prefill "$prefill" --skip-random)"
-    line="$(grep "batch 1" <<<"$report")"
-    pre="$(grep "prefill" <<<"$report")"
-    echo "jarip     $line"
-    echo "jarip     $pre"
-    ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
-    ours_pre="$(sed -E 's/.*prefill [0-9]+ ([0-9.]+) tok\/s.*/\1/' <<<"$pre")"
-    # A llama.cpp crash (its CPU build segfaulted on Q8_0 on the AMX Xeon this was written on)
-    # is reported and the run goes on.
-    "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "$steps" --jarip "$ours" \
-      --prefill "$prefill" --jarip-prefill "$ours_pre" || echo "llama.cpp $f: failed (exit $?)"
+    compare "$f"
   done
 done

@@ -16,19 +16,12 @@ prefill="${PREFILL:-512}"
 grep -m1 "model name" /proc/cpuinfo || true
 cargo build --release -q -p jarip-infer --example decode_bench
 bin=target/release/examples/decode_bench
+# shellcheck source=bench/decode/compare.sh
+source bench/decode/compare.sh
 "$bin" --write-qwen3 "$out" --tokenizer "$tok"
 for rep in $(seq 1 "${REPEATS:-1}"); do
   for t in f32 q8_0; do
     f="$out/jarip-qwen3-$t.gguf"
-    report="$("$bin" --model "$f" --contexts 16 --kv-cache f32 --steps "$steps" --prefill "$prefill" --skip-random)"
-    grep "matrix kernel" <<<"$report" || true
-    line="$(grep "batch 1" <<<"$report")"
-    pre="$(grep "prefill" <<<"$report")"
-    echo "jarip     $line"
-    echo "jarip     $pre"
-    ours="$(sed -E 's/.*batch 1 +([0-9.]+) tok\/s.*/\1/' <<<"$line")"
-    ours_pre="$(sed -E 's/.*prefill [0-9]+ ([0-9.]+) tok\/s.*/\1/' <<<"$pre")"
-    "$py" bench/decode/llamacpp_decode.py "$f" --context 16 --steps "$steps" --jarip "$ours" \
-      --prefill "$prefill" --jarip-prefill "$ours_pre" || echo "llama.cpp $f: failed (exit $?)"
+    compare "$f"
   done
 done

@@ -284,6 +284,14 @@ mod tests {
         }
     }
 
+    /// The loss on `(x, y)` and every parameter's gradient, in parameter order.
+    fn loss_and_grads(m: &Gpt, x: &Tensor, y: &Tensor) -> (f32, Vec<Tensor>) {
+        let loss = m.loss(x, y).unwrap();
+        let g = loss.backward().unwrap();
+        let gs = m.params().iter().map(|(_, v)| g.get(v).unwrap().clone()).collect();
+        (loss.to_scalar::<f32>().unwrap(), gs)
+    }
+
     /// The whole model in bf16 (every available path) against fp32: loss and every gradient
     /// within bf16 rounding, and the bit-portable paths identical.
     #[test]
@@ -292,11 +300,9 @@ mod tests {
         let mut m = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
         let (x, y) = batch(2, 32, 300, 9);
         let run = |m: &Gpt| {
-            let loss = m.loss(&x, &y).unwrap();
-            let g = loss.backward().unwrap();
-            let gs: Vec<Vec<f32>> =
-                m.params().iter().map(|(_, v)| g.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
-            (loss.to_scalar::<f32>().unwrap(), gs)
+            let (l, gs) = loss_and_grads(m, &x, &y);
+            let flat = gs.iter().map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<_>>();
+            (l, flat)
         };
         let (l0, g0) = run(&m);
         let mut portable_bits = None;
@@ -326,12 +332,7 @@ mod tests {
         let cfg = ModelConfig::tiny(300);
         let mut m = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
         let (x, y) = batch(2, 32, 300, 9);
-        let run = |m: &Gpt| {
-            let loss = m.loss(&x, &y).unwrap();
-            let g = loss.backward().unwrap();
-            let gs: Vec<Tensor> = m.params().iter().map(|(_, v)| g.get(v).unwrap().clone()).collect();
-            (loss.to_scalar::<f32>().unwrap(), gs)
-        };
+        let run = |m: &Gpt| loss_and_grads(m, &x, &y);
         m.set_kernels(Kernels::Composed);
         let (l0, g0) = run(&m);
         m.set_kernels(Kernels::Fused);

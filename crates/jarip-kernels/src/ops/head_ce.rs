@@ -9,7 +9,7 @@
 //! stay fp32.
 
 use super::cross_entropy::{row_backward, row_forward, softcap_cross_entropy_composed};
-use super::linear::{linear_composed, mm, mm_on};
+use super::linear::{linear_composed, mm};
 use super::matmul_bf16::{self, Path};
 use super::{with_f32, Kernels};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -168,7 +168,7 @@ impl CustomOp3 for FusedHeadCe {
                         }
                         None => mm((m, c, v), &mut dh[r0 * c..], false, &z, (v, 1), w, (c, 1)),
                     }
-                    mm_on(self.path, (v, c, m), &mut dw, r0 > 0, &z, (1, v), &h[r0 * c..], (c, 1));
+                    matmul_bf16::mm(self.path, (v, c, m), &mut dw, r0 > 0, &z, (1, v), &h[r0 * c..], (c, 1));
                 }
                 (dh, dw)
             })

@@ -58,25 +58,6 @@ pub fn mm(
     unsafe { gemm_strided(m, n, k, d, n, accumulate, l, (lhs_rs, lhs_cs), r, (rhs_rs, rhs_cs), 1.0, parallelism()) }
 }
 
-/// [`mm`] on `path`: fp32 through `gemm`, or bf16 with fp32 accumulation.
-#[allow(clippy::too_many_arguments)]
-pub fn mm_on(
-    path: Path,
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (usize, usize),
-    rhs: &[f32],
-    rhs_strides: (usize, usize),
-) {
-    if path.is_bf16() {
-        matmul_bf16::mm(path, dims, dst, accumulate, lhs, lhs_strides, rhs, rhs_strides)
-    } else {
-        mm(dims, dst, accumulate, lhs, lhs_strides, rhs, rhs_strides)
-    }
-}
-
 /// `dst[m×n] (= or +=) scale · lhs[m×k] · rhs[k×n]`, strides in elements: the one call into
 /// `gemm` of the fused kernels (attention's tiles run it single-threaded inside their own
 /// parallel loop; [`mm`] runs it on rayon's threads).
@@ -147,7 +128,7 @@ impl CustomOp2 for FusedLinear {
         }
         let mut y = vec![0f32; n * out];
         // y[n×out] = x[n×in] · Wᵀ (Wᵀ[i, o] = W[o·in + i])
-        mm_on(self.path, (n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
+        matmul_bf16::mm(self.path, (n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
         Ok((CpuStorage::F32(y), self.out_shape.clone()))
     }
 
@@ -159,9 +140,9 @@ impl CustomOp2 for FusedLinear {
                 with_f32(dy, |dy| {
                     let mut dx = vec![0f32; n * inp];
                     let mut dw = vec![0f32; out * inp];
-                    mm_on(self.path, (n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
+                    matmul_bf16::mm(self.path, (n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
                     // dW[out×in] = dyᵀ · x (dyᵀ[o, r] = dy[r·out + o])
-                    mm_on(self.path, (out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));
+                    matmul_bf16::mm(self.path, (out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));
                     (dx, dw)
                 })
             })

@@ -522,7 +522,8 @@ pub fn matmul(path: Path, a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], accumul
     });
 }
 
-/// `dst[m×n] (= | +=) lhs[m×k]·rhs[k×n]`, strides in elements, packing both operands.
+/// `dst[m×n] (= | +=) lhs[m×k]·rhs[k×n]`, strides in elements, on `path`: bf16 packing both
+/// operands, or fp32 through `gemm` ([`super::linear::mm`]).
 #[allow(clippy::too_many_arguments)]
 pub fn mm(
     path: Path,
@@ -534,6 +535,9 @@ pub fn mm(
     rhs: &[f32],
     rhs_strides: (usize, usize),
 ) {
+    if !path.is_bf16() {
+        return super::linear::mm((m, n, k), dst, accumulate, lhs, lhs_strides, rhs, rhs_strides);
+    }
     let a = pack_lhs(m, k, lhs, lhs_strides);
     let b = pack_rhs(k, n, rhs, rhs_strides);
     matmul(path, &a, &b, dst, accumulate);
