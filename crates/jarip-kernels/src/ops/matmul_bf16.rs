@@ -73,7 +73,7 @@ impl Path {
     pub fn available(self) -> bool {
         match self {
             Path::Fp32 | Path::Bf16Portable => true,
-            Path::Bf16Avx512 => has_avx512bf16(),
+            Path::Bf16Avx512 => has_avx512bf16() && avx512bf16_exact(),
             Path::Bf16Amx => amx_permitted(),
         }
     }
@@ -167,9 +167,14 @@ fn resolve_on(
             Some(r) if r.is_bf16() => for_replay(r)?,
             _ if runs(Path::Bf16Avx512) => Path::Bf16Avx512,
             _ => {
+                let why = if has_avx512bf16() {
+                    "its vdpbf16ps does not give the portable bf16 bits"
+                } else {
+                    "has no AVX512-BF16"
+                };
                 notice = Some(format!(
-                    "note: this CPU ({}) has no AVX512-BF16: training in fp32 (--bf16-kernel bf16_portable gives bf16's \
-                     bits in slow portable code)",
+                    "note: this CPU ({}) {why}: training in fp32 (--bf16-kernel bf16_portable gives bf16's bits in \
+                     slow portable code)",
                     crate::peak::cpu_model()
                 ));
                 Path::Fp32
@@ -215,6 +220,38 @@ fn has_avx512bf16() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// Whether this CPU's `vdpbf16ps` gives the portable arithmetic's bits, checked once on one tile
+/// whose inputs exercise rounding, cancellation and the subnormal edge. Intel specifies the
+/// instruction exactly; a CPU that computed it otherwise would make `bf16_avx512` runs replay
+/// nowhere else, so there the path counts as unavailable (bf16 then falls back with its notice).
+pub fn avx512bf16_exact() -> bool {
+    static EXACT: OnceLock<bool> = OnceLock::new();
+    *EXACT.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512bf16() {
+            let k = 96;
+            // A fixed pseudo-random sequence (no seed to record), scaled across the exponent range.
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            let mut next = |i: usize, scales: &[f32]| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scales[i % scales.len()]
+            };
+            let a: Vec<f32> = (0..MB * k).map(|i| next(i, &[1.0, 1e-20, 1e20, 3e-19, 1.0])).collect();
+            let b: Vec<f32> = (0..k * NR).map(|i| next(i, &[1.0, 1e-19, 1e-3, 1.0, 7e-20, 1.0, 1.0])).collect();
+            let (pa, pb) = (pack_lhs(MB, k, &a, (k, 1)), pack_rhs(k, NR, &b, (NR, 1)));
+            let (mut want, mut got) = ([0f32; MB * NR], [0f32; MB * NR]);
+            block_portable(&pa.data, &pb.data, pa.kp, &mut want);
+            // SAFETY: AVX-512F and AVX512-BF16 were detected; the packed tile has MB rows of `kp`
+            // pairs and one panel of `kp × NR` pairs.
+            unsafe { avx512::block(&pa.data, &pb.data, pa.kp, &mut got) };
+            return want.iter().zip(&got).all(|(w, g)| w.to_bits() == g.to_bits());
+        }
+        false
+    })
 }
 
 /// Whether the CPU has AMX-BF16 and Linux granted this process the tile data state
@@ -817,8 +854,15 @@ mod tests {
 
     #[test]
     fn avx512bf16_gives_the_portable_bits() {
-        if !Path::Bf16Avx512.available() {
+        if !has_avx512bf16() {
             eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return;
+        }
+        if !avx512bf16_exact() {
+            // The path is then never chosen (it is not `available`): say so loudly, and check that.
+            eprintln!("NOTE: this CPU's vdpbf16ps does not give the portable bits; bf16_avx512 is disabled here");
+            assert!(!Path::Bf16Avx512.available());
+            assert_eq!(resolve(Some(Precision::Bf16), None, None).unwrap().0, Path::Fp32);
             return;
         }
         // Wide dynamic range, cancellations and values near the subnormal edge.
