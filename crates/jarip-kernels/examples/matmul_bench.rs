@@ -1,61 +1,72 @@
-//! The training step's matrix products at the benchmark shape (tokens 2048, width 384, MLP
-//! 1536, vocab 8192): fp32 (`gemm` crate) against every bf16 path this CPU runs, packing
-//! included; best of 7, GFLOP/s and the ratio to fp32.
-//!
-//! cargo run --release -p jarip-kernels --example matmul_bench
-
-use jarip_kernels::ops::matmul_bf16::{self, Path};
+//! Throughput of the decode matrix kernel (`matmul_wt`) on the shapes of a ~100M model, at 1 to 8
+//! activation rows, for each kernel this CPU runs and for f32 and Q8_0 weights: GFLOP/s, and GB/s
+//! of weights streamed. `matmul_bench [avx512vnni|avx512|avxvnni|avx2|portable] [f32|q8]` picks one.
+use jarip_kernels::decode_matmul::{matmul_q8_with, matmul_wt_with, Kernel, Q8Matrix};
 use std::time::Instant;
 
 fn main() {
-    println!("cpu: {} ({} threads)", jarip_kernels::peak::cpu_model(), rayon::current_num_threads());
-    // (what, m, n, k, lhs strides, rhs strides) as the linear layer's three products use them.
-    let shapes: [(&str, usize, usize, usize); 6] = [
-        ("fwd x·Wᵀ 2048×1536×384", 2048, 1536, 384),
-        ("bwd dx=dy·W 2048×384×1536", 2048, 384, 1536),
-        ("bwd dW=dyᵀ·x 1536×384×2048", 1536, 384, 2048),
-        ("fwd x·Wᵀ 2048×384×384", 2048, 384, 384),
-        ("head 128×8192×384", 128, 8192, 384),
-        ("head dW 8192×384×128", 8192, 384, 128),
-    ];
-    let paths: Vec<Path> = [Path::Fp32, Path::Bf16Portable, Path::Bf16Avx512, Path::Bf16Amx]
-        .into_iter()
-        .filter(|p| p.available())
-        .collect();
-    print!("{:<30}", "product");
-    for p in &paths {
-        print!(" {:>16}", p.name());
-    }
-    println!();
-    for (what, m, n, k) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 1000) as f32 - 500.0) * 1e-3).collect();
-        let mut out = vec![0f32; m * n];
-        let flops = 2.0 * (m * n * k) as f64;
-        print!("{what:<30}");
-        let mut base = 0.0;
-        for &p in &paths {
-            if p == Path::Bf16Portable && m * n * k > 200_000_000 {
-                print!(" {:>16}", "-");
-                continue;
-            }
-            let best = (0..7)
-                .map(|_| {
-                    let t = Instant::now();
-                    if p == Path::Fp32 {
-                        jarip_kernels::ops::linear::mm((m, n, k), &mut out, false, &a, (k, 1), &b, (n, 1));
-                    } else {
-                        matmul_bf16::mm(p, (m, n, k), &mut out, false, &a, (k, 1), &b, (n, 1));
-                    }
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::INFINITY, f64::min);
-            let gf = flops / best / 1e9;
-            if p == Path::Fp32 {
-                base = gf;
-            }
-            print!(" {:>9.0} ({:.2}×)", gf, gf / base);
+    // Every kernel this CPU runs (VNNI ones included), slowest last.
+    let kernels = Kernel::all_available();
+    let only: Option<String> = std::env::args().nth(1);
+    let formats: Vec<bool> = match std::env::args().nth(2).as_deref() {
+        Some("f32") => vec![false],
+        Some("q8") => vec![true],
+        _ => vec![false, true],
+    };
+    // (rows n, columns k, matrices of that shape in one step of the depth-10 model)
+    let shapes = [(640usize, 640usize, 40usize), (2560, 640, 10), (640, 2560, 10), (40960, 640, 1)];
+    for (kernel, q8) in kernels.iter().flat_map(|&k| formats.iter().map(move |&q| (k, q))) {
+        if only.as_deref().is_some_and(|o| o != "all" && !format!("{kernel:?}").eq_ignore_ascii_case(o)) {
+            continue;
         }
-        println!();
+        let label = format!("{kernel:?} {}", if q8 { "q8_0" } else { "f32" });
+        let mut total = [0f64; 8];
+        for &(n, k, count) in &shapes {
+            // Enough copies of the weights that they stream from memory, as in a real step.
+            let copies = (1_200_000_000 / (n * k * 4)).clamp(1, 64);
+            let ws: Vec<Vec<f32>> = (0..copies)
+                .map(|c| (0..n * k).map(|i| ((i * 7919 + c) % 1000) as f32 * 1e-3 - 0.5).collect())
+                .collect();
+            let qs: Vec<Q8Matrix> = if q8 { ws.iter().map(|w| Q8Matrix::quantize(w, n, k)).collect() } else { vec![] };
+            let ws = if q8 { vec![] } else { ws };
+            let bytes = if q8 { qs[0].bytes() } else { n * k * 4 };
+            for m in 1..=8usize {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
+                let mut out = vec![0f32; m * n];
+                let mut best = f64::MAX;
+                for round in 0..3 {
+                    let t = Instant::now();
+                    for w in &ws {
+                        matmul_wt_with(kernel, &x, m, w, n, k, &mut out);
+                    }
+                    for w in &qs {
+                        matmul_q8_with(kernel, &x, m, w, &mut out);
+                    }
+                    if round > 0 {
+                        best = best.min(t.elapsed().as_secs_f64() / copies as f64);
+                    }
+                }
+                total[m - 1] += best * count as f64;
+                if [1, 2, 4, 8].contains(&m) {
+                    println!(
+                        "{label} n {n:>6} k {k:>5} m {m}: {:>7.3} ms {:>6.1} GFLOP/s {:>5.1} GB/s",
+                        best * 1e3,
+                        2.0 * (m * n * k) as f64 / best / 1e9,
+                        bytes as f64 / best / 1e9
+                    );
+                }
+            }
+        }
+        println!("{label}: matrix time of one step of the 100M model (depth 10) by batch:");
+        for (i, t) in total.iter().enumerate() {
+            let rows = (i + 1) as f64;
+            println!(
+                "  batch {}: {:>6.2} ms  {:>6.1} tok/s  ({:.2}× batch 1)",
+                i + 1,
+                t * 1e3,
+                rows / t,
+                rows * total[0] / t
+            );
+        }
     }
 }
