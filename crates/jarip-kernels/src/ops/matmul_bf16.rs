@@ -18,11 +18,15 @@
 //! [`Path::Bf16Amx`] (`tdpbf16ps`) sums in an order Intel leaves to the implementation: it is an
 //! opt-in speed path whose runs replay only on AMX machines.
 //!
+//! Where the CPU's `vdpbf16ps` does not reproduce the portable bits
+//! (checked once at run time, [`avx512bf16_exact`]) the AVX512-BF16 path is not offered.
+//!
 //! Layout: `lhs` is packed to `ceil(m/32)·32` rows of `kp = k/2` (padded) bf16 pairs, one `u32` per
-//! pair (element `2p` in the low half); `rhs` to panels of [`NR`] columns, each `kp` rows of `NR`
-//! pairs — the layout both `vdpbf16ps` (pairs broadcast from `lhs`) and AMX's B tiles read.
-//! Threads split `m` into blocks of 32 rows; each output element is computed by one thread in the
-//! order above, so the thread count does not change the bits.
+//! pair (element `2p` in the low half), each 32-row block stored as [`KS`]-pair sub-panels so an
+//! AMX A tile is contiguous; `rhs` to panels of [`NR`] columns, each `kp` rows of `NR` pairs — the
+//! layout both `vdpbf16ps` (pairs broadcast from `lhs`) and AMX's B tiles read. Threads split `m`
+//! into blocks of 32 rows; each output element is computed by one thread in the order above, so
+//! the thread count does not change the bits.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
