@@ -323,7 +323,15 @@ impl Kernel {
             Kernel::Avx512 | Kernel::Avx512Vnni => {
                 assert!(Kernel::Avx512.available());
                 // SAFETY: as above.
-                unsafe { avx512::kernel(x, m, w, nb, k, part) }
+                // Several activation rows (prompts, batches) are compute-bound: two weight rows per
+                // 512-bit register. One row streams the weights: the 256-bit tiles. Same bits.
+                unsafe {
+                    if m == 1 {
+                        avx512::kernel(x, m, w, nb, k, part)
+                    } else {
+                        f32_wide::kernel(x, m, w, nb, k, part)
+                    }
+                }
             }
         }
     }
@@ -812,6 +820,132 @@ q8_kernel!(q8_avxvnni, "avx2,fma,avxvnni", dot_avxvnni, 3, [1 => 4, 2 => 3, 3 =>
 
 #[cfg(target_arch = "x86_64")]
 simd_kernel!(avx2, "avx2,fma", 4, [1 => 8, 2 => 4, 3 => 3, 4 => 2]);
+/// f32 on 512-bit registers: two weight rows per register (lanes 0–7 the first row's 8 lanes,
+/// 8–15 the second's) against the activation row's 8 values broadcast to both halves. Each lane
+/// sums exactly what the 256-bit kernels' lane sums, in the same order, and each row's lanes and
+/// tail are reduced as there, so the bits are the other kernels'; each instruction does twice the
+/// work (the 256-bit kernels leave half of an AVX-512 core's FMA width idle).
+#[cfg(target_arch = "x86_64")]
+mod f32_wide {
+    use super::{reduce, LANES};
+    use std::arch::x86_64::*;
+
+    /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+2P` (a last odd row is paired with
+    /// itself and its copy dropped).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (and FMA); `x` must hold rows `i0..i0+R` of `k` values, `w`
+    /// rows `j0..min(j0+2P, nb)` of `k` values, and `part` `(i0+R)·nb` values.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize, const P: usize>(
+        x: &[f32],
+        i0: usize,
+        w: &[f32],
+        j0: usize,
+        nb: usize,
+        k: usize,
+        part: &mut [f32],
+    ) {
+        let body = k - k % LANES;
+        let xp = x.as_ptr().add(i0 * k);
+        let row = |g: usize| w.as_ptr().add((j0 + g).min(nb - 1) * k);
+        let rows: [[*const f32; 2]; P] = std::array::from_fn(|p| [row(2 * p), row(2 * p + 1)]);
+        // The next tile's rows are fetched while this one computes (as in the 256-bit kernels).
+        let next = if j0 + 4 * P <= nb { 2 * P } else { 0 };
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let mut c = 0;
+        while c < body {
+            let mut wv = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                let lo = _mm256_castps_pd(_mm256_loadu_ps(rows[p][0].add(c)));
+                let hi = _mm256_castps_pd(_mm256_loadu_ps(rows[p][1].add(c)));
+                wv[p] = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(lo), hi));
+                _mm_prefetch::<_MM_HINT_T0>(rows[p][0].add(next * k + c) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(rows[p][1].add(next * k + c) as *const i8);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x8 = _mm256_castps_pd(_mm256_loadu_ps(xp.add(r * k + c)));
+                let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(x8));
+                for p in 0..P {
+                    acc[p] = _mm512_fmadd_ps(xv, wv[p], acc[p]);
+                }
+            }
+            c += LANES;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (p, a) in acc.iter().enumerate() {
+                let mut lanes = [0f32; 2 * LANES];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+                for half in 0..2 {
+                    let j = j0 + 2 * p + half;
+                    if j < nb {
+                        let l: &[f32; LANES] = lanes[half * LANES..(half + 1) * LANES].try_into().expect("8 lanes");
+                        let mut s = reduce(l);
+                        for t in body..k {
+                            s = (*xp.add(r * k + t)).mul_add(*rows[p][half].add(t), s);
+                        }
+                        part[(i0 + r) * nb + j] = s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `i0..i0+R` against every weight row.
+    ///
+    /// # Safety
+    /// As for `tile`, for every weight row `0..nb`.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    #[inline]
+    unsafe fn rows<const R: usize, const P: usize>(
+        x: &[f32],
+        i0: usize,
+        w: &[f32],
+        nb: usize,
+        k: usize,
+        part: &mut [f32],
+    ) {
+        let mut j = 0;
+        while j + 2 * P <= nb {
+            tile::<R, P>(x, i0, w, j, nb, k, part);
+            j += 2 * P;
+        }
+        while j < nb {
+            tile::<R, 1>(x, i0, w, j, nb, k, part);
+            j += 2;
+        }
+    }
+
+    /// `part[m × nb] = x[m × k] · w[nb × k]ᵀ`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and FMA; `x` must hold `m·k` values, `w` `nb·k` and `part`
+    /// `m·nb`.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn kernel(x: &[f32], m: usize, w: &[f32], nb: usize, k: usize, part: &mut [f32]) {
+        if nb == 0 {
+            return;
+        }
+        let mut i0 = 0;
+        while i0 < m {
+            let r = (m - i0).min(8);
+            match r {
+                1 => rows::<1, 4>(x, i0, w, nb, k, part),
+                2 => rows::<2, 4>(x, i0, w, nb, k, part),
+                3 => rows::<3, 4>(x, i0, w, nb, k, part),
+                4 => rows::<4, 3>(x, i0, w, nb, k, part),
+                5 => rows::<5, 3>(x, i0, w, nb, k, part),
+                6 => rows::<6, 2>(x, i0, w, nb, k, part),
+                7 => rows::<7, 2>(x, i0, w, nb, k, part),
+                8 => rows::<8, 2>(x, i0, w, nb, k, part),
+                _ => unreachable!("tile height {r}"),
+            }
+            i0 += r;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 simd_kernel!(avx512, "avx2,fma,avx512f,avx512vl", 8, [1 => 8, 2 => 8, 3 => 6, 4 => 4, 5 => 4, 6 => 3, 7 => 3, 8 => 3]);
 
