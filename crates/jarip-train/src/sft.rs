@@ -574,6 +574,9 @@ pub fn sft_parallel(opts: &SftOptions, comm: &dyn Collective) -> Result<SftSumma
             String::new()
         },
     )];
+    if matmul.is_bf16() {
+        banner.push(format!("matmul: {} — {}", matmul.name(), matmul.describe()));
+    }
     banner.extend(warnings);
     let run = Run {
         comm,
