@@ -640,52 +640,43 @@ macro_rules! q8_kernel {
 // exact (|x|, |w| ≤ 127: the 16-bit pair sums of `maddubs` stay below 2¹⁵, so no saturation).
 // `maddubs` + `madd` (two instructions) or VNNI's `vpdpbusd` (one) give the same integers.
 
-/// Sum of 4-byte groups by `vpmaddubsw` then `vpmaddwd`.
-///
-/// # Safety
-/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn dot_madd(
-    xa: std::arch::x86_64::__m256i,
-    wv: std::arch::x86_64::__m256i,
-    ones: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wv), ones)
-}
+use dots::{dot_avxvnni, dot_madd, dot_vnni256};
 
-/// Sum of 4-byte groups by AVX512-VNNI `vpdpbusd` on 256 bits (EVEX).
-///
-/// # Safety
-/// The CPU must support AVX512-VNNI and AVX-512VL.
+/// The three ways of summing a block's 4-byte groups (the third argument: sixteen 16-bit ones).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dot_vnni256(
-    xa: std::arch::x86_64::__m256i,
-    wv: std::arch::x86_64::__m256i,
-    _: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
+mod dots {
     use std::arch::x86_64::*;
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), xa, wv)
-}
 
-/// Sum of 4-byte groups by AVX-VNNI `vpdpbusd` (VEX).
-///
-/// # Safety
-/// The CPU must support AVX-VNNI.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-unsafe fn dot_avxvnni(
-    xa: std::arch::x86_64::__m256i,
-    wv: std::arch::x86_64::__m256i,
-    _: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), xa, wv)
+    /// `vpmaddubsw` then `vpmaddwd`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub unsafe fn dot_madd(xa: __m256i, wv: __m256i, ones: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wv), ones)
+    }
+
+    /// AVX512-VNNI `vpdpbusd` on 256 bits (EVEX).
+    ///
+    /// # Safety
+    /// The CPU must support AVX512-VNNI and AVX-512VL.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    #[inline]
+    pub unsafe fn dot_vnni256(xa: __m256i, wv: __m256i, _: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), xa, wv)
+    }
+
+    /// AVX-VNNI `vpdpbusd` (VEX).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    #[inline]
+    pub unsafe fn dot_avxvnni(xa: __m256i, wv: __m256i, _: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), xa, wv)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -703,7 +694,7 @@ q8_kernel!(q8_avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni256, 8
 /// 8 lanes are summed in the same tree, so the bits are the other kernels'.
 #[cfg(target_arch = "x86_64")]
 mod q8_wide {
-    use super::{reduce, Q8Activations, Q8Rows, LANES, QK8_0};
+    use super::{reduce, Q8Activations, Q8Rows, QK8_0};
     use std::arch::x86_64::*;
 
     /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+2P` (a last odd row is paired with
@@ -756,12 +747,9 @@ mod q8_wide {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, a) in acc.iter().enumerate() {
-                let mut lanes = [0f32; 2 * LANES];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
-                for half in 0..2 {
+                for (half, l) in super::halves(*a).iter().enumerate() {
                     let j = j0 + 2 * p + half;
                     if j < nb {
-                        let l: &[f32; LANES] = lanes[half * LANES..(half + 1) * LANES].try_into().expect("8 lanes");
                         part[(i0 + r) * nb + j] = reduce(l);
                     }
                 }
@@ -820,6 +808,20 @@ q8_kernel!(q8_avxvnni, "avx2,fma,avxvnni", dot_avxvnni, 3, [1 => 4, 2 => 3, 3 =>
 
 #[cfg(target_arch = "x86_64")]
 simd_kernel!(avx2, "avx2,fma", 4, [1 => 8, 2 => 4, 3 => 3, 4 => 2]);
+/// The two weight rows' 8 lanes of a 512-bit accumulator of the wide kernels (lanes 0–7, 8–15).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn halves(a: std::arch::x86_64::__m512) -> [[f32; LANES]; 2] {
+    let mut lanes = [[0f32; LANES]; 2];
+    // `[[f32; 8]; 2]` is 16 contiguous floats: the store writes exactly them.
+    std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr() as *mut f32, a);
+    lanes
+}
+
 /// f32 on 512-bit registers: two weight rows per register (lanes 0–7 the first row's 8 lanes,
 /// 8–15 the second's) against the activation row's 8 values broadcast to both halves. Each lane
 /// sums exactly what the 256-bit kernels' lane sums, in the same order, and each row's lanes and
@@ -875,12 +877,9 @@ mod f32_wide {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, a) in acc.iter().enumerate() {
-                let mut lanes = [0f32; 2 * LANES];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
-                for half in 0..2 {
+                for (half, l) in super::halves(*a).iter().enumerate() {
                     let j = j0 + 2 * p + half;
                     if j < nb {
-                        let l: &[f32; LANES] = lanes[half * LANES..(half + 1) * LANES].try_into().expect("8 lanes");
                         let mut s = reduce(l);
                         for t in body..k {
                             s = (*xp.add(r * k + t)).mul_add(*rows[p][half].add(t), s);
