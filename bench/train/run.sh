@@ -61,8 +61,10 @@ j0 = rows["jarip_fp32"][0]
 peak = j0.get("peak_gflops")
 print(f"CPU: {cpu}; {len(next(iter(rows.values())))} alternating repeats per row")
 print(f"MFU against this machine's measured fp32 peak: {peak:.1f} GFLOP/s" if peak else "MFU: see each row")
-print(f"{'implementation':58} {'ms/step':>9} {'tokens/s':>9} {'(range)':>15} {'MFU':>6} {'peak RSS':>9}")
-summary = {}
+# One row per implementation (label, ms/step, tokens/s, MFU, peak RSS), medians over the repeats;
+# the spread of tokens/s follows the table.
+print(f"{'implementation':58} {'ms/step':>9} {'tokens/s':>9} {'MFU':>6} {'peak RSS':>9}")
+summary, spread = {}, []
 for name, runs in rows.items():
     ms = statistics.median(r["ms_per_step"] for r in runs)
     tps = [r["tokens_per_s"] for r in runs]
@@ -70,7 +72,9 @@ for name, runs in rows.items():
     mfu = runs[0]["gflops_per_step"] / (ms / 1e3) / peak if peak else runs[0]["mfu"]
     summary[name] = (statistics.median(tps), rss)
     label = runs[0]["impl"]
-    print(f"{label:58} {ms:9.0f} {statistics.median(tps):9.0f} {min(tps):7.0f}–{max(tps):<7.0f} {100*mfu:5.1f}% {rss:7.0f} MB")
+    print(f"{label:58} {ms:9.0f} {statistics.median(tps):9.0f} {100*mfu:5.1f}% {rss:7.0f} MB")
+    spread.append(f"{label.split(' (')[0]} {min(tps):.0f}–{max(tps):.0f}")
+print("tokens/s range over the repeats: " + "; ".join(spread))
 print(f"params {j0['params']:,} (torch {rows['torch'][0]['params']:,}); {j0['gflops_per_step']:.1f} GFLOP/step")
 for j in ("jarip_fp32", "jarip_bf16", "jarip_bf16_amx"):
     for t in ("torch", "torch_bf16"):

@@ -173,7 +173,8 @@ def main():
     med = times[len(times) // 2]
     flops = flops_per_token * tokens
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} {'bf16 autocast' if a.bf16 else 'fp32'} {a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
+        # The default architecture is not named: a row's label says "jarip" only for jarip itself.
+        "impl": f"pytorch {torch.__version__} {'bf16 autocast' if a.bf16 else 'fp32'}{'' if a.arch == 'jarip' else ' ' + a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
         "params": params,
         "ms_per_step": med * 1e3,
         "tokens_per_s": tokens / med,
