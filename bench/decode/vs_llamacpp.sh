@@ -10,12 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 tok="${1:?usage: bench/decode/vs_llamacpp.sh TOKENIZER_DIR}"
 out="${OUT:-target/bench-llamacpp}"
-py="${PYTHON:-python3}"
-steps="${STEPS:-64}"
-prefill="${PREFILL:-512}"
-grep -m1 "model name" /proc/cpuinfo || true
-cargo build --release -q -p jarip-infer --example decode_bench
-bin=target/release/examples/decode_bench
 # shellcheck source=bench/decode/compare.sh
 source bench/decode/compare.sh
 "$bin" --write-qwen3 "$out" --tokenizer "$tok"

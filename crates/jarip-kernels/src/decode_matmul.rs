@@ -246,8 +246,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (decided once: attention asks per head and token).
     pub fn detect() -> Self {
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(Self::detect_now)
+    }
+
+    fn detect_now() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
