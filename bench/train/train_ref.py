@@ -1,4 +1,6 @@
-"""PyTorch reference for jarip's training-step benchmark: the same model and step, fp32, CPU.
+"""PyTorch reference for jarip's training-step benchmark: the same model and step, fp32, CPU
+(or `--device cuda`: bf16 autocast with `--bf16`, fused AdamW, timed with synchronisation; peak
+GPU memory reserved is reported — `scripts/gpu-check` runs it beside jarip on the same GPU).
 
 Model (as jarip-model): token embedding; per block pre-norm RMSNorm (learned gain), q/k/v
 projections, QK-norm (RMSNorm over each head), rotary embeddings (half split, base 10000),
@@ -121,6 +123,8 @@ def main():
     p.add_argument("--peak-gflops", type=float, default=269.0)
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step, over all ranks")
     p.add_argument("--arch", choices=["jarip", "llama", "qwen3"], default="jarip")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.add_argument("--bf16", action="store_true",
                    help="PyTorch's bf16 autocast on the CPU (matmuls in bf16, fp32 master weights and optimizer)")
     a = p.parse_args()
@@ -129,7 +133,9 @@ def main():
     if a.accum % world:
         raise SystemExit(f"--accum {a.accum} cannot be split among {world} ranks")
     torch.manual_seed(0)
-    model = GPT(a.vocab, a.depth, a.seq_len, a.arch)
+    dev = torch.device(a.device)
+    model = GPT(a.vocab, a.depth, a.seq_len, a.arch).to(dev)
+    step_model = torch.compile(model) if a.compile else model
     ddp = None
     if world > 1:
         dist.init_process_group("gloo")
@@ -137,8 +143,10 @@ def main():
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95)
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95),
+        **({"fused": True} if dev.type == "cuda" else {}),
     )
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     params = sum(p.numel() for p in model.parameters())
     c = a.depth * 64
     tokens = a.batch * a.seq_len * a.accum
@@ -148,20 +156,22 @@ def main():
     flops_per_token = 6 * (params - a.vocab * c) + 12 * a.depth * c * a.seq_len / 2
     times, loss = [], float("nan")
     for i in range(a.warmup + a.steps):
-        idx = torch.randint(0, a.vocab, (local, a.batch, a.seq_len + 1))
+        idx = torch.randint(0, a.vocab, (local, a.batch, a.seq_len + 1), device=dev)
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         for j in range(local):
             # DDP all-reduces the gradients on the last micro-batch's backward only.
             quiet = ddp.no_sync() if ddp is not None and j < local - 1 else contextlib.nullcontext()
-            cast = torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
+            cast = torch.autocast(dev.type, dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
             with quiet:
                 with cast:
-                    l = (ddp or model)(idx[j, :, :-1], idx[j, :, 1:]) / local
+                    l = (ddp or step_model)(idx[j, :, :-1], idx[j, :, 1:]) / local
                 l.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss = l.item() * local
+        sync()
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)
@@ -174,7 +184,8 @@ def main():
     flops = flops_per_token * tokens
     print(json.dumps({
         # The default architecture is not named: a row's label says "jarip" only for jarip itself.
-        "impl": f"pytorch {torch.__version__} {'bf16 autocast' if a.bf16 else 'fp32'}{'' if a.arch == 'jarip' else ' ' + a.arch} ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)",
+        "impl": f"pytorch {torch.__version__} {'bf16 autocast' if a.bf16 else 'fp32'}{'' if a.arch == 'jarip' else ' ' + a.arch}{' compiled' if a.compile else ''}"
+                + (" (CUDA, SDPA, fused AdamW)" if dev.type == "cuda" else f" ({world} rank{'s' if world > 1 else ''} x {torch.get_num_threads()} threads)"),
         "params": params,
         "ms_per_step": med * 1e3,
         "tokens_per_s": tokens / med,
@@ -182,6 +193,7 @@ def main():
         "mfu": flops / med / (a.peak_gflops * 1e9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
         "final_loss": loss,
+        **({"gpu_mem_mb": torch.cuda.max_memory_reserved() / 1e6} if dev.type == "cuda" else {}),
     }))
 
 

@@ -17,6 +17,8 @@
 //! - [`mmap`]: read-only memory maps of files;
 //! - [`alloc`]: keeping freed memory for reuse in training processes (no page faults per step);
 //! - [`peak`]: the machine's measured fp32 FMA and bf16 dot-product peaks, for MFU;
+//! - `cuda` (feature `cuda`): the fused CUDA training kernels of `cuda/train.cu` (attention,
+//!   RMSNorm, RoPE, the head's cross-entropy, multi-tensor AdamW) as candle ops;
 //! - `nccl` (feature `nccl`): the NCCL all-reduce as a candle op.
 //!
 //! Kernels are chosen at run time from the CPU's features, never at build time.
@@ -25,6 +27,8 @@
 #![deny(clippy::missing_safety_doc)]
 
 pub mod alloc;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decode_matmul;
 pub mod kv_cache;
 pub mod mmap;

@@ -28,7 +28,7 @@ pub use config::{Arch, MlpKind, ModelConfig, RopeScaling};
 pub use jarip_kernels::ops::matmul_bf16::{Path as MatmulPath, Precision};
 pub use jarip_kernels::{ops, Kernels};
 pub use layout::{param_shapes, ParamRole};
-pub use model::Gpt;
+pub use model::{Gpt, KvCache};
 pub use sampling::{Sampler, SamplingParams, TokenLogprob};
 pub use utf8_mask::{Utf8Constraint, Utf8State};
 pub use weights::{hash_tensors, CONFIG_FILE, WEIGHTS_FILE};

@@ -168,16 +168,18 @@ impl Gpt {
         ops::rms_norm::rms_norm(x, &self.w(w)?, self.cfg.norm_eps, self.kernels)
     }
 
-    /// Final hidden states `[B·T, C]` of `ids: [B, T]` (u32), positions `0..T`.
-    fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+    /// Final hidden states `[B·T, C]` of `ids: [B, T]` (u32), positions `0..T` — or, with a
+    /// cache, positions `cache.len()..` after the cached ones, whose keys and values it extends.
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.cfg.check_seq_len(t)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        self.cfg.check_seq_len(offset + t)?;
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
         let n = b * t;
         let k_ops = self.kernels;
         let mut x = self.w(&self.embed)?.embedding(&ids.flatten_all()?)?; // [N, C]
-        for blk in &self.blocks {
+        for (layer, blk) in self.blocks.iter().enumerate() {
             let hn = self.norm(&x, &blk.attn_norm)?;
             let q = self.linear(&hn, &blk.wq, (b, t, h, d))?;
             let k = self.linear(&hn, &blk.wk, (b, t, hkv, d))?;
@@ -186,8 +188,12 @@ impl Gpt {
                 (Some(qn), Some(kn)) => (self.norm(&q, qn)?, self.norm(&k, kn)?),
                 _ => (q, k),
             };
-            let q = ops::rope::rope(&q, &self.rope, 0, k_ops)?;
-            let k = ops::rope::rope(&k, &self.rope, 0, k_ops)?;
+            let q = ops::rope::rope(&q, &self.rope, offset, k_ops)?;
+            let k = ops::rope::rope(&k, &self.rope, offset, k_ops)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(layer, k, v)?,
+                None => (k, v),
+            };
             let y = ops::attention::causal_attention(&q, &k, &v, k_ops)?;
             x = (x + self.linear(&y, &blk.wo, (n, cfg.n_embd))?)?;
 
@@ -213,13 +219,22 @@ impl Gpt {
     /// parity grid there checks against this forward.)
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let logits = self.raw_logits(&self.hidden(ids)?)?;
+        let logits = self.raw_logits(&self.hidden(ids, None)?)?;
+        Ok(ops::cross_entropy::softcap(&logits, self.cfg.logit_softcap)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// As [`Gpt::forward`] for `ids` at the positions after those in `cache`, whose keys and
+    /// values it appends: decoding on any device (CUDA too) with candle ops. (The CPU's decode
+    /// engine, with its own kernels and cache, is jarip-infer's `DecodeModel`.)
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let logits = self.raw_logits(&self.hidden(ids, Some(cache))?)?;
         Ok(ops::cross_entropy::softcap(&logits, self.cfg.logit_softcap)?.reshape((b, t, self.cfg.vocab_size))?)
     }
 
     /// Per-token cross-entropy (nats, fp32) `[B·T]` of predicting `targets: [B, T]` from `ids`.
     pub fn token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let hidden = self.hidden(ids)?;
+        let hidden = self.hidden(ids, None)?;
         let targets = targets.flatten_all()?;
         let cap = self.cfg.logit_softcap;
         Ok(ops::head_ce::head_cross_entropy(
@@ -243,6 +258,42 @@ impl Gpt {
     }
 }
 
+/// Keys and values of the positions decoded so far, per layer (`[B, T, Hkv, D]` each, after
+/// RoPE), for [`Gpt::forward_cached`].
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Layer `layer`'s keys and values with `k, v` appended along the positions.
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let kv = match self.layers.get(layer) {
+            Some((k0, v0)) => (Tensor::cat(&[k0, &k], 1)?, Tensor::cat(&[v0, &v], 1)?),
+            None => (k, v),
+        };
+        if layer < self.layers.len() {
+            self.layers[layer] = kv.clone();
+        } else {
+            self.layers.push(kv.clone());
+        }
+        Ok(kv)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +310,32 @@ mod tests {
             (0..b * (t + 1)).map(|i| ((i as u32).wrapping_mul(2654435761u32) ^ salt) % vocab).collect();
         let all = Tensor::from_vec(toks, (b, t + 1), &Device::Cpu).unwrap();
         (all.narrow(1, 0, t).unwrap(), all.narrow(1, 1, t).unwrap())
+    }
+
+    #[test]
+    fn cached_decoding_matches_the_full_forward() {
+        let cfg = ModelConfig::tiny(300);
+        for kernels in [Kernels::Composed, Kernels::Fused] {
+            let mut m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
+            m.set_kernels(kernels);
+            let (x, _) = batch(2, 12, 300, 6);
+            let full = m.forward(&x).unwrap();
+            let mut cache = KvCache::new();
+            // A prompt of 5, then one token at a time.
+            let mut parts = vec![m.forward_cached(&x.narrow(1, 0, 5).unwrap(), &mut cache).unwrap()];
+            for t in 5..12 {
+                parts.push(m.forward_cached(&x.narrow(1, t, 1).unwrap(), &mut cache).unwrap());
+                assert_eq!(cache.len(), t + 1);
+            }
+            let stepped = Tensor::cat(&parts, 1).unwrap();
+            let d = (full - stepped).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{kernels:?}: cached decoding differs from the full forward by {d}");
+        }
+        let m = Gpt::new(&cfg, 4, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new();
+        let (x, _) = batch(1, 32, 300, 1);
+        m.forward_cached(&x, &mut cache).unwrap();
+        assert!(m.forward_cached(&x.narrow(1, 0, 1).unwrap(), &mut cache).is_err(), "past the context");
     }
 
     #[test]

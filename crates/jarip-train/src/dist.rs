@@ -262,17 +262,35 @@ mod mpi_backend {
     }
 }
 
-/// NCCL for the gradients, on the GPU where they are; MPI for everything else (starting NCCL,
-/// agreeing on failures and decisions). NCCL adds in an order of its own, so a run on it is not
-/// reproduced bit for bit by one process (nor is any bf16 GPU run).
+/// NCCL for the gradients, on the GPU where they are; the host side (starting NCCL, agreeing on
+/// failures and decisions) is MPI across ranks, or nothing at all for one process, so a one-GPU
+/// machine without MPI still runs the NCCL path. NCCL adds in an order of its own, so a run on it
+/// is not reproduced bit for bit by one process (nor is any bf16 GPU run).
 #[cfg(feature = "nccl")]
 mod nccl_backend {
-    use super::{Collective, Mpi};
+    use super::{Collective, Solo};
     use anyhow::{bail, Context, Result};
     use candle_core::{DType, Device, Tensor};
     use jarip_kernels::nccl::{all_reduce_sum, Comm, Id};
     use std::cell::OnceCell;
     use std::ffi::c_char;
+
+    /// Who the host-side collectives go through.
+    enum Host {
+        Alone(Solo),
+        #[cfg(feature = "mpi")]
+        Mpi(super::Mpi),
+    }
+
+    impl Host {
+        fn get(&self) -> &dyn Collective {
+            match self {
+                Host::Alone(s) => s,
+                #[cfg(feature = "mpi")]
+                Host::Mpi(m) => m,
+            }
+        }
+    }
 
     pub struct Nccl {
         /// Made on the first sum, on the stream of the device the gradients live on (a
@@ -280,25 +298,43 @@ mod nccl_backend {
         /// Declared first: dropped before MPI is finalized.
         comm: OnceCell<Comm>,
         id: [c_char; 128],
-        mpi: Mpi,
+        host: Host,
+    }
+
+    /// A fresh NCCL id, as bytes (cudarc panics when it cannot load libnccl: caught here).
+    fn draw_id() -> Result<[u8; 128]> {
+        match std::panic::catch_unwind(Id::new) {
+            Ok(Ok(id)) => {
+                let mut out = [0u8; 128];
+                for (d, &c) in out.iter_mut().zip(id.internal()) {
+                    *d = c as u8;
+                }
+                Ok(out)
+            }
+            Ok(Err(e)) => bail!("ncclGetUniqueId: {e:?}"),
+            Err(_) => bail!("ncclGetUniqueId panicked (is libnccl.so on the library path?)"),
+        }
     }
 
     impl Nccl {
+        /// One process on one GPU: the all-reduce runs over a communicator of one rank.
+        pub fn single() -> Result<Self> {
+            let bytes = draw_id()?;
+            Ok(Self { comm: OnceCell::new(), id: bytes.map(|b| b as c_char), host: Host::Alone(Solo) })
+        }
+
         /// Rank 0 draws the NCCL id and every rank learns it through MPI; if rank 0 cannot (no
         /// libnccl, say), every rank fails together.
-        pub fn init(mpi: Mpi) -> Result<Self> {
+        #[cfg(feature = "mpi")]
+        pub fn init(mpi: super::Mpi) -> Result<Self> {
             let mut mine = vec![0u8; 1 + 128];
             if mpi.rank() == 0 {
-                // cudarc panics when it cannot load libnccl: a panic here would leave the others waiting.
-                match std::panic::catch_unwind(Id::new) {
-                    Ok(Ok(id)) => {
+                match draw_id() {
+                    Ok(id) => {
                         mine[0] = 1;
-                        for (d, &c) in mine[1..].iter_mut().zip(id.internal()) {
-                            *d = c as u8;
-                        }
+                        mine[1..].copy_from_slice(&id);
                     }
-                    Ok(Err(e)) => eprintln!("ncclGetUniqueId: {e:?}"),
-                    Err(_) => eprintln!("ncclGetUniqueId panicked (is libnccl installed?)"),
+                    Err(e) => eprintln!("{e:#}"),
                 }
             }
             let all = mpi.all_gather(&mine)?;
@@ -309,15 +345,24 @@ mod nccl_backend {
             for (d, &s) in id.iter_mut().zip(&all[0][1..]) {
                 *d = s as c_char;
             }
-            Ok(Self { comm: OnceCell::new(), id, mpi })
+            Ok(Self { comm: OnceCell::new(), id, host: Host::Mpi(mpi) })
         }
 
         pub fn local_rank(&self) -> usize {
-            self.mpi.local_rank()
+            match &self.host {
+                Host::Alone(_) => 0,
+                #[cfg(feature = "mpi")]
+                Host::Mpi(m) => m.local_rank(),
+            }
         }
 
+        /// Ends every rank at once (with MPI), or this process.
         pub fn abort(&self, code: i32) -> ! {
-            self.mpi.abort(code)
+            match &self.host {
+                Host::Alone(_) => std::process::exit(code),
+                #[cfg(feature = "mpi")]
+                Host::Mpi(m) => m.abort(code),
+            }
         }
 
         fn comm(&self, device: &Device) -> Result<&Comm> {
@@ -336,19 +381,19 @@ mod nccl_backend {
 
     impl Collective for Nccl {
         fn rank(&self) -> usize {
-            self.mpi.rank()
+            self.host.get().rank()
         }
         fn world_size(&self) -> usize {
-            self.mpi.world_size()
+            self.host.get().world_size()
         }
         fn backend(&self) -> &'static str {
             "nccl"
         }
         fn sum_in_rank_order(&self, buf: &mut [f32]) -> Result<()> {
-            self.mpi.sum_in_rank_order(buf)
+            self.host.get().sum_in_rank_order(buf)
         }
         fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-            self.mpi.all_gather(mine)
+            self.host.get().all_gather(mine)
         }
         /// One all-reduce over all gradients laid end to end.
         fn sum_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {

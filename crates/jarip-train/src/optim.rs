@@ -67,6 +67,8 @@ struct Slot {
 pub struct Optimizer {
     opts: OptimizerOptions,
     slots: Vec<Slot>,
+    /// Every AdamW tensor on the GPU in one launch (`--kernels fused` on CUDA).
+    multi_tensor: bool,
     /// Optimizer steps taken so far.
     pub t: u64,
 }
@@ -96,7 +98,8 @@ impl Optimizer {
                 Ok(Slot { name: name.clone(), var: var.clone(), role, state })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { opts: opts.clone(), slots, t: 0 })
+        let on_cuda = params.first().is_some_and(|(_, v)| v.device().is_cuda());
+        Ok(Self { opts: opts.clone(), slots, multi_tensor: fused && on_cuda && cfg!(feature = "cuda"), t: 0 })
     }
 
     /// The gradients of every parameter, in order; a missing one is an error (it would mean
@@ -119,6 +122,9 @@ impl Optimizer {
         let clip =
             if self.opts.grad_clip > 0.0 && norm > self.opts.grad_clip { self.opts.grad_clip / norm } else { 1.0 };
         self.t += 1;
+        if self.multi_tensor {
+            return self.step_multi_tensor(grads, inv_accum * clip, lr_factor).map(|()| norm);
+        }
         let o = &self.opts;
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let decay = matches!(slot.role, ParamRole::Matrix | ParamRole::Head);
@@ -146,6 +152,49 @@ impl Optimizer {
             }
         }
         Ok(norm)
+    }
+
+    /// [`Optimizer::step`]'s update with every AdamW tensor in one kernel launch (Muon's
+    /// matrices, if any, as usual): the same arithmetic as [`adamw_composed`], element by element.
+    #[cfg(feature = "cuda")]
+    fn step_multi_tensor(&mut self, grads: &[Tensor], grad_scale: f64, lr_factor: f64) -> Result<()> {
+        use jarip_kernels::cuda::{adamw_multi, AdamWItem, AdamWScalars};
+        let o = self.opts.clone();
+        let (bc1, bc2) = (1.0 - o.beta1.powi(self.t as i32), 1.0 - o.beta2.powi(self.t as i32));
+        let scalars = AdamWScalars {
+            lr: (o.lr * lr_factor) as f32,
+            beta1: o.beta1 as f32,
+            beta2: o.beta2 as f32,
+            eps: o.eps as f32,
+            bc1: bc1 as f32,
+            bc2: bc2 as f32,
+            grad_scale: grad_scale as f32,
+        };
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            if let Moments::Muon { buf } = &mut slot.state {
+                let lr = o.muon_lr * lr_factor;
+                muon_update(&slot.var, &g.to_dtype(DType::F32)?, buf, grad_scale, lr, o.muon_momentum, o.weight_decay)?;
+            }
+        }
+        let mut items = Vec::new();
+        for (slot, g) in self.slots.iter().zip(grads) {
+            match &slot.state {
+                Moments::Device { m, v } => {
+                    let decay = matches!(slot.role, ParamRole::Matrix | ParamRole::Head);
+                    let weight_decay = if decay { o.weight_decay as f32 } else { 0.0 };
+                    items.push(AdamWItem { param: slot.var.as_tensor(), grad: g, m, v, weight_decay });
+                }
+                Moments::Muon { .. } => {}
+                Moments::Host { .. } => bail!("multi-tensor AdamW: {} has its moments on the host", slot.name),
+            }
+        }
+        adamw_multi(&items, &scalars)?;
+        Ok(())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn step_multi_tensor(&mut self, _: &[Tensor], _: f64, _: f64) -> Result<()> {
+        bail!("multi-tensor AdamW needs a build with the cuda feature")
     }
 
     /// Moments as named tensors (`NAME.m`, `NAME.v`, `NAME.muon`).

@@ -98,7 +98,7 @@ impl SftArgs {
             patience: (self.patience > 0).then_some(self.patience),
             mix_data: self.mix_data.clone(),
             mix_fraction: self.mix_fraction,
-            kernels: self.engine.kernels.into(),
+            kernels: self.engine.kernels(),
             precision: self.engine.precision.map(Into::into),
             bf16_kernel: self.engine.bf16_kernel,
             device: self.engine.device.clone(),

@@ -21,6 +21,7 @@ pub mod data_order_cmd;
 pub mod demo;
 pub mod eval_cmd;
 pub mod export_cmd;
+pub mod gpu_check;
 pub mod pretrain_cmd;
 pub mod provenance_cmd;
 pub mod serve_cmd;

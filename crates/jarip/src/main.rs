@@ -51,6 +51,9 @@ enum Command {
     Serve(jarip::serve_cmd::ServeArgs),
     /// Run every stage that exists on the demo corpus, end to end.
     Speedrun(jarip::speedrun::SpeedrunArgs),
+    /// Check the GPU path on a GPU: parity with the CPU, training throughput (scripts/gpu-check runs it).
+    #[command(subcommand)]
+    GpuCheck(jarip::gpu_check::GpuCheckCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => jarip::eval_cmd::report(&a).map(|_| ()),
         Command::Serve(a) => jarip::serve_cmd::serve(&a),
         Command::Speedrun(a) => jarip::speedrun::run(&a),
+        Command::GpuCheck(c) => jarip::gpu_check::run(&c),
     }
 }
 

@@ -25,8 +25,8 @@ pub enum DistArg {
     None,
     /// One MPI rank per process, started by `mpirun -n N jarip pretrain --dist mpi …`.
     Mpi,
-    /// As `mpi`, with the gradients summed on the GPUs by NCCL (`--device cuda`; a build with
-    /// `--features nccl`).
+    /// Gradients summed on the GPUs by NCCL (`--device cuda`; a build with `--features nccl`):
+    /// one process on one GPU, or one MPI rank per GPU under `mpirun` (`--features nccl,mpi`).
     Nccl,
 }
 
@@ -122,9 +122,11 @@ pub struct PretrainArgs {
 /// Where and how a training stage runs: the flags `pretrain` and `sft` share.
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Fused CPU kernels or plain candle ops.
-    #[arg(long, value_enum, default_value = "fused")]
-    pub kernels: KernelsArg,
+    /// Fused kernels (hand-written forward and backward: CPU, or CUDA for norms, RoPE, attention,
+    /// the head's cross-entropy and AdamW) or plain candle ops. Default: fused on the CPU,
+    /// composed on CUDA (until `scripts/gpu-check` has shown the CUDA kernels right and faster).
+    #[arg(long, value_enum)]
+    pub kernels: Option<KernelsArg>,
     /// Matrix products on the CPU: fp32, or bf16 with fp32 accumulation (master weights,
     /// optimizer, norms and loss stay fp32; AVX512-BF16 where the CPU has it, else fp32 with a
     /// notice). Default: fp32 for a new run; a resumed run keeps its own.
@@ -153,13 +155,24 @@ impl Default for EngineArgs {
     /// One CPU process with the fused kernels and a progress bar (the command-line defaults).
     fn default() -> Self {
         Self {
-            kernels: KernelsArg::Fused,
+            kernels: None,
             precision: None,
             bf16_kernel: None,
             device: "cpu".into(),
             no_progress: false,
             dist: DistArg::None,
             replicas: None,
+        }
+    }
+}
+
+impl EngineArgs {
+    /// The kernels to run: as asked, else fused on the CPU and composed on CUDA.
+    pub fn kernels(&self) -> jarip_model::Kernels {
+        match self.kernels {
+            Some(k) => k.into(),
+            None if self.device.starts_with("cuda") => jarip_model::Kernels::Composed,
+            None => jarip_model::Kernels::Fused,
         }
     }
 }
@@ -203,7 +216,7 @@ impl PretrainArgs {
             ScheduleArg::Wsd => jarip_train::schedule::ScheduleKind::Wsd,
         };
         o.schedule.warmup_steps = self.warmup_steps;
-        o.kernels = self.engine.kernels.into();
+        o.kernels = self.engine.kernels();
         o.precision = self.engine.precision.map(Into::into);
         o.bf16_kernel = self.engine.bf16_kernel;
         o
@@ -308,7 +321,16 @@ fn on_nccl<T>(device: &str, train: impl FnOnce(&dyn Collective, &str) -> Result<
     if device != "cuda" {
         anyhow::bail!("--dist nccl sums gradients on GPUs: add --device cuda");
     }
-    let comm = jarip_train::dist::Nccl::init(jarip_train::dist::Mpi::init()?)?;
+    let comm = match launcher_ranks() {
+        // One process (no launcher, or a launcher that started one): NCCL over one GPU, no MPI.
+        None | Some(1) => jarip_train::dist::Nccl::single()?,
+        #[cfg(feature = "mpi")]
+        Some(_) => jarip_train::dist::Nccl::init(jarip_train::dist::Mpi::init()?)?,
+        #[cfg(not(feature = "mpi"))]
+        Some(n) => {
+            anyhow::bail!("--dist nccl across {n} ranks needs MPI to start NCCL: build with `--features nccl,mpi`")
+        }
+    };
     let rank = comm.rank();
     let device = format!("cuda:{}", comm.local_rank());
     match train(&comm, &device) {
@@ -322,7 +344,7 @@ fn on_nccl<T>(device: &str, train: impl FnOnce(&dyn Collective, &str) -> Result<
 
 #[cfg(not(feature = "nccl"))]
 fn on_nccl<T>(_: &str, _: impl FnOnce(&dyn Collective, &str) -> Result<T>) -> Result<(T, bool)> {
-    anyhow::bail!("--dist nccl: this jarip was built without NCCL; build it with `--features nccl` (CUDA and MPI)")
+    anyhow::bail!("--dist nccl: this jarip was built without NCCL; build it with `--features nccl` (CUDA; add mpi for several ranks)")
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -24,6 +24,10 @@ pub const BLOCK_Q: usize = 64;
 /// `q: [B, T, H, D]`, `k, v: [B, Tk, Hkv, D]` with `Tk ≥ T`; query `i` sits at position
 /// `Tk − T + i` and sees keys `0..=Tk − T + i`. Returns `[B, T, H, D]`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels.cuda_for(q) && crate::cuda::attention_supported(q, k) {
+        return crate::cuda::causal_attention(q, k, v);
+    }
     if kernels.fused_for(q) && q.dim(1)? == k.dim(1)? {
         let op = FusedAttention { lse: Mutex::new(Vec::new()) };
         q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)

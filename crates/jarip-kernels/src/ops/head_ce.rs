@@ -28,6 +28,9 @@ pub fn head_cross_entropy(
     kernels: Kernels,
     path: Path,
 ) -> Result<Tensor> {
+    if kernels.cuda_for(h) && h.dtype() == w.dtype() {
+        return super::head_ce_blocked::head_cross_entropy(h, w, targets, cap);
+    }
     if kernels.fused_for(h) && kernels.fused_for(w) {
         let op = FusedHeadCe { cap, path, lse: Mutex::new(Vec::new()) };
         h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)

@@ -6,13 +6,16 @@
 //!   forward *and* backward (candle's own fused `rms_norm`/`softmax_last_dim`/`rope` have no
 //!   backward and would silently stop gradients).
 //!
-//! [`Kernels`] picks one; [`Kernels::Fused`] falls back to composed wherever the input is not
-//! a CPU fp32 tensor (e.g. CUDA with bf16), so the switch is always safe.
+//! [`Kernels`] picks one. On a CUDA tensor (f32 or bf16), [`Kernels::Fused`] runs the CUDA
+//! kernels of [`crate::cuda`] (feature `cuda`) for RMSNorm, RoPE, attention and the head's
+//! cross-entropy, and composed ops (cuBLAS) for the rest; wherever no fused kernel takes the
+//! input it falls back to composed, so the switch is always safe.
 
 pub mod attention;
 pub mod cross_entropy;
 pub mod fastmath;
 pub mod head_ce;
+pub mod head_ce_blocked;
 pub mod linear;
 pub mod matmul_bf16;
 pub mod relu2;
@@ -38,6 +41,11 @@ impl Kernels {
     /// Whether the fused kernel may run on `t`.
     pub(crate) fn fused_for(self, t: &Tensor) -> bool {
         self == Kernels::Fused && t.device().is_cpu() && t.dtype() == DType::F32
+    }
+
+    /// Whether the fused CUDA kernels may run on `t` (a CUDA f32/bf16 tensor, feature `cuda`).
+    pub(crate) fn cuda_for(self, t: &Tensor) -> bool {
+        self == Kernels::Fused && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16)
     }
 }
 

@@ -8,6 +8,10 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, kernels: Kernels) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels.cuda_for(x) {
+        return crate::cuda::rms_norm(x, w, eps);
+    }
     if kernels.fused_for(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, FusedRmsNorm { eps: eps as f32 })
     } else {

@@ -94,6 +94,10 @@ impl RopeTables {
 
 /// Rotates `x: [B, T, H, D]` whose first position is `pos_offset`.
 pub fn rope(x: &Tensor, tables: &RopeTables, pos_offset: usize, kernels: Kernels) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels.cuda_for(x) && tables.cos.device().same_device(x.device()) {
+        return crate::cuda::rope(x, &tables.cos, &tables.sin, pos_offset);
+    }
     if kernels.fused_for(x) {
         x.contiguous()?.apply_op1(FusedRope { tables: tables.clone(), pos_offset, inverse: false })
     } else {

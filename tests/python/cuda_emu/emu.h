@@ -1,0 +1,150 @@
+// A shim that lets g++ compile jarip's CUDA kernels (crates/jarip-kernels/cuda/train.cu) as
+// C++20 and run them on CPU threads, one std::thread per CUDA thread, for
+// tests/python/test_cuda_emu.py.
+//
+// Model: `launch` runs the grid's blocks one after another; for each block it starts
+// blockDim.x·y·z threads, gives each its thread_local threadIdx/blockIdx, and joins them.
+// `__shared__` is `static`: a kernel's shared arrays are function-local statics, so exactly the
+// threads of the running block share them (blocks never overlap in time). `__syncthreads()` is a
+// barrier across the block's threads; a thread that returns drops out of it (as an exited thread
+// does on the GPU), and a barrier that is not reached by every live thread within
+// EMU_BARRIER_TIMEOUT_S seconds aborts the process with a message instead of hanging.
+// Not emulated: warp shuffles, atomics (train.cu uses neither) and uninitialised shared memory
+// (statics start at zero and keep the previous block's values).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+
+// ---- bf16: 16-bit storage, fp32 arithmetic, round-to-nearest-even casts (as CUDA's) ----------
+
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+
+inline float __bfloat162float(__nv_bfloat16 h) {
+    uint32_t u = (uint32_t)h.bits << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    __nv_bfloat16 h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) h.bits = 0x7fff;  // NaN -> canonical NaN, as CUDA does
+    else h.bits = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return h;
+}
+
+// ---- device math -------------------------------------------------------------------------------
+
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+// ---- __syncthreads: a reusable barrier for the running block's threads -------------------------
+
+#ifndef EMU_BARRIER_TIMEOUT_S
+#define EMU_BARRIER_TIMEOUT_S 60
+#endif
+
+class EmuBarrier {
+  public:
+    explicit EmuBarrier(unsigned n) : expected_(n) {}
+
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lk(mu_);
+        unsigned gen = gen_;
+        if (++arrived_ == expected_) {
+            complete();
+            return;
+        }
+        bool ok = cv_.wait_for(lk, std::chrono::seconds(EMU_BARRIER_TIMEOUT_S), [&] { return gen_ != gen; });
+        if (!ok) {
+            fprintf(stderr,
+                    "cuda_emu: __syncthreads deadlock in block (%u,%u,%u): %u of %u live threads arrived\n",
+                    blockIdx.x, blockIdx.y, blockIdx.z, arrived_, expected_);
+            abort();
+        }
+    }
+
+    // A thread that has returned from the kernel no longer takes part.
+    void drop() {
+        std::unique_lock<std::mutex> lk(mu_);
+        expected_--;
+        if (arrived_ > 0 && arrived_ == expected_) complete();
+    }
+
+  private:
+    void complete() {
+        arrived_ = 0;
+        gen_++;
+        cv_.notify_all();
+    }
+    std::mutex mu_;
+    std::condition_variable cv_;
+    unsigned expected_, arrived_ = 0, gen_ = 0;
+};
+
+inline EmuBarrier *emu_barrier = nullptr;
+
+inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+
+// Runs `body` (a call of one kernel) as a CUDA launch of `grid` blocks of `block` threads.
+template <class F>
+void launch(dim3 grid, dim3 block, F body) {
+    gridDim = grid;
+    blockDim = block;
+    unsigned nthreads = block.x * block.y * block.z;
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                EmuBarrier barrier(nthreads);
+                emu_barrier = &barrier;
+                dim3 b(bx, by, bz);
+                for (unsigned tz = 0; tz < block.z; tz++)
+                    for (unsigned ty = 0; ty < block.y; ty++)
+                        for (unsigned tx = 0; tx < block.x; tx++)
+                            threads.emplace_back([&body, &barrier, b, tx, ty, tz] {
+                                blockIdx = b;
+                                threadIdx = dim3(tx, ty, tz);
+                                body();
+                                barrier.drop();
+                            });
+                for (auto &t : threads) t.join();
+                threads.clear();
+                emu_barrier = nullptr;
+            }
+}
