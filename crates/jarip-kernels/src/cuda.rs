@@ -9,6 +9,7 @@
 //! the composed candle ops on a GPU (`gpu_parity`), and `tests/python/test_cuda_emu.py` runs
 //! the same CUDA source on CPU threads against numpy.
 
+use crate::ops::attention::Dims;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
@@ -341,29 +342,18 @@ struct Attention {
     lse: Lse,
 }
 
-struct Dims {
-    b: usize,
-    t: usize,
-    h: usize,
-    hkv: usize,
-    d: usize,
+/// The attention shapes, checked for the CUDA kernels (a head size they are built for).
+fn dims(ql: &Layout, kl: &Layout) -> Result<Dims> {
+    let s = Dims::of(ql.shape(), kl.shape())?;
+    if !HEAD_DIMS.contains(&s.d) {
+        bail!("fused CUDA attention: head size {} (the kernels take {HEAD_DIMS:?})", s.d);
+    }
+    Ok(s)
 }
 
-impl Dims {
-    fn of(ql: &Layout, kl: &Layout) -> Result<Self> {
-        let (b, t, h, d) = ql.shape().dims4()?;
-        let (bk, tk, hkv, dk) = kl.shape().dims4()?;
-        if b != bk || t != tk || d != dk || hkv == 0 || h % hkv != 0 || !HEAD_DIMS.contains(&d) {
-            bail!("fused CUDA attention: q {:?} and k {:?} do not fit", ql.dims(), kl.dims());
-        }
-        Ok(Self { b, t, h, hkv, d })
-    }
-    fn scale(&self) -> f32 {
-        1.0 / (self.d as f32).sqrt()
-    }
-    fn ints(&self) -> Result<(i32, i32, i32)> {
-        Ok((i32_of(self.t, "T")?, i32_of(self.h, "H")?, i32_of(self.hkv, "Hkv")?))
-    }
+/// `T`, `H`, `Hkv` as the kernels' `int`s.
+fn ints(s: &Dims) -> Result<(i32, i32, i32)> {
+    Ok((i32_of(s.t, "T")?, i32_of(s.h, "H")?, i32_of(s.hkv, "Hkv")?))
 }
 
 fn attn_fwd<T: Elem>(
@@ -373,7 +363,7 @@ fn attn_fwd<T: Elem>(
     (v, vl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = &q.device;
-    let s = Dims::of(ql, kl)?;
+    let s = dims(ql, kl)?;
     if vl.dims() != kl.dims() {
         bail!("fused CUDA attention: v {:?} differs from k {:?}", vl.dims(), kl.dims());
     }
@@ -382,7 +372,7 @@ fn attn_fwd<T: Elem>(
     let lse = zeros::<f32>(dev, s.b * s.h * s.t)?;
     let f = dev.get_or_load_custom_func(&format!("attn_fwd_{}_d{}", T::SUFFIX, s.d), MODULE, PTX)?;
     let mut b = f.builder();
-    let ((ti, hi, hkvi), scale) = (s.ints()?, s.scale());
+    let ((ti, hi, hkvi), scale) = (ints(&s)?, s.scale());
     b.arg(&qv).arg(&kv).arg(&vv).arg(&o).arg(&lse).arg(&ti).arg(&hi).arg(&hkvi).arg(&scale);
     // SAFETY: grid (⌈T/64⌉, B·H), 64 threads: thread i < T of (b, h) reads q/o row (b, i, h) and
     // k/v rows (b, j < T, h/(H/Hkv)), all inside the [B,T,H,D] and [B,T,Hkv,D] buffers checked
@@ -453,7 +443,7 @@ fn attn_bwd<T: Elem>(
     (v, vl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = &q.device;
-    let s = Dims::of(ql, kl)?;
+    let s = dims(ql, kl)?;
     let (nq, nk) = (s.b * s.t * s.h * s.d, s.b * s.t * s.hkv * s.d);
     let (qv, kv, vv) = (view::<T>(q, ql)?, view::<T>(k, kl)?, view::<T>(v, vl)?);
     let (os, _) = op.o.storage_and_layout();
@@ -467,7 +457,7 @@ fn attn_bwd<T: Elem>(
     let Some(lse) = guard.as_ref() else { bail!("fused CUDA attention: backward before forward") };
     let mut out = zeros::<T>(dev, nq + 2 * nk)?;
     let delta = zeros::<f32>(dev, s.b * s.h * s.t)?;
-    let ((ti, hi, hkvi), scale) = (s.ints()?, s.scale());
+    let ((ti, hi, hkvi), scale) = (ints(&s)?, s.scale());
     let (bi, di) = (i32_of(s.b, "B")?, i32_of(s.d, "D")?);
     {
         let f = dev.get_or_load_custom_func(&format!("attn_bwd_delta_{}", T::SUFFIX), MODULE, PTX)?;

@@ -67,16 +67,18 @@ struct FusedAttention {
     lse: Mutex<Vec<f32>>,
 }
 
-struct Dims {
-    b: usize,
-    t: usize,
-    h: usize,
-    hkv: usize,
-    d: usize,
+/// The shapes of one attention call (shared with the CUDA kernels).
+pub(crate) struct Dims {
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) h: usize,
+    pub(crate) hkv: usize,
+    pub(crate) d: usize,
 }
 
 impl Dims {
-    fn of(q: &Shape, k: &Shape) -> Result<Self> {
+    /// `q: [B, T, H, D]` and `k/v: [B, T, Hkv, D]` with `Hkv` dividing `H`.
+    pub(crate) fn of(q: &Shape, k: &Shape) -> Result<Self> {
         let (b, t, h, d) = q.dims4()?;
         let (bk, tk, hkv, dk) = k.dims4()?;
         if b != bk || t != tk || d != dk || hkv == 0 || h % hkv != 0 {
@@ -90,7 +92,7 @@ impl Dims {
     fn ks(&self) -> usize {
         self.hkv * self.d
     }
-    fn scale(&self) -> f32 {
+    pub(crate) fn scale(&self) -> f32 {
         1.0 / (self.d as f32).sqrt()
     }
 }
