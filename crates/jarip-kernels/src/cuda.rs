@@ -94,6 +94,23 @@ fn cpu_only() -> Result<(CpuStorage, Shape)> {
     bail!("this fused op runs on CUDA tensors only (the CPU has its own fused kernels)")
 }
 
+/// The `cpu_fwd` of a CUDA-only `CustomOp3`.
+macro_rules! cuda_only_cpu_fwd3 {
+    () => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu_only()
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 // ---------------------------------------------------------------------------------------------
@@ -211,17 +228,7 @@ impl CustomOp3 for RmsNormBwd {
     fn name(&self) -> &'static str {
         "cuda-rms-norm-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_only()
-    }
+    cuda_only_cpu_fwd3!();
     fn cuda_fwd(
         &self,
         x: &CudaStorage,
@@ -386,17 +393,7 @@ impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "cuda-flash-attention"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_only()
-    }
+    cuda_only_cpu_fwd3!();
     fn cuda_fwd(
         &self,
         q: &CudaStorage,
@@ -496,17 +493,7 @@ impl CustomOp3 for AttentionBwd {
     fn name(&self) -> &'static str {
         "cuda-flash-attention-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_only()
-    }
+    cuda_only_cpu_fwd3!();
     fn cuda_fwd(
         &self,
         q: &CudaStorage,
