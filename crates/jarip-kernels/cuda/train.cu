@@ -16,7 +16,10 @@
 //   logits, dlogits    [R, V]            head outputs of R rows, targets [R] u32
 
 #include <cuda_bf16.h>
+#include <mma.h>
 #include <stdint.h>
+
+using namespace nvcuda;
 
 typedef __nv_bfloat16 bf16;
 
@@ -343,6 +346,282 @@ __device__ void attn_bwd_dq(const T *q, const T *k, const T *v, const T *dout, c
 }
 
 // ---------------------------------------------------------------------------------------------
+// The same attention on tensor cores (bf16, head sizes 64 and 128): the products Q·Kᵀ, P·V,
+// Pᵀ·dO, dSᵀ·Q, dO·Vᵀ and dS·K run as 16×16×16 WMMA tiles with fp32 accumulation; P and dS are
+// rounded to bf16 before their products (as FlashAttention does). A block is two warps over a
+// tile of 32 queries (forward, dQ) or 32 keys (dK/dV), each warp owning 16 rows; the online
+// softmax and the element-wise steps go through shared memory, one thread per row or element.
+// Fragments are never indexed (their layout across lanes is the hardware's), so the kernels
+// only load, store, fill and multiply them. The products' internal order is the tensor cores'
+// own, fixed for a GPU model: runs repeat bit for bit on one kind of GPU.
+// ---------------------------------------------------------------------------------------------
+
+#define TC 32
+
+template <int D>
+__device__ void tc_load_rows(bf16 (*dst)[D], const bf16 *src, int row0, int T_, int heads, int head, int b) {
+    for (int e = threadIdx.x; e < TC * D; e += blockDim.x) {
+        int r = e / D, d = e % D, i = row0 + r;
+        dst[r][d] = i < T_ ? src[(((size_t)b * T_ + i) * heads + head) * D + d] : __float2bfloat16(0.f);
+    }
+}
+
+// Writes a warp's 16×D fp32 accumulators to `out` rows row0.. (bf16), through a 16×16 stage.
+template <int D>
+__device__ void tc_store_rows(wmma::fragment<wmma::accumulator, 16, 16, 16, float> *acc, float *stage, bf16 *out,
+                              int row0, int T_, int heads, int head, int b, const float *row_scale) {
+    int lane = threadIdx.x % 32;
+    for (int c = 0; c < D / 16; c++) {
+        wmma::store_matrix_sync(stage, acc[c], 16, wmma::mem_row_major);
+        __syncthreads();
+        for (int e = lane; e < 256; e += 32) {
+            int r = e / 16, d = c * 16 + e % 16, i = row0 + r;
+            float x = stage[e] * (row_scale ? row_scale[r] : 1.f);
+            if (i < T_) out[(((size_t)b * T_ + i) * heads + head) * D + d] = __float2bfloat16(x);
+        }
+        __syncthreads();
+    }
+}
+
+template <int D>
+__device__ void attn_fwd_tc(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o, float *lse, int T_, int H, int Hkv,
+                            float scale) {
+    __shared__ __align__(32) bf16 qs[TC][D];
+    __shared__ __align__(32) bf16 ks[TC][D];
+    __shared__ __align__(32) bf16 vs[TC][D];
+    __shared__ __align__(32) float sc[2][16][TC];
+    __shared__ __align__(32) bf16 ps[2][16][TC];
+    __shared__ __align__(32) float ob[2][16][D];
+    __shared__ float m_s[2][16], l_s[2][16], c_s[2][16];
+    int bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv);
+    int q0 = blockIdx.x * TC, t = threadIdx.x, warp = t / 32, lane = t % 32;
+    tc_load_rows<D>(qs, q, q0, T_, H, h, b);
+    if (t < TC) {
+        m_s[t / 16][t % 16] = -INFINITY;
+        l_s[t / 16][t % 16] = 0.f;
+    }
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[D / 16];
+    for (int c = 0; c < D / 16; c++) wmma::fill_fragment(of[c], 0.f);
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[D / 16];
+    for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qf[kk], &qs[warp * 16][kk * 16], D);
+    int kend = min(T_, q0 + TC);
+    for (int j0 = 0; j0 < kend; j0 += TC) {
+        tc_load_rows<D>(ks, k, j0, T_, Hkv, g, b);
+        tc_load_rows<D>(vs, v, j0, T_, Hkv, g, b);
+        __syncthreads();
+        // S = Q·Kᵀ: this warp's 16 queries against the tile's 32 keys.
+        for (int n = 0; n < TC / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+            wmma::fill_fragment(s, 0.f);
+            for (int kk = 0; kk < D / 16; kk++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kf;
+                wmma::load_matrix_sync(kf, &ks[n * 16][kk * 16], D);
+                wmma::mma_sync(s, qf[kk], kf, s);
+            }
+            wmma::store_matrix_sync(&sc[warp][0][n * 16], s, TC, wmma::mem_row_major);
+        }
+        __syncthreads();
+        // Online softmax, one thread per query row.
+        if (lane < 16) {
+            int r = lane, i = q0 + warp * 16 + r;
+            float mo = m_s[warp][r], mt = -INFINITY;
+            for (int jj = 0; jj < TC; jj++) {
+                int j = j0 + jj;
+                float s = (i < T_ && j <= i) ? sc[warp][r][jj] * scale : -INFINITY;
+                sc[warp][r][jj] = s;
+                mt = fmaxf(mt, s);
+            }
+            float mn = fmaxf(mo, mt);
+            float corr = mn == -INFINITY ? 1.f : __expf(mo - mn);
+            float l = l_s[warp][r] * corr;
+            for (int jj = 0; jj < TC; jj++) {
+                float p = mn == -INFINITY ? 0.f : __expf(sc[warp][r][jj] - mn);
+                l += p;
+                ps[warp][r][jj] = __float2bfloat16(p);
+            }
+            m_s[warp][r] = mn;
+            l_s[warp][r] = l;
+            c_s[warp][r] = corr;
+        }
+        __syncthreads();
+        // O ← O·corr (per row, through shared memory), then O += P·V.
+        for (int c = 0; c < D / 16; c++) wmma::store_matrix_sync(&ob[warp][0][c * 16], of[c], D, wmma::mem_row_major);
+        __syncthreads();
+        for (int e = lane; e < 16 * D; e += 32) ob[warp][e / D][e % D] *= c_s[warp][e / D];
+        __syncthreads();
+        for (int c = 0; c < D / 16; c++) {
+            wmma::load_matrix_sync(of[c], &ob[warp][0][c * 16], D, wmma::mem_row_major);
+            for (int kk = 0; kk < TC / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pf;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vf;
+                wmma::load_matrix_sync(pf, &ps[warp][0][kk * 16], TC);
+                wmma::load_matrix_sync(vf, &vs[kk * 16][c * 16], D);
+                wmma::mma_sync(of[c], pf, vf, of[c]);
+            }
+        }
+        __syncthreads();
+    }
+    // o = O / l, lse = m + log l.
+    if (lane < 16) c_s[warp][lane] = 1.f / l_s[warp][lane];
+    __syncthreads();
+    tc_store_rows<D>(of, &sc[warp][0][0], o, q0 + warp * 16, T_, H, h, b, c_s[warp]);
+    if (lane < 16) {
+        int i = q0 + warp * 16 + lane;
+        if (i < T_) lse[(size_t)bh * T_ + i] = m_s[warp][lane] + logf(l_s[warp][lane]);
+    }
+}
+
+// dK, dV of 32 keys (a warp per 16) over the group's heads and the query tiles at or after them:
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, Pᵀ = e^{Sᵀ·scale − lse}, dSᵀ = Pᵀ ⊙ (dPᵀ − δ)·scale,
+//   dV += Pᵀ·dO, dK += dSᵀ·Q.
+template <int D>
+__device__ void attn_bwd_dkdv_tc(const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse,
+                                 const float *delta, bf16 *dk, bf16 *dv, int T_, int H, int Hkv, float scale) {
+    __shared__ __align__(32) bf16 ks[TC][D];
+    __shared__ __align__(32) bf16 vs[TC][D];
+    __shared__ __align__(32) bf16 qs[TC][D];
+    __shared__ __align__(32) bf16 dos[TC][D];
+    __shared__ __align__(32) float st[2][16][TC];
+    __shared__ __align__(32) float dpt[2][16][TC];
+    __shared__ __align__(32) bf16 pt[2][16][TC];
+    __shared__ __align__(32) bf16 dst[2][16][TC];
+    __shared__ float ls[TC], dl[TC];
+    int bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, rep = H / Hkv;
+    int j0 = blockIdx.x * TC, t = threadIdx.x, warp = t / 32, lane = t % 32;
+    tc_load_rows<D>(ks, k, j0, T_, Hkv, g, b);
+    tc_load_rows<D>(vs, v, j0, T_, Hkv, g, b);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> dkf[D / 16], dvf[D / 16];
+    for (int c = 0; c < D / 16; c++) {
+        wmma::fill_fragment(dkf[c], 0.f);
+        wmma::fill_fragment(dvf[c], 0.f);
+    }
+    __syncthreads();
+    for (int r = 0; r < rep; r++) {
+        int h = g * rep + r;
+        for (int i0 = j0; i0 < T_; i0 += TC) {
+            tc_load_rows<D>(qs, q, i0, T_, H, h, b);
+            tc_load_rows<D>(dos, dout, i0, T_, H, h, b);
+            for (int ii = t; ii < TC; ii += blockDim.x) {
+                int i = i0 + ii;
+                size_t la = ((size_t)b * H + h) * T_ + i;
+                ls[ii] = i < T_ ? lse[la] : 0.f;
+                dl[ii] = i < T_ ? delta[la] : 0.f;
+            }
+            __syncthreads();
+            for (int n = 0; n < TC / 16; n++) {
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> s, dp;
+                wmma::fill_fragment(s, 0.f);
+                wmma::fill_fragment(dp, 0.f);
+                for (int kk = 0; kk < D / 16; kk++) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> kf, vf;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> qf, df;
+                    wmma::load_matrix_sync(kf, &ks[warp * 16][kk * 16], D);
+                    wmma::load_matrix_sync(vf, &vs[warp * 16][kk * 16], D);
+                    wmma::load_matrix_sync(qf, &qs[n * 16][kk * 16], D);
+                    wmma::load_matrix_sync(df, &dos[n * 16][kk * 16], D);
+                    wmma::mma_sync(s, kf, qf, s);
+                    wmma::mma_sync(dp, vf, df, dp);
+                }
+                wmma::store_matrix_sync(&st[warp][0][n * 16], s, TC, wmma::mem_row_major);
+                wmma::store_matrix_sync(&dpt[warp][0][n * 16], dp, TC, wmma::mem_row_major);
+            }
+            __syncthreads();
+            for (int e = lane; e < 16 * TC; e += 32) {
+                int jj = e / TC, ii = e % TC, j = j0 + warp * 16 + jj, i = i0 + ii;
+                float p = (i < T_ && j <= i) ? __expf(st[warp][jj][ii] * scale - ls[ii]) : 0.f;
+                pt[warp][jj][ii] = __float2bfloat16(p);
+                dst[warp][jj][ii] = __float2bfloat16(p * (dpt[warp][jj][ii] - dl[ii]) * scale);
+            }
+            __syncthreads();
+            for (int c = 0; c < D / 16; c++) {
+                for (int kk = 0; kk < TC / 16; kk++) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pf, sf;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> of, qf;
+                    wmma::load_matrix_sync(pf, &pt[warp][0][kk * 16], TC);
+                    wmma::load_matrix_sync(sf, &dst[warp][0][kk * 16], TC);
+                    wmma::load_matrix_sync(of, &dos[kk * 16][c * 16], D);
+                    wmma::load_matrix_sync(qf, &qs[kk * 16][c * 16], D);
+                    wmma::mma_sync(dvf[c], pf, of, dvf[c]);
+                    wmma::mma_sync(dkf[c], sf, qf, dkf[c]);
+                }
+            }
+            __syncthreads();
+        }
+    }
+    tc_store_rows<D>(dkf, &st[warp][0][0], dk, j0 + warp * 16, T_, Hkv, g, b, nullptr);
+    tc_store_rows<D>(dvf, &st[warp][0][0], dv, j0 + warp * 16, T_, Hkv, g, b, nullptr);
+}
+
+// dQ of 32 queries (a warp per 16): S = Q·Kᵀ, dP = dO·Vᵀ, dS = P ⊙ (dP − δ)·scale, dQ += dS·K.
+template <int D>
+__device__ void attn_bwd_dq_tc(const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse,
+                               const float *delta, bf16 *dq, int T_, int H, int Hkv, float scale) {
+    __shared__ __align__(32) bf16 qs[TC][D];
+    __shared__ __align__(32) bf16 dos[TC][D];
+    __shared__ __align__(32) bf16 ks[TC][D];
+    __shared__ __align__(32) bf16 vs[TC][D];
+    __shared__ __align__(32) float sc[2][16][TC];
+    __shared__ __align__(32) float dps[2][16][TC];
+    __shared__ __align__(32) bf16 dss[2][16][TC];
+    __shared__ float ls[TC], dl[TC];
+    int bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv);
+    int i0 = blockIdx.x * TC, t = threadIdx.x, warp = t / 32, lane = t % 32;
+    tc_load_rows<D>(qs, q, i0, T_, H, h, b);
+    tc_load_rows<D>(dos, dout, i0, T_, H, h, b);
+    for (int ii = t; ii < TC; ii += blockDim.x) {
+        int i = i0 + ii;
+        ls[ii] = i < T_ ? lse[(size_t)bh * T_ + i] : 0.f;
+        dl[ii] = i < T_ ? delta[(size_t)bh * T_ + i] : 0.f;
+    }
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> dqf[D / 16];
+    for (int c = 0; c < D / 16; c++) wmma::fill_fragment(dqf[c], 0.f);
+    __syncthreads();
+    int kend = min(T_, i0 + TC);
+    for (int j0 = 0; j0 < kend; j0 += TC) {
+        tc_load_rows<D>(ks, k, j0, T_, Hkv, g, b);
+        tc_load_rows<D>(vs, v, j0, T_, Hkv, g, b);
+        __syncthreads();
+        for (int n = 0; n < TC / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s, dp;
+            wmma::fill_fragment(s, 0.f);
+            wmma::fill_fragment(dp, 0.f);
+            for (int kk = 0; kk < D / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf, df;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kf, vf;
+                wmma::load_matrix_sync(qf, &qs[warp * 16][kk * 16], D);
+                wmma::load_matrix_sync(df, &dos[warp * 16][kk * 16], D);
+                wmma::load_matrix_sync(kf, &ks[n * 16][kk * 16], D);
+                wmma::load_matrix_sync(vf, &vs[n * 16][kk * 16], D);
+                wmma::mma_sync(s, qf, kf, s);
+                wmma::mma_sync(dp, df, vf, dp);
+            }
+            wmma::store_matrix_sync(&sc[warp][0][n * 16], s, TC, wmma::mem_row_major);
+            wmma::store_matrix_sync(&dps[warp][0][n * 16], dp, TC, wmma::mem_row_major);
+        }
+        __syncthreads();
+        for (int e = lane; e < 16 * TC; e += 32) {
+            int r = e / TC, jj = e % TC, i = i0 + warp * 16 + r, j = j0 + jj;
+            int li = warp * 16 + r;
+            float p = (i < T_ && j <= i) ? __expf(sc[warp][r][jj] * scale - ls[li]) : 0.f;
+            dss[warp][r][jj] = __float2bfloat16(p * (dps[warp][r][jj] - dl[li]) * scale);
+        }
+        __syncthreads();
+        for (int c = 0; c < D / 16; c++) {
+            for (int kk = 0; kk < TC / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> sf;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> kf;
+                wmma::load_matrix_sync(sf, &dss[warp][0][kk * 16], TC);
+                wmma::load_matrix_sync(kf, &ks[kk * 16][c * 16], D);
+                wmma::mma_sync(dqf[c], sf, kf, dqf[c]);
+            }
+        }
+        __syncthreads();
+    }
+    tc_store_rows<D>(dqf, &sc[warp][0][0], dq, i0 + warp * 16, T_, H, h, b, nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Soft-capped cross-entropy of one block of head outputs (the head's matmuls run in cuBLAS; the
 // Rust side walks the rows in blocks so the [N, V] logits never exist at once):
 //   z = cap·tanh(l/cap) (z = l when cap ≤ 0),  loss = log Σ_v e^{z_v} − z_target
@@ -488,3 +767,23 @@ PER_HEAD(float, f32, 128)
 PER_HEAD(bf16, bf16, 32)
 PER_HEAD(bf16, bf16, 64)
 PER_HEAD(bf16, bf16, 128)
+
+#define PER_HEAD_TC(D)                                                                                           \
+    extern "C" __global__ void attn_fwd_tc_bf16_d##D(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o,       \
+                                                     float *lse, int T_, int H, int Hkv, float scale) {          \
+        attn_fwd_tc<D>(q, k, v, o, lse, T_, H, Hkv, scale);                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void attn_bwd_dkdv_tc_bf16_d##D(const bf16 *q, const bf16 *k, const bf16 *v,          \
+                                                          const bf16 *dout, const float *lse,                    \
+                                                          const float *delta, bf16 *dk, bf16 *dv, int T_, int H, \
+                                                          int Hkv, float scale) {                                \
+        attn_bwd_dkdv_tc<D>(q, k, v, dout, lse, delta, dk, dv, T_, H, Hkv, scale);                               \
+    }                                                                                                            \
+    extern "C" __global__ void attn_bwd_dq_tc_bf16_d##D(const bf16 *q, const bf16 *k, const bf16 *v,            \
+                                                        const bf16 *dout, const float *lse, const float *delta,  \
+                                                        bf16 *dq, int T_, int H, int Hkv, float scale) {         \
+        attn_bwd_dq_tc<D>(q, k, v, dout, lse, delta, dq, T_, H, Hkv, scale);                                     \
+    }
+
+PER_HEAD_TC(64)
+PER_HEAD_TC(128)

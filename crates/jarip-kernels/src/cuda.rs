@@ -1,5 +1,6 @@
 //! The fused CUDA training kernels of `cuda/train.cu` as candle ops (feature `cuda`): RMSNorm,
-//! RoPE and causal grouped-query attention with hand-written backward passes, the soft-capped
+//! RoPE and causal grouped-query attention (tensor cores for bf16 with head size 64 or 128, CUDA
+//! cores otherwise) with hand-written backward passes, the soft-capped
 //! cross-entropy fused with the head, and a multi-tensor AdamW. `--kernels fused` runs them on a
 //! CUDA model (bf16 or f32 tensors); the math, the layouts and the reduction orders are stated in
 //! `train.cu`'s comments, and every kernel sums in a fixed order, so runs repeat bit for bit.
@@ -17,13 +18,15 @@ use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
 use half::bf16;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 const MODULE: &str = "jarip_train_kernels";
 /// Threads of the row-reduction kernels (`REDUCE_THREADS` in train.cu).
 const REDUCE: u32 = 256;
-/// Queries per block of the attention forward (`FWD_Q`), keys per tile (`KT`).
+/// CUDA-core attention: queries per block of the forward (`FWD_Q`), keys per tile (`KT`; also
+/// the rows of a tensor-core block, `TC`).
 const FWD_Q: usize = 64;
 const KT: usize = 32;
 /// Head sizes the attention kernels are instantiated for.
@@ -349,6 +352,39 @@ struct Attention {
     lse: Lse,
 }
 
+/// Whether bf16 attention with head size 64 or 128 runs on tensor cores (the default) rather than
+/// the CUDA-core kernels (kept for f32, head size 32, and for comparison: `gpu-check parity`).
+static TENSOR_CORES: AtomicBool = AtomicBool::new(true);
+
+/// Chooses tensor-core (true, the default) or CUDA-core attention kernels for bf16.
+pub fn use_tensor_cores(on: bool) {
+    TENSOR_CORES.store(on, Ordering::Relaxed);
+}
+
+/// The attention kernels for one dtype and head size, with their launch geometry.
+struct AttnKernels {
+    tc: bool,
+    fwd_rows: usize,
+    fwd_threads: u32,
+    bwd_threads: u32,
+}
+
+impl AttnKernels {
+    fn for_<T: Elem>(d: usize) -> Self {
+        let tc = T::SUFFIX == "bf16" && (d == 64 || d == 128) && TENSOR_CORES.load(Ordering::Relaxed);
+        // Tensor cores: blocks of two warps over 32 rows. CUDA cores: one thread per row.
+        if tc {
+            Self { tc, fwd_rows: 32, fwd_threads: 64, bwd_threads: 64 }
+        } else {
+            Self { tc, fwd_rows: FWD_Q, fwd_threads: FWD_Q as u32, bwd_threads: KT as u32 }
+        }
+    }
+
+    fn name(&self, kernel: &str, dtype: &str, d: usize) -> String {
+        format!("{kernel}{}_{dtype}_d{d}", if self.tc { "_tc" } else { "" })
+    }
+}
+
 /// The attention shapes, checked for the CUDA kernels (a head size they are built for).
 fn dims(ql: &Layout, kl: &Layout) -> Result<Dims> {
     let s = Dims::of(ql.shape(), kl.shape())?;
@@ -377,14 +413,15 @@ fn attn_fwd<T: Elem>(
     let (qv, kv, vv) = (view::<T>(q, ql)?, view::<T>(k, kl)?, view::<T>(v, vl)?);
     let o = zeros::<T>(dev, s.b * s.t * s.h * s.d)?;
     let lse = zeros::<f32>(dev, s.b * s.h * s.t)?;
-    let f = dev.get_or_load_custom_func(&format!("attn_fwd_{}_d{}", T::SUFFIX, s.d), MODULE, PTX)?;
+    let kern = AttnKernels::for_::<T>(s.d);
+    let f = dev.get_or_load_custom_func(&kern.name("attn_fwd", T::SUFFIX, s.d), MODULE, PTX)?;
     let mut b = f.builder();
     let ((ti, hi, hkvi), scale) = (ints(&s)?, s.scale());
     b.arg(&qv).arg(&kv).arg(&vv).arg(&o).arg(&lse).arg(&ti).arg(&hi).arg(&hkvi).arg(&scale);
-    // SAFETY: grid (⌈T/64⌉, B·H), 64 threads: thread i < T of (b, h) reads q/o row (b, i, h) and
-    // k/v rows (b, j < T, h/(H/Hkv)), all inside the [B,T,H,D] and [B,T,Hkv,D] buffers checked
-    // by `Dims::of`; lse[(b·H + h)·T + i] < B·H·T.
-    w(unsafe { b.launch(launch_cfg((s.t.div_ceil(FWD_Q), s.b * s.h), FWD_Q as u32)?) })?;
+    // SAFETY: grid (⌈T/rows⌉, B·H): the block of (b, h) reads q rows (b, i < T, h) and k/v rows
+    // (b, j < T, h/(H/Hkv)), all inside the [B,T,H,D] and [B,T,Hkv,D] buffers checked by
+    // `Dims::of`, and writes o rows i < T and lse[(b·H + h)·T + i] < B·H·T.
+    w(unsafe { b.launch(launch_cfg((s.t.div_ceil(kern.fwd_rows), s.b * s.h), kern.fwd_threads)?) })?;
     *lse_out.lock().expect("lse lock") = Some(lse);
     Ok(CudaStorage::wrap_cuda_slice(o, dev.clone()))
 }
@@ -454,6 +491,7 @@ fn attn_bwd<T: Elem>(
     let Some(lse) = guard.as_ref() else { bail!("fused CUDA attention: backward before forward") };
     let mut out = zeros::<T>(dev, nq + 2 * nk)?;
     let delta = zeros::<f32>(dev, s.b * s.h * s.t)?;
+    let kern = AttnKernels::for_::<T>(s.d);
     let ((ti, hi, hkvi), scale) = (ints(&s)?, s.scale());
     let (bi, di) = (i32_of(s.b, "B")?, i32_of(s.d, "D")?);
     {
@@ -467,24 +505,24 @@ fn attn_bwd<T: Elem>(
     {
         let (_, mut rest) = out.split_at_mut(nq);
         let (mut dk, mut dv) = rest.split_at_mut(nk);
-        let f = dev.get_or_load_custom_func(&format!("attn_bwd_dkdv_{}_d{}", T::SUFFIX, s.d), MODULE, PTX)?;
+        let f = dev.get_or_load_custom_func(&kern.name("attn_bwd_dkdv", T::SUFFIX, s.d), MODULE, PTX)?;
         let mut b = f.builder();
         b.arg(&qv).arg(&kv).arg(&vv).arg(&dov).arg(lse).arg(&delta).arg(&mut dk).arg(&mut dv);
         b.arg(&ti).arg(&hi).arg(&hkvi).arg(&scale);
-        // SAFETY: grid (⌈T/32⌉, B·Hkv), 32 threads: thread j < T of (b, g) reads q/dO rows of
-        // the group's heads at positions < T, lse/delta of those rows, and writes its own dk/dv
-        // row (b, j, g) inside the nk-element slices.
-        w(unsafe { b.launch(launch_cfg((s.t.div_ceil(KT), s.b * s.hkv), KT as u32)?) })?;
+        // SAFETY: grid (⌈T/32⌉, B·Hkv): the block of 32 keys of (b, g) reads q/dO rows of the
+        // group's heads at positions < T, lse/delta of those rows, and writes its own dk/dv rows
+        // (b, j < T, g) inside the nk-element slices.
+        w(unsafe { b.launch(launch_cfg((s.t.div_ceil(KT), s.b * s.hkv), kern.bwd_threads)?) })?;
     }
     {
         let mut dq = out.slice_mut(0..nq);
-        let f = dev.get_or_load_custom_func(&format!("attn_bwd_dq_{}_d{}", T::SUFFIX, s.d), MODULE, PTX)?;
+        let f = dev.get_or_load_custom_func(&kern.name("attn_bwd_dq", T::SUFFIX, s.d), MODULE, PTX)?;
         let mut b = f.builder();
         b.arg(&qv).arg(&kv).arg(&vv).arg(&dov).arg(lse).arg(&delta).arg(&mut dq);
         b.arg(&ti).arg(&hi).arg(&hkvi).arg(&scale);
-        // SAFETY: grid (⌈T/32⌉, B·H), 32 threads: thread i < T reads k/v rows j ≤ i and writes
-        // its own dq row (b, i, h) inside the nq-element slice.
-        w(unsafe { b.launch(launch_cfg((s.t.div_ceil(KT), s.b * s.h), KT as u32)?) })?;
+        // SAFETY: grid (⌈T/32⌉, B·H): the block of 32 queries reads k/v rows j < T and writes its
+        // own dq rows (b, i < T, h) inside the nq-element slice.
+        w(unsafe { b.launch(launch_cfg((s.t.div_ceil(KT), s.b * s.h), kern.bwd_threads)?) })?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

@@ -25,6 +25,9 @@ pub mod weights;
 /// The device a model lives on (candle's), so callers need not name the tensor library.
 pub use candle_core::Device;
 pub use config::{Arch, MlpKind, ModelConfig, RopeScaling};
+/// The fused CUDA kernels (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub use jarip_kernels::cuda;
 pub use jarip_kernels::ops::matmul_bf16::{Path as MatmulPath, Precision};
 pub use jarip_kernels::{ops, Kernels};
 pub use layout::{param_shapes, ParamRole};

@@ -9,6 +9,10 @@
 // barrier across the block's threads; a thread that returns drops out of it (as an exited thread
 // does on the GPU), and a barrier that is not reached by every live thread within
 // EMU_BARRIER_TIMEOUT_S seconds aborts the process with a message instead of hanging.
+// Warps: the block's threads, linearised as x + y·Dx + z·Dx·Dy, form warps of 32 consecutive
+// threads, each with its own barrier (`__syncwarp()`, and the warp-collective WMMA stores of
+// mma.h); like `__syncthreads`, it aborts on a timeout instead of hanging, e.g. when only some
+// lanes of a warp reach a collective call.
 // Not emulated: warp shuffles, atomics (train.cu uses neither) and uninitialised shared memory
 // (statics start at zero and keep the previous block's values).
 #pragma once
@@ -21,6 +25,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -30,6 +35,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
+// As CUDA defines it for GCC hosts (`alignas` may not stand between `static` and the type).
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
     unsigned x, y, z;
@@ -82,7 +89,8 @@ class EmuBarrier {
   public:
     explicit EmuBarrier(unsigned n) : expected_(n) {}
 
-    void arrive_and_wait() {
+    // `what` names the barrier in the deadlock message.
+    void arrive_and_wait(const char *what = "__syncthreads") {
         std::unique_lock<std::mutex> lk(mu_);
         unsigned gen = gen_;
         if (++arrived_ == expected_) {
@@ -92,10 +100,16 @@ class EmuBarrier {
         bool ok = cv_.wait_for(lk, std::chrono::seconds(EMU_BARRIER_TIMEOUT_S), [&] { return gen_ != gen; });
         if (!ok) {
             fprintf(stderr,
-                    "cuda_emu: __syncthreads deadlock in block (%u,%u,%u): %u of %u live threads arrived\n",
+                    "cuda_emu: %s deadlock in block (%u,%u,%u): %u of %u live threads arrived\n", what,
                     blockIdx.x, blockIdx.y, blockIdx.z, arrived_, expected_);
             abort();
         }
+    }
+
+    // The number of threads that have not returned.
+    unsigned live() {
+        std::unique_lock<std::mutex> lk(mu_);
+        return expected_;
     }
 
     // A thread that has returned from the kernel no longer takes part.
@@ -120,29 +134,55 @@ inline EmuBarrier *emu_barrier = nullptr;
 
 inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
 
+// ---- warps ------------------------------------------------------------------------------------
+
+inline thread_local EmuBarrier *emu_warp_barrier = nullptr;
+inline thread_local unsigned emu_warp_size = 0;  // 32, or fewer in a partial last warp
+
+inline unsigned emu_linear_tid() { return threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y; }
+inline unsigned emu_lane() { return emu_linear_tid() % 32; }
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) {
+        fprintf(stderr, "cuda_emu: __syncwarp with a partial mask (0x%x) is not emulated\n", mask);
+        abort();
+    }
+    emu_warp_barrier->arrive_and_wait("__syncwarp");
+}
+
 // Runs `body` (a call of one kernel) as a CUDA launch of `grid` blocks of `block` threads.
 template <class F>
 void launch(dim3 grid, dim3 block, F body) {
     gridDim = grid;
     blockDim = block;
     unsigned nthreads = block.x * block.y * block.z;
+    unsigned nwarps = (nthreads + 31) / 32;
     std::vector<std::thread> threads;
     threads.reserve(nthreads);
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 EmuBarrier barrier(nthreads);
+                std::deque<EmuBarrier> warps;  // EmuBarrier cannot move; a deque never moves it
+                for (unsigned w = 0; w < nwarps; w++) warps.emplace_back(min(32u, nthreads - 32 * w));
                 emu_barrier = &barrier;
                 dim3 b(bx, by, bz);
+                unsigned tid = 0;
                 for (unsigned tz = 0; tz < block.z; tz++)
                     for (unsigned ty = 0; ty < block.y; ty++)
-                        for (unsigned tx = 0; tx < block.x; tx++)
-                            threads.emplace_back([&body, &barrier, b, tx, ty, tz] {
+                        for (unsigned tx = 0; tx < block.x; tx++, tid++) {
+                            EmuBarrier *warp = &warps[tid / 32];
+                            unsigned wsize = min(32u, nthreads - tid / 32 * 32);
+                            threads.emplace_back([&body, &barrier, warp, wsize, b, tx, ty, tz] {
                                 blockIdx = b;
                                 threadIdx = dim3(tx, ty, tz);
+                                emu_warp_barrier = warp;
+                                emu_warp_size = wsize;
                                 body();
+                                warp->drop();
                                 barrier.drop();
                             });
+                        }
                 for (auto &t : threads) t.join();
                 threads.clear();
                 emu_barrier = nullptr;
