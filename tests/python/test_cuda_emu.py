@@ -14,12 +14,23 @@ a float64 reference on the same inputs. bf16 outputs are fp32 results rounded on
 most 2⁻⁸ relative), so |got − ref| ≤ 2⁻⁷·|ref| + 1e-4·max|ref|, with the reference computed from
 the bf16-rounded inputs.
 
+The tensor-core attention kernels (`attn_*_tc_bf16_d{64,128}`, WMMA emulated by cuda_emu/mma.h)
+are checked against the same float64 references. They also round P and dS to bf16 before the
+second matrix product, which adds errors of up to ~2⁻⁹·max|ref| on top of the 2⁻⁷·|ref| (over 8
+seeds of these shapes, the most seen was 2⁻⁹·⁰), so o, dq, dk and dv there get
+|got − ref| ≤ 2⁻⁷·|ref| + 2⁻⁸·max|ref| (lse keeps the f32 attention tolerance), with lse and δ given
+exactly as for the scalar kernels. The end-to-end chain (tc forward's o and lse →
+attn_bwd_delta_bf16 → tc backward) adds δ's error from the bf16-rounded O (up to ~2⁻⁷·⁶·max|ref|)
+and is checked at |got − ref| ≤ 2⁻⁷·|ref| + 2⁻⁶·max|ref|. The WMMA shim itself is checked bit for
+bit against a float32 numpy model of its documented sum order.
+
 Needs: g++ with C++20, numpy, pytest. Skipped when g++ is missing.
 """
 
 import ctypes
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +55,8 @@ SIGS = {
     "attn_bwd_dkdv": "ppppppppiiiiif",
     "attn_bwd_dq": "pppppppiiiiif",
 }
+# Tensor-core attention entries: bf16 only, the same arguments as their scalar counterparts.
+TC_SIGS = {f"{name}_tc": SIGS[name] for name in ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")}
 CTYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_int64, "f": ctypes.c_float}
 
 
@@ -63,6 +76,12 @@ def lib(tmp_path_factory):
             fn = getattr(dll, f"emu_{name}_{s}")
             fn.argtypes = [CTYPES[c] for c in sig]
             fn.restype = ctypes.c_int if name.startswith("attn_") and name != "attn_bwd_delta" else None
+    for name, sig in TC_SIGS.items():
+        fn = getattr(dll, f"emu_{name}_bf16")
+        fn.argtypes = [CTYPES[c] for c in sig]
+        fn.restype = ctypes.c_int
+    dll.emu_wmma_selftest.argtypes = [CTYPES[c] for c in "ppppppppi"]
+    dll.emu_wmma_selftest.restype = None
     dll.emu_adamw_multi.argtypes = [CTYPES[c] for c in "pppifffffffi"]
     dll.emu_adamw_multi.restype = None
     for fn in (dll.emu_f32_to_bf16, dll.emu_bf16_to_f32):
@@ -121,11 +140,12 @@ def twice(call):
     return first
 
 
-def check(got, ref, dtype, what, f32_tol=1e-5):
+def check(got, ref, dtype, what, f32_tol=1e-5, bf16_atol=1e-4):
+    """bf16_atol is relative to max|ref|."""
     got = val(got) if isinstance(got, np.ndarray) and got.dtype in (np.uint16, np.float32) else got
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     if dtype == "bf16":
-        rtol, atol = 2.0**-7, 1e-4 * scale
+        rtol, atol = 2.0**-7, bf16_atol * scale
     else:
         rtol, atol = f32_tol, f32_tol * scale
     assert got.shape == ref.shape, what
@@ -457,6 +477,161 @@ def test_attn_bwd(lib, dtype, case):
 def test_attn_rejects_unbuilt_head_size(lib):
     z = np.zeros(64, dtype=np.float32)
     assert lib.emu_attn_fwd_f32(p(z), p(z), p(z), p(z), p(z), 1, 1, 1, 1, 16, 1.0) == -1
+    assert lib.emu_attn_fwd_tc_bf16(p(z), p(z), p(z), p(z), p(z), 1, 1, 1, 1, 32, 1.0) == -1
+
+
+# ---- tensor-core attention (bf16, D = 64 and 128; WMMA through cuda_emu/mma.h) ----------------------
+
+TC_CASES = [  # B, T, H, Hkv, D: T = 70 and 40 leave partial 32-row tiles
+    (1, 70, 4, 2, 64),
+    (1, 70, 2, 1, 128),
+    (2, 40, 2, 2, 64),
+]
+TC_ATOL = 2.0**-8  # see the module docstring
+TC_CHAIN_ATOL = 2.0**-6
+
+
+def tc_ids(c):
+    return "B{}T{}H{}Hkv{}D{}".format(*c)
+
+
+def once(call):
+    """call(fill) over buffers of 0xFF bytes (NaN), for a run whose determinism is checked elsewhere."""
+    return call(0xFF)
+
+
+def run_attn_fwd_tc(lib, case, q, k, v, scale, runs=twice):
+    B, T, H, Hkv, D = case
+
+    def call(fill):
+        o, lse = out((B, T, H, D), "bf16", fill), out((B, H, T), "f32", fill)
+        assert lib.emu_attn_fwd_tc_bf16(p(q), p(k), p(v), p(o), p(lse), B, T, H, Hkv, D, scale) == 0
+        return o, lse
+
+    return runs(call)
+
+
+def run_attn_bwd_tc(lib, case, q, k, v, do, lse, delta, scale, runs=twice):
+    B, T, H, Hkv, D = case
+
+    def call_dkdv(fill):
+        dk, dv = out((B, T, Hkv, D), "bf16", fill), out((B, T, Hkv, D), "bf16", fill)
+        assert lib.emu_attn_bwd_dkdv_tc_bf16(p(q), p(k), p(v), p(do), p(lse), p(delta), p(dk), p(dv), B, T, H, Hkv,
+                                             D, scale) == 0
+        return dk, dv
+
+    def call_dq(fill):
+        dq = out((B, T, H, D), "bf16", fill)
+        assert lib.emu_attn_bwd_dq_tc_bf16(p(q), p(k), p(v), p(do), p(lse), p(delta), p(dq), B, T, H, Hkv, D,
+                                           scale) == 0
+        return (dq,)
+
+    dk, dv = runs(call_dkdv)
+    (dq,) = runs(call_dq)
+    return dq, dk, dv
+
+
+@pytest.mark.parametrize("case", TC_CASES, ids=tc_ids)
+def test_attn_fwd_tc(lib, case):
+    D = case[4]
+    scale = D**-0.5
+    (q, qr), (k, kr), (v, vr), _ = attn_inputs(case, "bf16", 5)
+    o, lse = run_attn_fwd_tc(lib, case, q, k, v, scale)
+    o_ref, lse_ref = ref_attn(qr, kr, vr, scale)
+    check(o, o_ref, "bf16", "attn_fwd_tc o", bf16_atol=TC_ATOL)
+    check(lse, lse_ref, "f32", "attn_fwd_tc lse", f32_tol=2e-5)
+
+
+@pytest.mark.parametrize("case", TC_CASES, ids=tc_ids)
+def test_attn_bwd_tc(lib, case):
+    B, T, H, Hkv, D = case
+    scale = D**-0.5
+    (q, qr), (k, kr), (v, vr), (do, dor) = attn_inputs(case, "bf16", 6)
+    dq_ref, dk_ref, dv_ref, lse_ref, delta_ref = ref_attn_bwd(qr, kr, vr, dor, scale)
+
+    # Each kernel on exact lse and δ.
+    lse_in = np.ascontiguousarray(lse_ref, dtype=np.float32)
+    delta_in = np.ascontiguousarray(delta_ref, dtype=np.float32)
+    dq, dk, dv = run_attn_bwd_tc(lib, case, q, k, v, do, lse_in, delta_in, scale)
+    check(dk, dk_ref, "bf16", "attn_bwd_dkdv_tc dk", bf16_atol=TC_ATOL)
+    check(dv, dv_ref, "bf16", "attn_bwd_dkdv_tc dv", bf16_atol=TC_ATOL)
+    check(dq, dq_ref, "bf16", "attn_bwd_dq_tc dq", bf16_atol=TC_ATOL)
+
+    # The chain training runs: tc forward -> δ from its bf16 O (attn_bwd_delta_bf16) -> tc backward
+    # (each run once: the runs above checked that they repeat).
+    o, lse = run_attn_fwd_tc(lib, case, q, k, v, scale, runs=once)
+    delta = out((B, H, T), "f32", 0xFF)
+    lib.emu_attn_bwd_delta_bf16(p(o), p(do), p(delta), B, T, H, D)
+    check(delta, np.einsum("bthd,bthd->bht", dor, val(o)), "f32", "attn_bwd_delta on the tc forward's O")
+    dq, dk, dv = run_attn_bwd_tc(lib, case, q, k, v, do, lse, delta, scale, runs=once)
+    check(dk, dk_ref, "bf16", "tc chain dk", bf16_atol=TC_CHAIN_ATOL)
+    check(dv, dv_ref, "bf16", "tc chain dv", bf16_atol=TC_CHAIN_ATOL)
+    check(dq, dq_ref, "bf16", "tc chain dq", bf16_atol=TC_CHAIN_ATOL)
+
+
+# ---- the WMMA shim (cuda_emu/mma.h) itself -----------------------------------------------------------
+
+
+def aligned(x, align=64):
+    """A copy of x whose data starts at a multiple of `align` bytes (WMMA loads need 32)."""
+    x = np.ascontiguousarray(x)
+    raw = np.empty(x.nbytes + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    a = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
+    a[...] = x
+    return a
+
+
+def mma_model(a, b, c):
+    """The shim's mma_sync in float32: per (m, n), products summed over k in order, then + c."""
+    s = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    for k in range(a.shape[1]):
+        s = s + a[:, k:k + 1] * b[k:k + 1, :]  # float32 products of bf16 values are exact
+    return s + c
+
+
+@pytest.mark.parametrize("use_c", [1, 0], ids=["a.b+c", "a.b"])
+def test_wmma_shim_product(lib, use_c):
+    """A 16×32·32×16 product in two k steps, by warp 0 from row-major tiles and by warp 1 from
+    col-major ones (and a col-major accumulator load and store), equals numpy's."""
+    r = rng(9)
+    a = f32_to_bf16(r.standard_normal((16, 32)).astype(np.float32))
+    b = f32_to_bf16(r.standard_normal((32, 16)).astype(np.float32))
+    c = r.standard_normal((16, 16)).astype(np.float32)
+    bufs = [aligned(x) for x in (a, b, a.T, b.T, c, c.T)]
+    d_row, d_col = aligned(np.full((16, 16), np.nan, np.float32)), aligned(np.full((16, 16), np.nan, np.float32))
+    lib.emu_wmma_selftest(*(p(x) for x in bufs), p(d_row), p(d_col), use_c)
+    af, bf = bf16_to_f32(a), bf16_to_f32(b)
+    c0 = c if use_c else np.zeros_like(c)
+    want = mma_model(af[:, 16:], bf[16:], mma_model(af[:, :16], bf[:16], c0))
+    assert d_row.tobytes() == want.tobytes(), "row-major warp"
+    assert np.ascontiguousarray(d_col.T).tobytes() == want.tobytes(), "col-major warp"
+    np.testing.assert_allclose(d_row, af.astype(np.float64) @ bf + c0, rtol=1e-5, atol=1e-5)
+
+
+MISUSE = [  # (what, the message emu_wmma_misuse must abort with)
+    (0, "is not 256-bit aligned (address mod 32 = 16)"),
+    (1, "ldm 12 is not a multiple of 8 elements (16 bytes)"),
+    (2, "ldm 6 is not a multiple of 4 elements (16 bytes)"),
+    (3, "called by a warp of which only 16 of 32 lanes are still running"),
+    (4, "arrive from different calls (divergent warp): wmma::"),
+]
+
+
+def test_wmma_shim_rejects_misuse(lib):
+    """Misaligned pointers, bad ldm, calls by partly exited or divergent warps abort (in a child
+    process), each with one line naming what went wrong."""
+    for what, msg in MISUSE:
+        script = (f"import ctypes\nlib = ctypes.CDLL({lib._name!r})\nbuf = ctypes.create_string_buffer(8192)\n"
+                  "a = ctypes.addressof(buf) + (-ctypes.addressof(buf)) % 64\n"
+                  f"lib.emu_wmma_misuse(ctypes.c_void_p(a), ctypes.c_void_p(a + 4096), {what})\n")
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0, (what, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], (what, lines)
+        if what < 4:
+            fn = "store_matrix_sync" if what >= 2 else "load_matrix_sync"
+            assert lines[0].startswith(f"cuda_emu: wmma::{fn} in block (0,0,0), thread "), lines
 
 
 # ---- soft-capped cross-entropy -----------------------------------------------------------------------

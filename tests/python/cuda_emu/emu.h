@@ -10,9 +10,9 @@
 // does on the GPU), and a barrier that is not reached by every live thread within
 // EMU_BARRIER_TIMEOUT_S seconds aborts the process with a message instead of hanging.
 // Warps: the block's threads, linearised as x + y·Dx + z·Dx·Dy, form warps of 32 consecutive
-// threads, each with its own barrier (`__syncwarp()`, and the warp-collective WMMA stores of
-// mma.h); like `__syncthreads`, it aborts on a timeout instead of hanging, e.g. when only some
-// lanes of a warp reach a collective call.
+// threads, each with its own barrier (`__syncwarp()`, and the entry of mma.h's warp-collective
+// WMMA calls); like `__syncthreads`, it aborts on a timeout instead of hanging, e.g. when only
+// some lanes of a warp reach a collective call.
 // Not emulated: warp shuffles, atomics (train.cu uses neither) and uninitialised shared memory
 // (statics start at zero and keep the previous block's values).
 #pragma once
@@ -26,7 +26,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <source_location>
 #include <thread>
 #include <vector>
 
@@ -89,13 +91,32 @@ class EmuBarrier {
   public:
     explicit EmuBarrier(unsigned n) : expected_(n) {}
 
-    // `what` names the barrier in the deadlock message.
-    void arrive_and_wait(const char *what = "__syncthreads") {
+    // `what` names the barrier in the deadlock message. With a call site `at` (the warp barriers),
+    // all threads of one round must arrive from the same call, or the process aborts naming both.
+    // Returns how many threads took part (the threads that had not returned when it completed).
+    unsigned arrive_and_wait(const char *what = "__syncthreads", const std::source_location *at = nullptr) {
         std::unique_lock<std::mutex> lk(mu_);
         unsigned gen = gen_;
+        if (at) {
+            if (arrived_ == 0) {
+                round_what_ = what;
+                round_at_ = *at;
+            } else if (strcmp(what, round_what_) != 0 || at->line() != round_at_.line() ||
+                       at->column() != round_at_.column() || strcmp(at->file_name(), round_at_.file_name()) != 0) {
+                fprintf(stderr,
+                        "cuda_emu: the threads of one warp-wide barrier in block (%u,%u,%u) arrive from different "
+                        "calls (divergent warp): %s at %s:%u and %s at %s:%u\n",
+                        blockIdx.x, blockIdx.y, blockIdx.z, round_what_, round_at_.file_name(), (unsigned)round_at_.line(),
+                        what, at->file_name(), (unsigned)at->line());
+                abort();
+            }
+        }
         if (++arrived_ == expected_) {
             complete();
-            return;
+            unsigned n = took_part_;
+            lk.unlock();
+            cv_.notify_all();  // after unlocking, so the woken threads do not queue on the mutex
+            return n;
         }
         bool ok = cv_.wait_for(lk, std::chrono::seconds(EMU_BARRIER_TIMEOUT_S), [&] { return gen_ != gen; });
         if (!ok) {
@@ -104,35 +125,48 @@ class EmuBarrier {
                     blockIdx.x, blockIdx.y, blockIdx.z, arrived_, expected_);
             abort();
         }
-    }
-
-    // The number of threads that have not returned.
-    unsigned live() {
-        std::unique_lock<std::mutex> lk(mu_);
-        return expected_;
+        return took_part_;  // stable: the next round cannot complete before this thread arrives again
     }
 
     // A thread that has returned from the kernel no longer takes part.
     void drop() {
         std::unique_lock<std::mutex> lk(mu_);
         expected_--;
-        if (arrived_ > 0 && arrived_ == expected_) complete();
+        if (arrived_ > 0 && arrived_ == expected_) {
+            complete();
+            lk.unlock();
+            cv_.notify_all();
+        }
     }
 
   private:
     void complete() {
+        took_part_ = arrived_;
         arrived_ = 0;
         gen_++;
-        cv_.notify_all();
     }
     std::mutex mu_;
     std::condition_variable cv_;
-    unsigned expected_, arrived_ = 0, gen_ = 0;
+    unsigned expected_, arrived_ = 0, gen_ = 0, took_part_ = 0;
+    const char *round_what_ = "";
+    std::source_location round_at_;
 };
 
 inline EmuBarrier *emu_barrier = nullptr;
 
-inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+// Writes a thread has issued that other threads may see only after a barrier (mma.h's
+// store_matrix_sync): the thread performs them, in order, when it next reaches __syncthreads or
+// __syncwarp, or returns, so a kernel that reads them without that barrier reads stale data.
+inline thread_local std::vector<std::function<void()>> emu_deferred_writes;
+inline void emu_flush_deferred_writes() {
+    for (auto &w : emu_deferred_writes) w();
+    emu_deferred_writes.clear();
+}
+
+inline void __syncthreads() {
+    emu_flush_deferred_writes();
+    emu_barrier->arrive_and_wait();
+}
 
 // ---- warps ------------------------------------------------------------------------------------
 
@@ -142,12 +176,13 @@ inline thread_local unsigned emu_warp_size = 0;  // 32, or fewer in a partial la
 inline unsigned emu_linear_tid() { return threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y; }
 inline unsigned emu_lane() { return emu_linear_tid() % 32; }
 
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
+inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location at = std::source_location::current()) {
     if (mask != 0xffffffffu) {
         fprintf(stderr, "cuda_emu: __syncwarp with a partial mask (0x%x) is not emulated\n", mask);
         abort();
     }
-    emu_warp_barrier->arrive_and_wait("__syncwarp");
+    emu_flush_deferred_writes();
+    emu_warp_barrier->arrive_and_wait("__syncwarp", &at);
 }
 
 // Runs `body` (a call of one kernel) as a CUDA launch of `grid` blocks of `block` threads.
@@ -179,6 +214,7 @@ void launch(dim3 grid, dim3 block, F body) {
                                 emu_warp_barrier = warp;
                                 emu_warp_size = wsize;
                                 body();
+                                emu_flush_deferred_writes();
                                 warp->drop();
                                 barrier.drop();
                             });

@@ -7,15 +7,19 @@
 // stored row by row whatever the fragment's layout), so a kernel that indexes fragments (`.x[i]`,
 // `num_elements`) does not compile instead of silently running with the wrong layout.
 //
+// As CUDA documents for them, load_matrix_sync, mma_sync and store_matrix_sync first wait until
+// all lanes of the warp have arrived (a warp barrier, tagged with the kernel's call site): lanes
+// that meet there from different calls abort at once naming both (emu.h), a call that not every
+// lane reaches deadlocks and aborts, and one made by a warp with lanes that have already returned
+// aborts. Then:
 //   load_matrix_sync   every lane reads the whole tile for itself;
 //   mma_sync           d = a·b + c per thread: for each (m, n) the products a[m][k]·b[k][n] (exact
 //                      in fp32 for bf16 inputs) are summed over k = 0..K-1 in that order in fp32,
 //                      then c[m][n] is added; d may alias c;
-//   store_matrix_sync  a warp-collective: the warp's lanes meet at a barrier (so every lane's
-//                      earlier loads of the destination are done), lane 0 writes the tile once,
-//                      and they meet again (so every lane's later reads see it). A store that not
-//                      every lane of the warp reaches deadlocks and aborts (emu.h); one made by a
-//                      warp with lanes that have already returned aborts.
+//   store_matrix_sync  lane 0 alone writes the tile, once, and only when it next reaches
+//                      __syncthreads or __syncwarp (or returns): lanes see a WMMA store only after
+//                      a barrier, as the CUDA memory model promises, and a kernel that reads one
+//                      without a barrier reads stale data here, deterministically.
 // Like the hardware, loads and stores need a 256-bit aligned pointer and a leading dimension
 // `ldm` that is a multiple of 16 bytes (8 bf16, 4 floats); a violation aborts with a message
 // naming the call, where a GPU would fault or misread.
@@ -54,13 +58,25 @@ struct shape<accumulator, M, N, K> {
 inline float to_float(float x) { return x; }
 inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// Prints one message (the first failing thread's; the others wait here) and aborts.
 [[noreturn]] inline void fail(const char *fn, const char *why, unsigned long long a, unsigned long long b) {
+    static std::mutex mu;
+    mu.lock();
     unsigned t = emu_linear_tid();
-    fprintf(stderr, "cuda_emu: wmma::%s in block (%u,%u,%u), thread %u (warp %u, lane %u): ", fn, blockIdx.x,
-            blockIdx.y, blockIdx.z, t, t / 32, t % 32);
-    fprintf(stderr, why, a, b);
-    fprintf(stderr, "\n");
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "cuda_emu: wmma::%s in block (%u,%u,%u), thread %u (warp %u, lane %u): ", fn,
+                     blockIdx.x, blockIdx.y, blockIdx.z, t, t / 32, t % 32);
+    snprintf(msg + n, sizeof msg - n, why, a, b);
+    fprintf(stderr, "%s\n", msg);
     abort();
+}
+
+// The warp barrier each *_sync call starts with.
+// `fn` is the call's name, `what` the same for the barrier's messages, `at` the kernel's call.
+inline void warp_arrive(const char *fn, const char *what, const std::source_location &at) {
+    unsigned live = emu_warp_barrier->arrive_and_wait(what, &at);
+    if (live != emu_warp_size)
+        fail(fn, "called by a warp of which only %llu of %llu lanes are still running", live, emu_warp_size);
 }
 
 template <class T>
@@ -96,9 +112,11 @@ inline void fill_fragment(fragment<Use, M, N, K, T, Layout> &f, const std::type_
 // matrix_a / matrix_b: element (r, c) of the tile is ptr[r·ldm + c] (row_major) or ptr[c·ldm + r]
 // (col_major).
 template <class Use, int M, int N, int K, class T, class Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout> &f, const std::type_identity_t<T> *ptr, unsigned ldm) {
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout> &f, const std::type_identity_t<T> *ptr, unsigned ldm,
+                             std::source_location at = std::source_location::current()) {
     static_assert(!std::is_same_v<Use, accumulator>, "cuda_emu: accumulator loads take a layout_t");
     emu_detail::check_ptr("load_matrix_sync", ptr, ldm);
+    emu_detail::warp_arrive("load_matrix_sync", "wmma::load_matrix_sync (warp-collective)", at);
     constexpr bool row = std::is_same_v<Layout, row_major>;
     for (int r = 0; r < f.emu_rows; r++)
         for (int c = 0; c < f.emu_cols; c++) f.emu_tile[r][c] = row ? ptr[(size_t)r * ldm + c] : ptr[(size_t)c * ldm + r];
@@ -106,8 +124,9 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout> &f, const std::ty
 
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *ptr, unsigned ldm,
-                             layout_t layout) {
+                             layout_t layout, std::source_location at = std::source_location::current()) {
     emu_detail::check_ptr("load_matrix_sync", ptr, ldm);
+    emu_detail::warp_arrive("load_matrix_sync", "wmma::load_matrix_sync (warp-collective)", at);
     for (int r = 0; r < M; r++)
         for (int c = 0; c < N; c++)
             f.emu_tile[r][c] = layout == mem_row_major ? ptr[(size_t)r * ldm + c] : ptr[(size_t)c * ldm + r];
@@ -115,23 +134,22 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const flo
 
 template <int M, int N, int K>
 inline void store_matrix_sync(float *ptr, const fragment<accumulator, M, N, K, float> &f, unsigned ldm,
-                              layout_t layout) {
+                              layout_t layout, std::source_location at = std::source_location::current()) {
     emu_detail::check_ptr("store_matrix_sync", ptr, ldm);
-    emu_warp_barrier->arrive_and_wait("wmma::store_matrix_sync (a warp-collective call)");
-    unsigned live = emu_warp_barrier->live();
-    if (live != emu_warp_size)
-        emu_detail::fail("store_matrix_sync", "called by a warp of which only %llu of %llu lanes are still running",
-                         live, emu_warp_size);
-    if (emu_lane() == 0)
+    emu_detail::warp_arrive("store_matrix_sync", "wmma::store_matrix_sync (warp-collective)", at);
+    if (emu_lane() != 0) return;
+    emu_deferred_writes.push_back([ptr, ldm, layout, tile = f] {
         for (int r = 0; r < M; r++)
             for (int c = 0; c < N; c++)
-                (layout == mem_row_major ? ptr[(size_t)r * ldm + c] : ptr[(size_t)c * ldm + r]) = f.emu_tile[r][c];
-    emu_warp_barrier->arrive_and_wait("wmma::store_matrix_sync (a warp-collective call)");
+                (layout == mem_row_major ? ptr[(size_t)r * ldm + c] : ptr[(size_t)c * ldm + r]) = tile.emu_tile[r][c];
+    });
 }
 
 template <int M, int N, int K, class Ta, class La, class Tb, class Lb>
 inline void mma_sync(fragment<accumulator, M, N, K, float> &d, const fragment<matrix_a, M, N, K, Ta, La> &a,
-                     const fragment<matrix_b, M, N, K, Tb, Lb> &b, const fragment<accumulator, M, N, K, float> &c) {
+                     const fragment<matrix_b, M, N, K, Tb, Lb> &b, const fragment<accumulator, M, N, K, float> &c,
+                     std::source_location at = std::source_location::current()) {
+    emu_detail::warp_arrive("mma_sync", "wmma::mma_sync (warp-collective)", at);
     float af[M][K], bt[N][K], out[M][N];
     for (int m = 0; m < M; m++)
         for (int k = 0; k < K; k++) af[m][k] = emu_detail::to_float(a.emu_tile[m][k]);
