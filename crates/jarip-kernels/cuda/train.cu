@@ -383,6 +383,30 @@ __device__ void tc_store_rows(wmma::fragment<wmma::accumulator, 16, 16, 16, floa
     }
 }
 
+// Two products of a warp's 16 rows against the 32 rows of two tiles: o1 = A1·B1ᵀ, o2 = A2·B2ᵀ
+// (A: 16×D from `a1`/`a2`, row-major with stride D; B: 32×D tiles; o: 16×32 fp32, row-major).
+template <int D>
+__device__ void tc_products_t(const bf16 *a1, const bf16 (*b1)[D], const bf16 *a2, const bf16 (*b2)[D], float *o1,
+                              float *o2) {
+    for (int n = 0; n < TC / 16; n++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s1, s2;
+        wmma::fill_fragment(s1, 0.f);
+        wmma::fill_fragment(s2, 0.f);
+        for (int kk = 0; kk < D / 16; kk++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> x1, x2;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> y1, y2;
+            wmma::load_matrix_sync(x1, a1 + kk * 16, D);
+            wmma::load_matrix_sync(x2, a2 + kk * 16, D);
+            wmma::load_matrix_sync(y1, &b1[n * 16][kk * 16], D);
+            wmma::load_matrix_sync(y2, &b2[n * 16][kk * 16], D);
+            wmma::mma_sync(s1, x1, y1, s1);
+            wmma::mma_sync(s2, x2, y2, s2);
+        }
+        wmma::store_matrix_sync(o1 + n * 16, s1, TC, wmma::mem_row_major);
+        wmma::store_matrix_sync(o2 + n * 16, s2, TC, wmma::mem_row_major);
+    }
+}
+
 template <int D>
 __device__ void attn_fwd_tc(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o, float *lse, int T_, int H, int Hkv,
                             float scale) {
@@ -509,23 +533,7 @@ __device__ void attn_bwd_dkdv_tc(const bf16 *q, const bf16 *k, const bf16 *v, co
                 dl[ii] = i < T_ ? delta[la] : 0.f;
             }
             __syncthreads();
-            for (int n = 0; n < TC / 16; n++) {
-                wmma::fragment<wmma::accumulator, 16, 16, 16, float> s, dp;
-                wmma::fill_fragment(s, 0.f);
-                wmma::fill_fragment(dp, 0.f);
-                for (int kk = 0; kk < D / 16; kk++) {
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> kf, vf;
-                    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> qf, df;
-                    wmma::load_matrix_sync(kf, &ks[warp * 16][kk * 16], D);
-                    wmma::load_matrix_sync(vf, &vs[warp * 16][kk * 16], D);
-                    wmma::load_matrix_sync(qf, &qs[n * 16][kk * 16], D);
-                    wmma::load_matrix_sync(df, &dos[n * 16][kk * 16], D);
-                    wmma::mma_sync(s, kf, qf, s);
-                    wmma::mma_sync(dp, vf, df, dp);
-                }
-                wmma::store_matrix_sync(&st[warp][0][n * 16], s, TC, wmma::mem_row_major);
-                wmma::store_matrix_sync(&dpt[warp][0][n * 16], dp, TC, wmma::mem_row_major);
-            }
+            tc_products_t<D>(&ks[warp * 16][0], qs, &vs[warp * 16][0], dos, &st[warp][0][0], &dpt[warp][0][0]);
             __syncthreads();
             for (int e = lane; e < 16 * TC; e += 32) {
                 int jj = e / TC, ii = e % TC, j = j0 + warp * 16 + jj, i = i0 + ii;
@@ -582,23 +590,7 @@ __device__ void attn_bwd_dq_tc(const bf16 *q, const bf16 *k, const bf16 *v, cons
         tc_load_rows<D>(ks, k, j0, T_, Hkv, g, b);
         tc_load_rows<D>(vs, v, j0, T_, Hkv, g, b);
         __syncthreads();
-        for (int n = 0; n < TC / 16; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s, dp;
-            wmma::fill_fragment(s, 0.f);
-            wmma::fill_fragment(dp, 0.f);
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf, df;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kf, vf;
-                wmma::load_matrix_sync(qf, &qs[warp * 16][kk * 16], D);
-                wmma::load_matrix_sync(df, &dos[warp * 16][kk * 16], D);
-                wmma::load_matrix_sync(kf, &ks[n * 16][kk * 16], D);
-                wmma::load_matrix_sync(vf, &vs[n * 16][kk * 16], D);
-                wmma::mma_sync(s, qf, kf, s);
-                wmma::mma_sync(dp, df, vf, dp);
-            }
-            wmma::store_matrix_sync(&sc[warp][0][n * 16], s, TC, wmma::mem_row_major);
-            wmma::store_matrix_sync(&dps[warp][0][n * 16], dp, TC, wmma::mem_row_major);
-        }
+        tc_products_t<D>(&qs[warp * 16][0], ks, &dos[warp * 16][0], vs, &sc[warp][0][0], &dps[warp][0][0]);
         __syncthreads();
         for (int e = lane; e < 16 * TC; e += 32) {
             int r = e / TC, jj = e % TC, i = i0 + warp * 16 + r, j = j0 + jj;
