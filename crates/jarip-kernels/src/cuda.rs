@@ -74,9 +74,14 @@ fn view<'a, T: CudaDType + cudarc_repr::Repr>(s: &'a CudaStorage, l: &Layout) ->
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
-/// A zero-initialised device buffer (zeroed so that no kernel can ever expose stale memory).
-fn zeros<T: Elem>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
-    dev.alloc_zeros::<T>(n.max(1))
+/// A device buffer for a kernel's output, not zeroed first (that would be one more pass over
+/// memory for the norms and RoPE, which are bound by it): every kernel here writes each element
+/// of its outputs, which `tests/python/test_cuda_emu.py` checks by running each one over buffers
+/// pre-filled with two different byte patterns and requiring the same bytes back.
+fn output<T: Elem>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: the buffer is only handed to a kernel that writes all of it (see above) before
+    // anything reads it; it is a plain allocation on the device's stream, of n ≥ 1 elements.
+    unsafe { dev.alloc::<T>(n.max(1)) }
 }
 
 fn launch_cfg(grid: (usize, usize), block: u32) -> Result<LaunchConfig> {
@@ -143,7 +148,7 @@ fn rms_fwd<T: Elem>(eps: f32, x: &CudaStorage, xl: &Layout, wt: &CudaStorage, wl
         bail!("fused RMSNorm: gain of {} for rows of {c}", wl.shape().elem_count());
     }
     let (xv, wv) = (view::<T>(x, xl)?, view::<T>(wt, wl)?);
-    let y = zeros::<T>(dev, n * c)?;
+    let y = output::<T>(dev, n * c)?;
     let f = dev.get_or_load_custom_func(&format!("rms_norm_fwd_{}", T::SUFFIX), MODULE, PTX)?;
     let mut b = f.builder();
     let ci = i32_of(c, "row length")?;
@@ -190,8 +195,8 @@ fn rms_bwd<T: Elem>(
     if dyv.len() != n * c || wv.len() != c {
         bail!("fused RMSNorm backward: shapes disagree");
     }
-    let mut out = zeros::<T>(dev, n * c + c)?;
-    let rstd = zeros::<f32>(dev, n)?;
+    let mut out = output::<T>(dev, n * c + c)?;
+    let rstd = output::<f32>(dev, n)?;
     let ci = i32_of(c, "row length")?;
     {
         let mut dx = out.slice_mut(0..n * c);
@@ -204,7 +209,7 @@ fn rms_bwd<T: Elem>(
     let chunks = n.clamp(1, 64);
     let per = n.div_ceil(chunks);
     let chunks = n.div_ceil(per);
-    let partial = zeros::<f32>(dev, chunks * c)?;
+    let partial = output::<f32>(dev, chunks * c)?;
     let col_blocks = c.div_ceil(REDUCE as usize);
     {
         let f = dev.get_or_load_custom_func(&format!("rms_norm_bwd_dw_partial_{}", T::SUFFIX), MODULE, PTX)?;
@@ -281,7 +286,7 @@ fn rope_run<T: Elem>(op: &Rope, sign: f32, x: &CudaStorage, xl: &Layout) -> Resu
     let (_, t, h, d) = xl.shape().dims4()?;
     let n = xl.shape().elem_count();
     let xv = view::<T>(x, xl)?;
-    let y = zeros::<T>(dev, n)?;
+    let y = output::<T>(dev, n)?;
     let (cs, _) = op.cos.storage_and_layout();
     let (ss, _) = op.sin.storage_and_layout();
     let (cv, sv) = (table_view(&op.cos, &cs)?, table_view(&op.sin, &ss)?);
@@ -411,8 +416,8 @@ fn attn_fwd<T: Elem>(
         bail!("fused CUDA attention: v {:?} differs from k {:?}", vl.dims(), kl.dims());
     }
     let (qv, kv, vv) = (view::<T>(q, ql)?, view::<T>(k, kl)?, view::<T>(v, vl)?);
-    let o = zeros::<T>(dev, s.b * s.t * s.h * s.d)?;
-    let lse = zeros::<f32>(dev, s.b * s.h * s.t)?;
+    let o = output::<T>(dev, s.b * s.t * s.h * s.d)?;
+    let lse = output::<f32>(dev, s.b * s.h * s.t)?;
     let kern = AttnKernels::for_::<T>(s.d);
     let f = dev.get_or_load_custom_func(&kern.name("attn_fwd", T::SUFFIX, s.d), MODULE, PTX)?;
     let mut b = f.builder();
@@ -489,8 +494,8 @@ fn attn_bwd<T: Elem>(
     }
     let guard = op.lse.lock().expect("lse lock");
     let Some(lse) = guard.as_ref() else { bail!("fused CUDA attention: backward before forward") };
-    let mut out = zeros::<T>(dev, nq + 2 * nk)?;
-    let delta = zeros::<f32>(dev, s.b * s.h * s.t)?;
+    let mut out = output::<T>(dev, nq + 2 * nk)?;
+    let delta = output::<f32>(dev, s.b * s.h * s.t)?;
     let kern = AttnKernels::for_::<T>(s.d);
     let ((ti, hi, hkvi), scale) = (ints(&s)?, s.scale());
     let (bi, di) = (i32_of(s.b, "B")?, i32_of(s.d, "D")?);
@@ -581,7 +586,7 @@ fn ce_fwd<T: Elem>(
     if tv.len() != r {
         bail!("fused cross-entropy: {} targets for {r} rows", tv.len());
     }
-    let loss = zeros::<f32>(dev, r)?;
+    let loss = output::<f32>(dev, r)?;
     let f = dev.get_or_load_custom_func(&format!("softcap_ce_fwd_{}", T::SUFFIX), MODULE, PTX)?;
     let mut b = f.builder();
     let vi = i32_of(v, "V")?;
@@ -604,7 +609,7 @@ fn ce_bwd<T: Elem>(
     if tv.len() != r || gv.len() != r {
         bail!("fused cross-entropy backward: {} targets, {} gradients for {r} rows", tv.len(), gv.len());
     }
-    let dz = zeros::<T>(dev, r * v)?;
+    let dz = output::<T>(dev, r * v)?;
     let f = dev.get_or_load_custom_func(&format!("softcap_ce_bwd_{}", T::SUFFIX), MODULE, PTX)?;
     let mut b = f.builder();
     let vi = i32_of(v, "V")?;

@@ -73,6 +73,16 @@ pub struct Optimizer {
     pub t: u64,
 }
 
+/// AdamW's decoupled weight decay for a parameter: matrices and the head decay, embeddings and
+/// norm gains do not.
+fn weight_decay(role: ParamRole, o: &OptimizerOptions) -> f32 {
+    if matches!(role, ParamRole::Matrix | ParamRole::Head) {
+        o.weight_decay as f32
+    } else {
+        0.0
+    }
+}
+
 /// Global L2 norm of the gradients, summed in parameter order (deterministic).
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut ss = 0f64;
@@ -127,13 +137,12 @@ impl Optimizer {
         }
         let o = &self.opts;
         for (slot, g) in self.slots.iter_mut().zip(grads) {
-            let decay = matches!(slot.role, ParamRole::Matrix | ParamRole::Head);
             let step = AdamWStep {
                 lr: (o.lr * lr_factor) as f32,
                 beta1: o.beta1 as f32,
                 beta2: o.beta2 as f32,
                 eps: o.eps as f32,
-                weight_decay: if decay { o.weight_decay as f32 } else { 0.0 },
+                weight_decay: weight_decay(slot.role, o),
                 t: self.t,
                 grad_scale: (inv_accum * clip) as f32,
             };
@@ -180,8 +189,7 @@ impl Optimizer {
         for (slot, g) in self.slots.iter().zip(grads) {
             match &slot.state {
                 Moments::Device { m, v } => {
-                    let decay = matches!(slot.role, ParamRole::Matrix | ParamRole::Head);
-                    let weight_decay = if decay { o.weight_decay as f32 } else { 0.0 };
+                    let weight_decay = weight_decay(slot.role, &o);
                     items.push(AdamWItem { param: slot.var.as_tensor(), grad: g, m, v, weight_decay });
                 }
                 Moments::Muon { .. } => {}
