@@ -65,7 +65,9 @@ fn decode_tps(
 /// its chunks, up to the first sampled token), best of 3.
 fn prefill_tps(model: &Arc<DecodeModel>, tok: &Arc<Tokenizer>, n: usize) -> Result<f64> {
     let mut best = 0f64;
-    for r in 0..3 {
+    // PREFILL_REPEATS (default 3): more repeats, for profiling the prefill alone.
+    let repeats = std::env::var("PREFILL_REPEATS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    for r in 0..repeats {
         let mut b = Batcher::new(model.clone(), tok.clone(), 1);
         let prompt: Vec<u32> = (0..n).map(|j| ((j * 7 + r) % 200) as u32 + 1).collect();
         let sampling = SamplingParams { temperature: 1.0, seed: Some(r as u64), ..Default::default() };
@@ -90,7 +92,12 @@ fn report(
     for &context in contexts {
         let context = context.min(model.config().max_seq_len.saturating_sub(3 * steps + 2)).max(1);
         let t1 = decode_tps(&model, &tok, 1, context, steps)?;
-        let t8 = decode_tps(&model, &tok, 8, context, steps)?;
+        // `--batch1-only` (for profiling the batch-1 path alone) skips batch 8.
+        let t8 = if std::env::args().any(|a| a == "--batch1-only") {
+            f64::NAN
+        } else {
+            decode_tps(&model, &tok, 8, context, steps)?
+        };
         println!(
             "{name:<44} weights {:>7.1} MB  bound {:>6.1} tok/s | context {context:>4} | batch 1 {:>6.1} tok/s ({:>3.0}% of bound) | batch 8 {:>6.1} tok/s ({:.1}× batch 1)",
             wb / 1e6,

@@ -18,9 +18,10 @@ use jarip_model::layout::{Block, EMBED, FINAL_NORM, LM_HEAD};
 use jarip_model::{Gpt, ModelConfig};
 use rayon::prelude::*;
 
+use jarip_kernels::decode_matmul::aligned_zeros;
 pub use jarip_kernels::decode_matmul::matmul_wt;
 pub use jarip_kernels::decode_matmul::{Mat, WeightFormat};
-use jarip_kernels::kv_cache::{attend_head, Head, Scratch};
+use jarip_kernels::kv_cache::{attend_head, attend_rows, Head, HeadRows, Scratch};
 pub use jarip_kernels::kv_cache::{KvFormat, SeqCache};
 
 /// A block as decoding reads it: gains as f32 rows, matrices as the decode kernel holds them.
@@ -116,6 +117,16 @@ impl DecodeModel {
     /// returns soft-capped logits: for each sequence its last position's row (`[V]`), or every
     /// new position's rows (`[n_i · V]`) when `all_positions`.
     pub fn forward(&self, seqs: &mut [SeqInput<'_>], all_positions: bool) -> Result<Vec<Vec<f32>>> {
+        // Run on one of the pool's threads: its parallel loops then split work on the spot,
+        // where a caller from outside the pool would hand each one over and sleep until it ends
+        // (two thread wake-ups per matrix, a visible part of a batch-1 token).
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_in_pool(seqs, all_positions));
+        }
+        self.forward_in_pool(seqs, all_positions)
+    }
+
+    fn forward_in_pool(&self, seqs: &mut [SeqInput<'_>], all_positions: bool) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.cfg;
         let (c, h, hkv, d) = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim());
         let kv = hkv * d;
@@ -147,16 +158,15 @@ impl DecodeModel {
             s.cache.prepare(cfg.n_layer * hkv, self.kv)?;
         }
         let qd = h * d;
+        // The matrices' inputs cache-line aligned (`aligned_zeros`): no vector load straddles two lines.
         let (mut hn, mut q, mut k, mut v) =
-            (vec![0f32; n * c], vec![0f32; n * qd], vec![0f32; n * kv], vec![0f32; n * kv]);
-        let mut y = vec![0f32; n * qd];
-        let mut up = vec![0f32; n * cfg.mlp_hidden];
-        let mut tmp = vec![0f32; n * c];
+            (aligned_zeros(n * c), aligned_zeros(n * qd), aligned_zeros(n * kv), aligned_zeros(n * kv));
+        let mut y = aligned_zeros(n * qd);
+        let mut up = aligned_zeros(n * cfg.mlp_hidden);
+        let mut tmp = aligned_zeros(n * c);
         for (li, lw) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &lw.attn_norm, cfg.norm_eps as f32, &mut hn);
-            lw.wq.apply(&hn, n, &mut q);
-            lw.wk.apply(&hn, n, &mut k);
-            lw.wv.apply(&hn, n, &mut v);
+            Mat::apply_all(&[&lw.wq, &lw.wk, &lw.wv], &hn, n, &mut [&mut q, &mut k, &mut v]);
             if let (Some(qg), Some(kg)) = (&lw.q_norm, &lw.k_norm) {
                 let qn = q.clone();
                 rms_norm_rows(&qn, qg, cfg.norm_eps as f32, &mut q);
@@ -181,13 +191,18 @@ impl DecodeModel {
             add_into(&mut x, &tmp);
 
             rms_norm_rows(&x, &lw.mlp_norm, cfg.norm_eps as f32, &mut hn);
-            lw.w_up.apply(&hn, n, &mut up);
             match &lw.w_gate {
-                None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
+                None => {
+                    lw.w_up.apply(&hn, n, &mut up);
+                    up.par_iter_mut().with_min_len(ELEMENTWISE).for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 })
+                }
                 Some(g) => {
-                    let mut gate = vec![0f32; n * cfg.mlp_hidden];
-                    g.apply(&hn, n, &mut gate);
-                    up.par_iter_mut().zip(&gate).for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
+                    let mut gate = aligned_zeros(n * cfg.mlp_hidden);
+                    Mat::apply_all(&[&lw.w_up, g], &hn, n, &mut [&mut up, &mut gate]);
+                    up.par_iter_mut()
+                        .with_min_len(ELEMENTWISE)
+                        .zip(gate.par_iter())
+                        .for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
                 }
             }
             lw.w_down.apply(&up, n, &mut tmp);
@@ -208,7 +223,7 @@ impl DecodeModel {
             }
             last
         };
-        let mut sel = vec![0f32; rows.len() * c];
+        let mut sel = aligned_zeros(rows.len() * c);
         for (dst, &r) in sel.chunks_mut(c).zip(&rows) {
             dst.copy_from_slice(&x[r * c..(r + 1) * c]);
         }
@@ -219,7 +234,7 @@ impl DecodeModel {
         self.lm_head.apply(&sel, rows.len(), &mut logits);
         let cap = cfg.logit_softcap;
         if cap > 0.0 {
-            logits.par_iter_mut().for_each(|z| *z = cap * tanh(*z / cap));
+            logits.par_iter_mut().with_min_len(ELEMENTWISE).for_each(|z| *z = cap * tanh(*z / cap));
         }
         let mut out = Vec::with_capacity(seqs.len());
         if all_positions {
@@ -242,7 +257,7 @@ impl DecodeModel {
         let (h, hkv, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim());
         let rep = h / hkv;
         let scale = 1.0 / (d as f32).sqrt();
-        y.par_chunks_mut(d).enumerate().for_each_init(Scratch::default, |scratch, (idx, out)| {
+        let one = |scratch: &mut Scratch, (idx, out): (usize, &mut [f32])| {
             let (r, head) = (idx / h, idx % h);
             let cache = &seqs[owner[r]].cache;
             let kh = layer * hkv + head / rep;
@@ -250,17 +265,82 @@ impl DecodeModel {
             let (keys, vals) = cache.slot(kh);
             let head = Head { q: qv, keys, vals, seen: pos[r] + 1, scale };
             attend_head(head, scratch, out);
-        });
+        };
+        // A prompt's rows go by KV head, a block of positions at a time (all query heads of the
+        // group together): each key and value row is read once for the block, and q·Kᵀ runs as
+        // a several-row product. The bits are those of one row at a time (`attend_rows`).
+        let mut blocks = Vec::new();
+        let mut prompt_row = vec![false; owner.len()];
+        let mut r0 = 0;
+        for s in seqs {
+            let nt = s.tokens.len();
+            if nt > 1 {
+                prompt_row[r0..r0 + nt].fill(true);
+                for g in 0..hkv {
+                    for b0 in (r0..r0 + nt).step_by(PROMPT_BLOCK) {
+                        blocks.push((b0, (b0 + PROMPT_BLOCK).min(r0 + nt), g));
+                    }
+                }
+            }
+            r0 += nt;
+        }
+        let done: Vec<Vec<f32>> = blocks
+            .par_iter()
+            .map_init(Scratch::default, |scratch, &(b0, b1, g)| {
+                let cache = &seqs[owner[b0]].cache;
+                let (keys, vals) = cache.slot(layer * hkv + g);
+                let mut qg = Vec::with_capacity((b1 - b0) * rep * d);
+                let mut seen = Vec::with_capacity((b1 - b0) * rep);
+                for (r, &p) in pos.iter().enumerate().take(b1).skip(b0) {
+                    let at = r * h * d + g * rep * d;
+                    qg.extend_from_slice(&q[at..at + rep * d]);
+                    seen.extend(std::iter::repeat_n(p + 1, rep));
+                }
+                let mut out = vec![0f32; qg.len()];
+                attend_rows(HeadRows { q: &qg, seen: &seen, keys, vals, scale }, scratch, &mut out);
+                out
+            })
+            .collect();
+        for (&(b0, b1, g), out) in blocks.iter().zip(&done) {
+            for (i, r) in (b0..b1).enumerate() {
+                let at = r * h * d + g * rep * d;
+                y[at..at + rep * d].copy_from_slice(&out[i * rep * d..(i + 1) * rep * d]);
+            }
+        }
+        // Single new rows (decode steps), one head at a time; a short context's heads are a few
+        // microseconds in all: not worth waking the pool.
+        let one = |scratch: &mut Scratch, (idx, out): (usize, &mut [f32])| {
+            if !prompt_row[idx / h] {
+                one(scratch, (idx, out))
+            }
+        };
+        let work: usize = pos.iter().zip(&prompt_row).filter(|(_, &p)| !p).map(|(p, _)| (p + 1) * h * d).sum();
+        if work < ELEMENTWISE * 4 {
+            let mut scratch = Scratch::default();
+            y.chunks_mut(d).enumerate().for_each(|item| one(&mut scratch, item));
+        } else {
+            y.par_chunks_mut(d).enumerate().for_each_init(Scratch::default, one);
+        }
     }
 }
 
+/// Positions of a prompt attended together per KV head (one parallel task).
+const PROMPT_BLOCK: usize = 64;
+
+/// Element-wise work below this many values stays on one thread: splitting a token's 768 adds
+/// across the pool costs more in wake-ups than it saves.
+const ELEMENTWISE: usize = 1 << 14;
+
 fn add_into(x: &mut [f32], y: &[f32]) {
-    x.par_iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    x.par_iter_mut().with_min_len(ELEMENTWISE).zip(y).for_each(|(a, b)| *a += b);
 }
 
 /// RMSNorm of each row of `x` (row length = `w.len()`) into `out`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let c = w.len();
+    if out.len() <= c {
+        return out.chunks_mut(c).zip(x.chunks(c)).for_each(|(o, r)| rms_norm_row(r, w, eps, o));
+    }
     out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| rms_norm_row(r, w, eps, o));
 }
 
@@ -307,6 +387,30 @@ mod tests {
             assert!(d < 1e-4, "position {p}: cached decode differs from full recomputation by {d}");
         }
         assert_eq!(cache.len(), ids.len());
+    }
+
+    /// A prompt run at once (its rows' attention by KV head in blocks, several-row products)
+    /// gives every position the bits a token at a time gives it, for each weight and cache format.
+    #[test]
+    fn a_prompt_at_once_equals_one_token_at_a_time_bit_for_bit() {
+        let model = tiny();
+        let ids: Vec<u32> = (0..63).map(|i| (i * 29 % 97) as u32).collect();
+        for (format, kv) in [
+            (WeightFormat::F32, KvFormat::F32),
+            (WeightFormat::Q8_0, KvFormat::F32),
+            (WeightFormat::F32, KvFormat::F16),
+        ] {
+            let dm = DecodeModel::with_format(&model, format).unwrap().with_kv_cache(kv);
+            let mut cache = SeqCache::new();
+            let at_once = dm.forward(&mut [SeqInput { tokens: &ids, cache: &mut cache }], true).unwrap().remove(0);
+            let mut cache = SeqCache::new();
+            let mut one_by_one = Vec::new();
+            for p in 0..ids.len() {
+                let row = dm.forward(&mut [SeqInput { tokens: &ids[p..p + 1], cache: &mut cache }], false).unwrap();
+                one_by_one.extend_from_slice(&row[0]);
+            }
+            assert_eq!(at_once, one_by_one, "{format:?} weights, {kv:?} cache");
+        }
     }
 
     #[test]

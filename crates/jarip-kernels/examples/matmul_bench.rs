@@ -4,7 +4,46 @@
 use jarip_kernels::decode_matmul::{matmul_q8_with, matmul_wt_with, Kernel, Q8Matrix};
 use std::time::Instant;
 
+/// `matmul_bench prefill`: a prompt's products (256 activation rows, the chunk a prefill step
+/// takes) on the ~100M SwiGLU model's shapes, f32 and Q8_0, with the detected kernel: GFLOP/s.
+fn prefill() {
+    let kernel = Kernel::detect();
+    let m = 256;
+    println!("cpu: {}; kernel {}; {m} rows", jarip_kernels::peak::cpu_model(), kernel.name());
+    for &(n, k) in &[(768usize, 768usize), (2048, 768), (768, 2048)] {
+        let wv: Vec<f32> = (0..n * k + 16).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let xv: Vec<f32> = (0..m * k + 16).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let align = std::env::var("ALIGN").is_ok();
+        let off = |p: *const f32| if align { (16 - (p as usize / 4) % 16) % 16 } else { 0 };
+        let (w, x) = (&wv[off(wv.as_ptr())..][..n * k], &xv[off(xv.as_ptr())..][..m * k]);
+        println!("w mod 64: {}, x mod 64: {}", w.as_ptr() as usize % 64, x.as_ptr() as usize % 64);
+        let q = Q8Matrix::quantize(w, n, k);
+        let mut out = vec![0f32; m * n];
+        for q8 in [false, true] {
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let t = Instant::now();
+                if q8 {
+                    matmul_q8_with(kernel, x, m, &q, &mut out);
+                } else {
+                    matmul_wt_with(kernel, x, m, w, n, k, &mut out);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gf = 2.0 * (m * n * k) as f64 / best / 1e9;
+            println!(
+                "{} n {n:>5} k {k:>5}: {:>7.3} ms {gf:>6.1} GFLOP/s",
+                if q8 { "q8_0" } else { "f32 " },
+                best * 1e3
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("prefill") {
+        return prefill();
+    }
     // Every kernel this CPU runs (VNNI ones included), slowest last.
     let kernels = Kernel::all_available();
     let only: Option<String> = std::env::args().nth(1);

@@ -17,9 +17,23 @@
 use crate::quant::{BlockQ8_0, QK8_0};
 use rayon::prelude::*;
 
+/// Alignment of weight matrices and quantized activations: a cache line, so that with rows whose
+/// byte length is a multiple of 64 (every model width jarip builds) no vector load straddles two
+/// lines (a split load costs two; unaligned buffers cost prompt processing ~12 %).
+pub const ALIGN: usize = 64;
+
+pub use aligned_vec::AVec;
+
+/// `n` zeros, [`ALIGN`]ed: activation buffers the kernel reads.
+pub fn aligned_zeros(n: usize) -> AVec<f32> {
+    let mut v = AVec::with_capacity(ALIGN, n);
+    v.resize(n, 0.0);
+    v
+}
+
 /// A weight matrix `[n × k]` as the decode kernel reads it.
 pub enum Mat {
-    F32 { w: Vec<f32>, n: usize, k: usize },
+    F32 { w: AVec<f32>, n: usize, k: usize },
     Q8(Q8Matrix),
 }
 
@@ -27,7 +41,7 @@ impl Mat {
     pub fn new(w: Vec<f32>, n: usize, k: usize, quant: WeightFormat) -> Self {
         match quant {
             WeightFormat::Q8_0 if k.is_multiple_of(crate::quant::QK8_0) => Mat::Q8(Q8Matrix::quantize(&w, n, k)),
-            _ => Mat::F32 { w, n, k },
+            _ => Mat::F32 { w: AVec::from_slice(ALIGN, &w), n, k },
         }
     }
 
@@ -37,6 +51,37 @@ impl Mat {
             Mat::F32 { w, n, k } => matmul_wt(x, m, w, *n, *k, out),
             Mat::Q8(q) => matmul_q8(x, m, q, out),
         }
+    }
+
+    /// Rows and columns `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Mat::F32 { n, k, .. } => (*n, *k),
+            Mat::Q8(q) => q.shape(),
+        }
+    }
+
+    /// Several matrices over the same activation rows in one parallel pass:
+    /// `outs[i][m × n_i] = x[m × k] · w_iᵀ` (the q/k/v projections, the gate and up of an MLP).
+    /// The same bits as [`Mat::apply`] on each; one dispatch instead of one per matrix (at batch
+    /// 1 a token's matrices take tens of microseconds each, and waking the pool costs several), and
+    /// Q8_0 activations quantized once.
+    pub fn apply_all(mats: &[&Mat], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
+        assert_eq!(mats.len(), outs.len(), "apply_all: one output per matrix");
+        let Some(k) = mats.first().map(|w| w.shape().1) else { return };
+        let ns: Vec<usize> = mats.iter().map(|w| w.shape().0).collect();
+        assert!(
+            mats.iter().all(|w| w.shape().1 == k)
+                && fits(x.len(), m, k)
+                && outs.iter().zip(&ns).all(|(o, &n)| fits(o.len(), m, n)),
+            "apply_all: buffer sizes"
+        );
+        let kernel = Kernel::detect();
+        let xq = mats.iter().any(|w| matches!(w, Mat::Q8(_))).then(|| Q8Activations::quantize(&x[..m * k], m, k));
+        by_blocks(m, &ns, outs, |i, lo, hi, part| match mats[i] {
+            Mat::F32 { w, .. } => kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, part),
+            Mat::Q8(q) => kernel.run_q8(xq.as_ref().expect("quantized above"), &q.rows(lo, hi), part),
+        });
     }
 
     pub fn bytes(&self) -> usize {
@@ -85,7 +130,7 @@ pub fn matmul_wt(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [
 /// [`matmul_wt`] with a chosen kernel (for benchmarks and tests).
 pub fn matmul_wt_with(kernel: Kernel, x: &[f32], m: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
     assert!(fits(x.len(), m, k) && fits(w.len(), n, k) && fits(out.len(), m, n), "matmul_wt: buffer sizes");
-    by_blocks(m, n, out, |lo, hi, part| kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, part));
+    by_blocks(m, &[n], &mut [out], |_, lo, hi, part| kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, part));
 }
 
 /// `out[m × n] = x[m × k] · wᵀ` for a Q8_0 weight matrix.
@@ -98,7 +143,7 @@ pub fn matmul_q8_with(kernel: Kernel, x: &[f32], m: usize, w: &Q8Matrix, out: &m
     let (n, k) = (w.n, w.k);
     assert!(fits(x.len(), m, k) && fits(out.len(), m, n), "matmul_q8: buffer sizes");
     let xq = Q8Activations::quantize(&x[..m * k], m, k);
-    by_blocks(m, n, out, |lo, hi, part| kernel.run_q8(&xq, &w.rows(lo, hi), part));
+    by_blocks(m, &[n], &mut [out], |_, lo, hi, part| kernel.run_q8(&xq, &w.rows(lo, hi), part));
 }
 
 /// Whether a buffer of `len` values holds `rows × cols` (the product not overflowing).
@@ -106,22 +151,39 @@ fn fits(len: usize, rows: usize, cols: usize) -> bool {
     rows.checked_mul(cols).is_some_and(|need| len >= need)
 }
 
-/// Runs `block(lo, hi, part)` for blocks of weight rows in parallel (`part`: `[m × (hi − lo)]`)
-/// and gathers the parts into `out[m × n]`.
-fn by_blocks(m: usize, n: usize, out: &mut [f32], block: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|b| {
-            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+/// Runs `block(i, lo, hi, part)` for blocks of weight rows `lo..hi` of every matrix `i` (`ns[i]`
+/// rows, output `outs[i]: [m × ns[i]]`) in parallel, `part` being `[m × (hi − lo)]`. One row
+/// (batch-1 decode) writes each block straight into its output; several rows compute a block's
+/// part apart and are gathered after.
+fn by_blocks(m: usize, ns: &[usize], outs: &mut [&mut [f32]], block: impl Fn(usize, usize, usize, &mut [f32]) + Sync) {
+    if m == 0 {
+        return;
+    }
+    if m == 1 {
+        let tasks: Vec<(usize, usize, &mut [f32])> = outs
+            .iter_mut()
+            .zip(ns)
+            .enumerate()
+            .flat_map(|(i, (o, &n))| o[..n].chunks_mut(BLOCK).enumerate().map(move |(b, c)| (i, b * BLOCK, c)))
+            .collect();
+        tasks.into_par_iter().for_each(|(i, lo, c)| block(i, lo, lo + c.len(), c));
+        return;
+    }
+    let tasks: Vec<(usize, usize)> =
+        ns.iter().enumerate().flat_map(|(i, &n)| (0..n.div_ceil(BLOCK)).map(move |b| (i, b))).collect();
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(i, b)| {
+            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(ns[i]));
             let mut part = vec![0f32; m * (hi - lo)];
-            block(lo, hi, &mut part);
+            block(i, lo, hi, &mut part);
             part
         })
         .collect();
-    for (b, part) in blocks.iter().enumerate() {
-        let (lo, width) = (b * BLOCK, part.len() / m.max(1));
-        for i in 0..m {
-            out[i * n + lo..i * n + lo + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+    for (&(i, b), part) in tasks.iter().zip(&parts) {
+        let (n, lo, width) = (ns[i], b * BLOCK, part.len() / m);
+        for r in 0..m {
+            outs[i][r * n + lo..r * n + lo + width].copy_from_slice(&part[r * width..(r + 1) * width]);
         }
     }
 }
@@ -134,7 +196,7 @@ pub struct Q8Matrix {
     k: usize,
     /// One per block of 32 values: the block's f16 scale, widened to f32 (exactly).
     scales: Vec<f32>,
-    qs: Vec<i8>,
+    qs: AVec<i8>,
 }
 
 /// Rows `lo..hi` of a [`Q8Matrix`].
@@ -152,7 +214,7 @@ pub struct Q8Activations {
     m: usize,
     k: usize,
     scales: Vec<f32>,
-    qs: Vec<i8>,
+    qs: AVec<i8>,
 }
 
 /// `x.round()` (halves away from zero) for |x| < 2³¹, in arithmetic the compiler vectorises
@@ -169,13 +231,16 @@ impl Q8Activations {
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         assert!(k.is_multiple_of(QK8_0) && x.len() == m * k, "Q8_0 rows need a multiple of 32 columns");
         let mut scales = Vec::with_capacity(x.len() / QK8_0);
-        let mut qs = Vec::with_capacity(x.len());
-        for block in x.chunks_exact(QK8_0) {
+        let mut qs = AVec::with_capacity(ALIGN, x.len());
+        qs.resize(x.len(), 0i8);
+        for (block, q) in x.chunks_exact(QK8_0).zip(qs.chunks_exact_mut(QK8_0)) {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             scales.push(d);
-            qs.extend(block.iter().map(|v| round_half_away(v * id) as i8));
+            for (q, v) in q.iter_mut().zip(block) {
+                *q = round_half_away(v * id) as i8;
+            }
         }
         Self { m, k, scales, qs }
     }
@@ -194,7 +259,11 @@ impl Q8Matrix {
         assert!(k.is_multiple_of(QK8_0) && blocks.len() * QK8_0 == n * k, "Q8_0 blocks for [{n} × {k}]");
         assert!(blocks.iter().all(|b| !b.qs.contains(&i8::MIN)), "Q8_0 value −128 outside ggml's range");
         let scales = blocks.iter().map(|b| b.d.to_f32()).collect();
-        let qs = blocks.iter().flat_map(|b| b.qs).collect();
+        let mut qs = AVec::with_capacity(ALIGN, n * k);
+        qs.resize(n * k, 0i8);
+        for (q, b) in qs.chunks_exact_mut(QK8_0).zip(blocks) {
+            q.copy_from_slice(&b.qs);
+        }
         Self { n, k, scales, qs }
     }
 
@@ -699,7 +768,7 @@ q8_kernel!(q8_avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dot_vnni256, 8
 /// 8 lanes are summed in the same tree, so the bits are the other kernels'.
 #[cfg(target_arch = "x86_64")]
 mod q8_wide {
-    use super::{reduce, Q8Activations, Q8Rows, QK8_0};
+    use super::{Q8Activations, Q8Rows, QK8_0};
     use std::arch::x86_64::*;
 
     /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+2P` (a last odd row is paired with
@@ -752,10 +821,10 @@ mod q8_wide {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, a) in acc.iter().enumerate() {
-                for (half, l) in super::halves(*a).iter().enumerate() {
+                for (half, &sum) in super::reduce_halves(*a).iter().enumerate() {
                     let j = j0 + 2 * p + half;
                     if j < nb {
-                        part[(i0 + r) * nb + j] = reduce(l);
+                        part[(i0 + r) * nb + j] = sum;
                     }
                 }
             }
@@ -817,14 +886,21 @@ simd_kernel!(avx2, "avx2,fma", 4, [1 => 8, 2 => 4, 3 => 3, 4 => 2]);
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
+/// [`reduce`] of both 8-lane halves of a 512-bit register at once, in registers: lanes `l` and
+/// `l + 4` added, then neighbours, then pairs — `((a0+a4) + (a1+a5)) + ((a2+a6) + (a3+a7))` per
+/// half, the same additions (each of the same two operands) as [`reduce`], so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn halves(a: std::arch::x86_64::__m512) -> [[f32; LANES]; 2] {
-    let mut lanes = [[0f32; LANES]; 2];
-    // `[[f32; 8]; 2]` is 16 contiguous floats: the store writes exactly them.
-    std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr() as *mut f32, a);
-    lanes
+unsafe fn reduce_halves(a: std::arch::x86_64::__m512) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    // 128-bit blocks swapped within each half: lane l (< 4) of `t` is a[l] + a[l + 4].
+    let t = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b10_11_00_01>(a, a));
+    // Neighbours: lane 0 is t0 + t1, lane 2 is t2 + t3.
+    let u = _mm512_add_ps(t, _mm512_permute_ps::<0b10_11_00_01>(t));
+    // Pairs: lane 0 is u0 + u2.
+    let v = _mm512_add_ps(u, _mm512_permute_ps::<0b01_00_11_10>(u));
+    [_mm512_cvtss_f32(v), _mm512_cvtss_f32(_mm512_shuffle_f32x4::<0b00_00_00_10>(v, v))]
 }
 
 /// f32 on 512-bit registers: two weight rows per register (lanes 0–7 the first row's 8 lanes,
@@ -834,7 +910,7 @@ unsafe fn halves(a: std::arch::x86_64::__m512) -> [[f32; LANES]; 2] {
 /// work (the 256-bit kernels leave half of an AVX-512 core's FMA width idle).
 #[cfg(target_arch = "x86_64")]
 mod f32_wide {
-    use super::{reduce, LANES};
+    use super::LANES;
     use std::arch::x86_64::*;
 
     /// Rows `i0..i0+R` of `x` against weight rows `j0..j0+2P` (a last odd row is paired with
@@ -882,10 +958,11 @@ mod f32_wide {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, a) in acc.iter().enumerate() {
-                for (half, l) in super::halves(*a).iter().enumerate() {
+                let sums = super::reduce_halves(*a);
+                for (half, &sum) in sums.iter().enumerate() {
                     let j = j0 + 2 * p + half;
                     if j < nb {
-                        let mut s = reduce(l);
+                        let mut s = sum;
                         for t in body..k {
                             s = (*xp.add(r * k + t)).mul_add(*rows[p][half].add(t), s);
                         }

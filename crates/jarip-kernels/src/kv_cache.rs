@@ -9,6 +9,7 @@
 //! values, bit for bit.
 
 use crate::decode_matmul::Kernel;
+use crate::ops::fastmath::exp_inplace;
 use anyhow::{bail, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -209,6 +210,7 @@ const BLOCK: usize = 64;
 pub struct Scratch {
     scores: Vec<f32>,
     rows: Vec<f32>,
+    vrows: Vec<f32>,
 }
 
 /// What one query row of one head attends over: its first `seen` cached positions.
@@ -249,7 +251,7 @@ unsafe fn attend_head_avx2(h: Head, s: &mut Scratch, out: &mut [f32], fused: boo
 fn attend_head_impl(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
     let Head { q, keys, vals, seen, scale } = h;
     let d = q.len();
-    let Scratch { scores, rows } = s;
+    let Scratch { scores, rows, .. } = s;
     scores.clear();
     scores.resize(seen, 0.0);
     // q·Kᵀ is a matrix-vector product over the head's keys: the decode kernel does it, in its
@@ -268,18 +270,7 @@ fn attend_head_impl(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
             }
         }
     }
-    for x in scores.iter_mut() {
-        *x *= scale;
-    }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in scores.iter_mut() {
-        *x /= sum;
-    }
+    softmax_scaled(scores, scale);
     out.fill(0.0);
     match vals {
         KvRows::F32(v) => weighted_sum(scores, &v[..seen * d], d, out),
@@ -291,6 +282,212 @@ fn attend_head_impl(h: Head, s: &mut Scratch, out: &mut [f32], fused: bool) {
                 let p1 = (p0 + BLOCK).min(seen);
                 widen(&v[p0 * d..p1 * d], rows);
                 weighted_sum(&scores[p0..p1], rows, d, out);
+            }
+        }
+    }
+}
+
+/// `softmax(scores · scale)` in place: scaled, the maximum subtracted, [`exp_inplace`], divided by
+/// the sum taken in increasing position.
+fn softmax_scaled(scores: &mut [f32], scale: f32) {
+    for x in scores.iter_mut() {
+        *x *= scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in scores.iter_mut() {
+        *x -= max;
+    }
+    exp_inplace(scores);
+    let sum: f32 = scores.iter().fold(0.0, |a, x| a + x);
+    for x in scores.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// Query rows of one KV head: row `i` is `q[i·d..(i + 1)·d]` and attends over the first `seen[i]`
+/// cached positions (a prompt's new positions, and the query heads that share the KV head).
+#[derive(Clone, Copy)]
+pub struct HeadRows<'a> {
+    pub q: &'a [f32],
+    pub seen: &'a [usize],
+    pub keys: &'a KvRows,
+    pub vals: &'a KvRows,
+    pub scale: f32,
+}
+
+/// Query rows scored together: the keys are read once per block, and `q·Kᵀ` runs as a
+/// several-row product (compute-bound, where one row at a time is bound by reading the keys).
+const ROW_BLOCK: usize = 32;
+
+/// [`attend_head`] for many query rows of one KV head at once, into `out: [rows, D]`. Each row's
+/// result is the bits [`attend_head`] gives it alone: its scores come from the same kernel in its
+/// fixed order (a block's extra scores past a row's `seen` are computed and ignored), its softmax
+/// is [`softmax_scaled`], and its weighted values are summed in increasing position, one
+/// multiply and one add per term, as in [`weighted_sum`]. So a prompt processed at once equals
+/// the same prompt fed a token at a time.
+pub fn attend_rows(h: HeadRows, s: &mut Scratch, out: &mut [f32]) {
+    let HeadRows { q, seen, keys, vals, scale } = h;
+    let nq = seen.len();
+    let Some(&smax) = seen.iter().max() else { return };
+    let d = q.len() / nq;
+    assert!(q.len() == nq * d && out.len() >= nq * d, "attend_rows: buffer sizes");
+    assert!(keys.values() >= smax * d && vals.values() >= smax * d, "attend_rows: rows past the cache");
+    let kernel = Kernel::detect();
+    let Scratch { scores, rows, vrows } = s;
+    let kf: &[f32] = match keys {
+        KvRows::F32(k) => &k[..smax * d],
+        KvRows::F16(k) => {
+            widen(&k[..smax * d], rows);
+            rows
+        }
+    };
+    let vf: &[f32] = match vals {
+        KvRows::F32(v) => &v[..smax * d],
+        KvRows::F16(v) => {
+            widen(&v[..smax * d], vrows);
+            vrows
+        }
+    };
+    for i0 in (0..nq).step_by(ROW_BLOCK) {
+        let i1 = (i0 + ROW_BLOCK).min(nq);
+        let m = i1 - i0;
+        let sm = seen[i0..i1].iter().copied().max().unwrap_or(0);
+        scores.clear();
+        scores.resize(m * sm, 0.0);
+        kernel.run(&q[i0 * d..i1 * d], m, &kf[..sm * d], sm, d, scores);
+        for (r, &n) in seen[i0..i1].iter().enumerate() {
+            softmax_scaled(&mut scores[r * sm..r * sm + n], scale);
+        }
+        let o = &mut out[i0 * d..i1 * d];
+        o.fill(0.0);
+        weighted_sums(scores, sm, &seen[i0..i1], vf, d, o);
+    }
+}
+
+/// For each row `r`: `out[r·d..][..d] += Σ_{p < seen[r]} w[r·stride + p] · vals[p·d..][..d]`, added in
+/// increasing `p`, one multiply and one add per term (the order of [`weighted_sum`]).
+fn weighted_sums(w: &[f32], stride: usize, seen: &[usize], vals: &[f32], d: usize, out: &mut [f32]) {
+    let nr = seen.len();
+    let smax = seen.iter().copied().max().unwrap_or(0);
+    assert!(
+        seen.iter().enumerate().all(|(r, &n)| n <= stride && w.len() >= r * stride + n)
+            && vals.len() >= smax * d
+            && out.len() >= nr * d,
+        "weighted_sums: buffer sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was just detected; the sizes were checked above.
+            unsafe { pv_avx512::rows(w, stride, seen, vals, d, out) };
+            return;
+        }
+    }
+    for (r, &n) in seen.iter().enumerate() {
+        weighted_sum_portable(&w[r * stride..r * stride + n], &vals[..n * d], d, &mut out[r * d..(r + 1) * d]);
+    }
+}
+
+/// The weighted sums on AVX-512: a tile of up to 4 rows × 64 columns in 16 registers, each value
+/// row loaded once for the tile's rows. Per column the same multiply, then add, in increasing
+/// position as the portable code, so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod pv_avx512 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX-512F; the sizes must be as `weighted_sums` checks them.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows(w: &[f32], stride: usize, seen: &[usize], vals: &[f32], d: usize, out: &mut [f32]) {
+        let mut r0 = 0;
+        while r0 < seen.len() {
+            let rt = (seen.len() - r0).min(4);
+            let (wp, sp, op) = (w.as_ptr().add(r0 * stride), &seen[r0..r0 + rt], out.as_mut_ptr().add(r0 * d));
+            match rt {
+                4 => tile::<4>(wp, stride, sp, vals.as_ptr(), d, op),
+                3 => tile::<3>(wp, stride, sp, vals.as_ptr(), d, op),
+                2 => tile::<2>(wp, stride, sp, vals.as_ptr(), d, op),
+                _ => tile::<1>(wp, stride, sp, vals.as_ptr(), d, op),
+            }
+            r0 += rt;
+        }
+    }
+
+    /// Rows `0..R` (weights at `w + r·stride`, outputs at `out + r·d`), columns in blocks of
+    /// `16·B`, then one at a time.
+    ///
+    /// # Safety
+    /// AVX-512F; `w + r·stride` readable for `seen[r]` values, `vals` for `max(seen)` rows of `d`,
+    /// `out + r·d` writable for `d` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        w: *const f32,
+        stride: usize,
+        seen: &[usize],
+        vals: *const f32,
+        d: usize,
+        out: *mut f32,
+    ) {
+        let common = seen.iter().copied().min().unwrap_or(0);
+        let mut c0 = 0;
+        while c0 + 64 <= d {
+            columns::<R, 4>(w, stride, seen, common, vals, d, c0, out);
+            c0 += 64;
+        }
+        while c0 + 16 <= d {
+            columns::<R, 1>(w, stride, seen, common, vals, d, c0, out);
+            c0 += 16;
+        }
+        for c in c0..d {
+            for (r, &n) in seen.iter().enumerate() {
+                let mut a = *out.add(r * d + c);
+                for p in 0..n {
+                    a += *w.add(r * stride + p) * *vals.add(p * d + c);
+                }
+                *out.add(r * d + c) = a;
+            }
+        }
+    }
+
+    /// Columns `c0..c0 + 16·B` of the tile: positions every row sees for all rows together, then
+    /// each row's own last positions.
+    ///
+    /// # Safety
+    /// As for `tile`, with `c0 + 16·B ≤ d`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn columns<const R: usize, const B: usize>(
+        w: *const f32,
+        stride: usize,
+        seen: &[usize],
+        common: usize,
+        vals: *const f32,
+        d: usize,
+        c0: usize,
+        out: *mut f32,
+    ) {
+        let mut acc: [[__m512; B]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|b| _mm512_loadu_ps(out.add(r * d + c0 + 16 * b))));
+        for p in 0..common {
+            let v: [__m512; B] = std::array::from_fn(|b| _mm512_loadu_ps(vals.add(p * d + c0 + 16 * b)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*w.add(r * stride + p));
+                for (ab, vb) in a.iter_mut().zip(&v) {
+                    *ab = _mm512_add_ps(*ab, _mm512_mul_ps(wv, *vb));
+                }
+            }
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            for p in common..seen[r] {
+                let wv = _mm512_set1_ps(*w.add(r * stride + p));
+                for (b, ab) in a.iter_mut().enumerate() {
+                    *ab = _mm512_add_ps(*ab, _mm512_mul_ps(wv, _mm512_loadu_ps(vals.add(p * d + c0 + 16 * b))));
+                }
+            }
+            for (b, ab) in a.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * d + c0 + 16 * b), *ab);
             }
         }
     }
@@ -412,9 +609,15 @@ fn widen(src: &[f16], dst: &mut Vec<f32>) {
     src.convert_to_f32_slice(dst);
 }
 
-/// `out += Σ_p w_p·V[p]`, a block of columns at a time held in registers across all positions.
+/// `out += Σ_p w_p·V[p]` (one row of [`weighted_sums`]).
 #[inline(always)]
 fn weighted_sum(w: &[f32], vals: &[f32], d: usize, out: &mut [f32]) {
+    weighted_sums(w, w.len(), &[w.len()], vals, d, out)
+}
+
+/// [`weighted_sum`] in plain Rust, a block of columns at a time held in registers across all positions.
+#[inline(always)]
+fn weighted_sum_portable(w: &[f32], vals: &[f32], d: usize, out: &mut [f32]) {
     let mut c0 = 0;
     while c0 + 64 <= d {
         weighted_rows::<64>(w, vals, d, c0, out);
@@ -514,6 +717,59 @@ mod tests {
             unsafe { f16_x86::weighted_sum(&w, &rows, d, &mut a) };
             weighted_sum(&w, &wide, d, &mut b);
             assert_eq!(a, b, "weighted values, d {d}");
+        }
+    }
+
+    /// Many query rows at once (`attend_rows`, a prompt) give each row the bits it gets alone
+    /// (`attend_head`, a decode step): rows of different lengths in one block, blocks past
+    /// `ROW_BLOCK`, f32 and f16 caches, head widths with every column path.
+    #[test]
+    fn rows_together_equal_each_row_alone() {
+        let mut r = lcg(5);
+        for format in [KvFormat::F32, KvFormat::F16] {
+            for d in [8usize, 13, 64, 72, 128] {
+                let (mut keys, mut vals) = (KvRows::new(format), KvRows::new(format));
+                let len = 90;
+                for _ in 0..len {
+                    keys.push(&(0..d).map(|_| r()).collect::<Vec<_>>());
+                    vals.push(&(0..d).map(|_| 4.0 * r()).collect::<Vec<_>>());
+                }
+                // 70 rows: positions 20..90 with two query heads each (GQA order), unsorted tail.
+                let mut seen: Vec<usize> = (20..55).flat_map(|p| [p + 1, p + 1]).collect();
+                seen.extend([90, 1, 33]);
+                let q: Vec<f32> = (0..seen.len() * d).map(|_| r()).collect();
+                let mut together = vec![f32::NAN; seen.len() * d];
+                let mut s = Scratch::default();
+                let h = HeadRows { q: &q, seen: &seen, keys: &keys, vals: &vals, scale: 0.25 };
+                attend_rows(h, &mut s, &mut together);
+                for (i, &n) in seen.iter().enumerate() {
+                    let mut alone = vec![0f32; d];
+                    let head = Head { q: &q[i * d..(i + 1) * d], keys: &keys, vals: &vals, seen: n, scale: 0.25 };
+                    attend_head(head, &mut s, &mut alone);
+                    assert_eq!(&together[i * d..(i + 1) * d], &alone[..], "{format:?}, d {d}, row {i} ({n} seen)");
+                }
+            }
+        }
+    }
+
+    /// The vector weighted sums equal the plain ones bit for bit, for tiles of 1–4 rows of unequal
+    /// lengths and every column path, adding to what `out` holds.
+    #[test]
+    fn weighted_sums_equal_the_portable_order() {
+        let mut r = lcg(11);
+        for d in [5usize, 16, 64, 80, 128, 136] {
+            let seen = [7usize, 31, 30, 1, 0, 64, 12];
+            let stride = 64;
+            let w: Vec<f32> = (0..seen.len() * stride).map(|_| r().abs()).collect();
+            let vals: Vec<f32> = (0..64 * d).map(|_| r()).collect();
+            let start: Vec<f32> = (0..seen.len() * d).map(|_| r()).collect();
+            let mut fast = start.clone();
+            weighted_sums(&w, stride, &seen, &vals, d, &mut fast);
+            let mut plain = start.clone();
+            for (i, &n) in seen.iter().enumerate() {
+                weighted_sum_portable(&w[i * stride..i * stride + n], &vals, d, &mut plain[i * d..(i + 1) * d]);
+            }
+            assert_eq!(fast, plain, "d {d}");
         }
     }
 
