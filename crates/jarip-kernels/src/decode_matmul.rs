@@ -792,28 +792,31 @@ mod q8_wide {
         let row = |g: usize| (j0 + g).min(last);
         let (xq, xd) = (x.qs.as_ptr().add(i0 * k), x.scales.as_ptr().add(i0 * nblk));
         let zero = _mm512_setzero_si512();
+        // `vpdpbusd` multiplies unsigned by signed bytes: x + 128 (x XOR 0x80, in 1..=255) times w,
+        // its sum started at −128·Σw (each lane's four weights, one `vpdpbusd` per weight register
+        // for all R rows) — exactly Σ x·w, with no per-row sign fix-up.
+        let offset = _mm512_set1_epi8(-128);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for b in 0..nblk {
             let mut wv = [zero; P];
             let mut ws = [_mm512_setzero_ps(); P];
+            let mut base = [zero; P];
             for p in 0..P {
                 let (lo, hi) = (row(2 * p), row(2 * p + 1));
                 let wlo = _mm256_loadu_si256(w.qs.as_ptr().add(lo * k + b * QK8_0) as *const __m256i);
                 let whi = _mm256_loadu_si256(w.qs.as_ptr().add(hi * k + b * QK8_0) as *const __m256i);
                 wv[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(wlo), whi);
+                base[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv[p]));
                 let slo = _mm256_set1_ps(*w.scales.as_ptr().add(lo * nblk + b));
                 let shi = _mm256_set1_ps(*w.scales.as_ptr().add(hi * nblk + b));
                 ws[p] = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(slo), shi);
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(xq.add(r * k + b * QK8_0) as *const __m256i));
-                let xa = _mm512_abs_epi8(xv);
-                let neg = _mm512_movepi8_mask(xv);
+                let xu = _mm512_xor_si512(xv, offset);
                 let dx = _mm512_set1_ps(*xd.add(r * nblk + b));
                 for p in 0..P {
-                    // w·sign(x): where x < 0, 0 − w (where x = 0 the product is 0 either way).
-                    let signed = _mm512_mask_sub_epi8(wv[p], neg, zero, wv[p]);
-                    let isum = _mm512_dpbusd_epi32(zero, xa, signed);
+                    let isum = _mm512_dpbusd_epi32(base[p], xu, wv[p]);
                     let s = _mm512_mul_ps(ws[p], dx);
                     acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[p]);
                 }
