@@ -117,13 +117,9 @@ impl DecodeModel {
     /// returns soft-capped logits: for each sequence its last position's row (`[V]`), or every
     /// new position's rows (`[n_i · V]`) when `all_positions`.
     pub fn forward(&self, seqs: &mut [SeqInput<'_>], all_positions: bool) -> Result<Vec<Vec<f32>>> {
-        // Run on one of the pool's threads: its parallel loops then split work on the spot,
-        // where a caller from outside the pool would hand each one over and sleep until it ends
-        // (two thread wake-ups per matrix, a visible part of a batch-1 token).
-        if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.forward_in_pool(seqs, all_positions));
-        }
-        self.forward_in_pool(seqs, all_positions)
+        // On one of the pool's threads, each parallel loop splits on the spot instead of being
+        // handed over (two wake-ups per matrix otherwise, a visible part of a batch-1 token).
+        jarip_kernels::pool::on_pool(|| self.forward_in_pool(seqs, all_positions))
     }
 
     fn forward_in_pool(&self, seqs: &mut [SeqInput<'_>], all_positions: bool) -> Result<Vec<Vec<f32>>> {

@@ -17,6 +17,7 @@
 //! - [`mmap`]: read-only memory maps of files;
 //! - [`alloc`]: keeping freed memory for reuse in training processes (no page faults per step);
 //! - [`peak`]: the machine's measured fp32 FMA and bf16 dot-product peaks, for MFU;
+//! - [`pool`]: running a step's work on rayon's threads rather than handing each loop over;
 //! - `cuda` (feature `cuda`): the fused CUDA training kernels of `cuda/train.cu` (attention,
 //!   RMSNorm, RoPE, the head's cross-entropy, multi-tensor AdamW) as candle ops;
 //! - `nccl` (feature `nccl`): the NCCL all-reduce as a candle op.
@@ -36,6 +37,7 @@ pub mod mmap;
 pub mod nccl;
 pub mod ops;
 pub mod peak;
+pub mod pool;
 pub mod quant;
 
 pub use kv_cache::{KvFormat, SeqCache};

@@ -114,6 +114,11 @@ impl Optimizer {
 
     /// The gradients of every parameter, in order; a missing one is an error (it would mean
     /// the graph lost a gradient).
+    /// Whether the parameters live in main memory (a CPU run).
+    pub fn on_cpu(&self) -> bool {
+        self.slots.first().is_none_or(|s| s.var.device().is_cpu())
+    }
+
     pub fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Tensor>> {
         self.slots
             .iter()

@@ -5,6 +5,7 @@ use crate::dist::DataParallel;
 use crate::optim::Optimizer;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
+use jarip_kernels::pool::on_pool;
 use jarip_model::Gpt;
 
 pub struct StepOutcome {
@@ -83,13 +84,13 @@ pub fn train_step_with(
     optim: &mut Optimizer,
     accum: usize,
     lr_factor: f64,
-    loss_of: impl Fn(usize) -> Result<Tensor>,
+    loss_of: impl Fn(usize) -> Result<Tensor> + Sync,
     dp: DataParallel,
 ) -> Result<StepOutcome> {
     let blocks = dp.blocks(accum)?;
     // The blocks this process stands for, each summed alone and then added in block order, as
     // ranks' sums are (one running total: no more memory than one replica needs).
-    let local = (|| {
+    let sum_blocks = || {
         let mut total: Option<(Vec<Tensor>, f64)> = None;
         for r in blocks {
             let (g, l) = block_sum(optim, r, &loss_of)?;
@@ -99,7 +100,11 @@ pub fn train_step_with(
             });
         }
         total.ok_or_else(|| anyhow::anyhow!("a step needs at least one micro-batch"))
-    })();
+    };
+    // On the CPU, forward and backward run on one of rayon's threads, where every kernel's
+    // parallel loop splits on the spot (`on_pool`); collectives stay on the calling thread.
+    let cpu = optim.on_cpu();
+    let local = if cpu { on_pool(sum_blocks) } else { sum_blocks() };
     // A rank whose loss is not finite stops every rank, before any gradient is exchanged.
     let (mut grads, mut loss_sum) = crate::dist::agree_ok(dp.comm, local)?;
     let t = std::time::Instant::now();
@@ -109,7 +114,8 @@ pub fn train_step_with(
         loss_sum = all.iter().map(|b| f64::from_le_bytes(b[..8].try_into().expect("8 bytes"))).sum();
     }
     let exchange_s = t.elapsed().as_secs_f64();
-    let grad_norm = optim.step(&grads, accum, lr_factor)?;
+    let grad_norm =
+        if cpu { on_pool(|| optim.step(&grads, accum, lr_factor))? } else { optim.step(&grads, accum, lr_factor)? };
     Ok(StepOutcome { loss: loss_sum / accum as f64, grad_norm, exchange_s })
 }
 

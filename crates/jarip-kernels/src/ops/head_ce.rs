@@ -150,8 +150,10 @@ impl CustomOp3 for FusedHeadCe {
         let g = g.to_vec1::<f32>()?;
         let (dh, dw) = with_f32(h, |h| {
             with_f32(w, |w| {
-                let mut dh = vec![0f32; n * c];
-                let mut dw = vec![0f32; v * c];
+                // dh: each block of rows written by its product; dW: written by the first
+                // block's product (r0 = 0, no accumulation), then accumulated.
+                let mut dh = super::output_buffer(n * c);
+                let mut dw = super::output_buffer(v * c);
                 let mut z = vec![0f32; BLOCK_ROWS * v];
                 let logits = Logits::new(self.path, w, v, c);
                 // W as the right operand of dz·W, packed once for every block.

@@ -126,7 +126,8 @@ impl CustomOp2 for FusedLinear {
                 self.out_shape
             );
         }
-        let mut y = vec![0f32; n * out];
+        // Every element is written by the product (no accumulation).
+        let mut y = super::output_buffer(n * out);
         // y[n×out] = x[n×in] · Wᵀ (Wᵀ[i, o] = W[o·in + i])
         matmul_bf16::mm(self.path, (n, out, inp), &mut y, false, x, (inp, 1), w, (1, inp));
         Ok((CpuStorage::F32(y), self.out_shape.clone()))
@@ -138,8 +139,9 @@ impl CustomOp2 for FusedLinear {
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(dy, |dy| {
-                    let mut dx = vec![0f32; n * inp];
-                    let mut dw = vec![0f32; out * inp];
+                    // Both written whole by their products (no accumulation).
+                    let mut dx = super::output_buffer(n * inp);
+                    let mut dw = super::output_buffer(out * inp);
                     matmul_bf16::mm(self.path, (n, inp, out), &mut dx, false, dy, (out, 1), w, (inp, 1));
                     // dW[out×in] = dyᵀ · x (dyᵀ[o, r] = dy[r·out + o])
                     matmul_bf16::mm(self.path, (out, inp, n), &mut dw, false, dy, (1, out), x, (inp, 1));

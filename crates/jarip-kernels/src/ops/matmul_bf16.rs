@@ -344,6 +344,10 @@ pub struct PackedRhs {
     data: Vec<u32>,
 }
 
+/// What unwritten packed pairs hold in this crate's tests (two bf16 NaNs): a pair the packing
+/// forgot would turn products into NaN there.
+const POISON: u32 = 0x7fc1_7fc1;
+
 /// Pairs per `lhs` sub-panel: a block of [`MB`] rows is stored as `kp/KS` sub-panels of
 /// `MB × KS` pairs (row-major), so an AMX A tile (16 rows × 16 pairs) is 1 KiB of contiguous
 /// memory and packing a transposed operand writes inside one 2 KiB sub-panel at a time.
@@ -360,7 +364,8 @@ pub fn pack_lhs(m: usize, k: usize, lhs: &[f32], (rs, cs): (usize, usize)) -> Pa
     check_fits(lhs.len(), m, k, rs, cs, "lhs");
     let kp = padded_kp(k);
     let rows = m.div_ceil(MB) * MB;
-    let mut data = vec![0u32; rows * kp];
+    // Every pair is written below, the padding (rows past `m`, pairs past `k`) with zeros.
+    let mut data = super::output_buffer_of(rows * kp, POISON);
     // A transposed operand that is dense (`[k×m]` row-major) is converted in one pass first.
     let converted = (cs != 1 && rs == 1 && cs == m).then(|| {
         let mut conv = vec![0u16; k * m];
@@ -370,6 +375,14 @@ pub fn pack_lhs(m: usize, k: usize, lhs: &[f32], (rs, cs): (usize, usize)) -> Pa
     data.par_chunks_mut(MB * kp).enumerate().for_each(|(ib, blk)| {
         let i0 = ib * MB;
         let rows = MB.min(m.saturating_sub(i0));
+        // Padding: whole rows past `m`, and pairs past `k` of every row (the contiguous-row
+        // path below rewrites the latter with its own zeros).
+        for r in rows..MB {
+            (0..kp).for_each(|q| blk[lhs_at(r, q)] = 0);
+        }
+        for r in 0..rows {
+            (k.div_ceil(2)..kp).for_each(|q| blk[lhs_at(r, q)] = 0);
+        }
         if cs == 1 {
             // Rows are contiguous: a pair is two neighbours, so a row packs as its bf16 values.
             let mut tmp = vec![0u16; 2 * kp];
@@ -407,10 +420,18 @@ pub fn pack_rhs(k: usize, n: usize, rhs: &[f32], (rs, cs): (usize, usize)) -> Pa
     check_fits(rhs.len(), k, n, rs, cs, "rhs");
     let kp = padded_kp(k);
     let panels = n.div_ceil(NR);
-    let mut data = vec![0u32; panels * kp * NR];
+    // Every pair is written below, the padding (columns past `n`, pairs past `k`) with zeros.
+    let mut data = super::output_buffer_of(panels * kp * NR, POISON);
     data.par_chunks_mut(kp * NR).enumerate().for_each(|(jb, panel)| {
         let j0 = jb * NR;
         let cols = NR.min(n - j0);
+        for q in 0..kp {
+            let row = &mut panel[q * NR..(q + 1) * NR];
+            row[cols..].fill(0);
+            if q >= k.div_ceil(2) {
+                row[..cols].fill(0);
+            }
+        }
         if rs == 1 {
             // Each column is contiguous along k (x·Wᵀ: a row of W): its pairs are neighbours.
             let mut tmp = vec![0u16; 2 * kp];

@@ -27,7 +27,8 @@ impl CustomOp1 for FusedRelu2 {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice_f32(s, l)?;
-        let mut y = vec![0f32; x.len()];
+        // Every element is written below (chunks of y and x pair up one to one).
+        let mut y = super::output_buffer(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
             for (yi, &xi) in yc.iter_mut().zip(xc) {
                 let r = xi.max(0.0);
@@ -40,7 +41,8 @@ impl CustomOp1 for FusedRelu2 {
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(x, |x| {
             with_f32(dy, |dy| {
-                let mut dx = vec![0f32; x.len()];
+                // Every element is written below.
+                let mut dx = super::output_buffer(x.len());
                 dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(
                     |(dc, (xc, gc))| {
                         for ((d, &xi), &g) in dc.iter_mut().zip(xc).zip(gc) {

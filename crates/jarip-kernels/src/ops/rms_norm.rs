@@ -51,7 +51,8 @@ impl CustomOp2 for FusedRmsNorm {
         let x = slice_f32(s1, l1)?;
         let w = slice_f32(s2, l2)?;
         let c = w.len();
-        let mut y = vec![0f32; x.len()];
+        // Every row is written by `rms_norm_row`.
+        let mut y = super::output_buffer(x.len());
         let rows = rows_per_task(c);
         y.par_chunks_mut(c * rows).zip(x.par_chunks(c * rows)).for_each(|(yb, xb)| {
             for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
@@ -67,7 +68,8 @@ impl CustomOp2 for FusedRmsNorm {
         let rows = rows_per_task(c);
         let (dx, dw) = with_f32(x, |x| {
             with_f32(dy, |dy| {
-                let mut dx = vec![0f32; x.len()];
+                // Every element of every row is written below.
+                let mut dx = super::output_buffer(x.len());
                 // dw is reduced per fixed block of rows, then summed in block order: the result
                 // does not depend on how rayon schedules the blocks (bit-exact resume relies on it).
                 let partial: Vec<Vec<f32>> = dx
