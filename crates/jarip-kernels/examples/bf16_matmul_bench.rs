@@ -56,6 +56,18 @@ fn main() {
             }
             print!(" {:>9.0} ({:.2}×)", gf, gf / base);
         }
+        // The product alone on AMX, operands packed beforehand (what packing costs is the rest).
+        if Path::Bf16Amx.available() {
+            let (pa, pb) = (matmul_bf16::pack_lhs(m, k, &a, (k, 1)), matmul_bf16::pack_rhs(k, n, &b, (n, 1)));
+            let best = (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    matmul_bf16::matmul(Path::Bf16Amx, &pa, &pb, &mut out, false);
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min);
+            print!("  | amx product alone {:>6.0}", flops / best / 1e9);
+        }
         println!();
     }
 }
