@@ -409,12 +409,9 @@ pub fn pack_lhs(m: usize, k: usize, lhs: &[f32], (rs, cs): (usize, usize)) -> Pa
         }
         if cs == 1 {
             // Rows are contiguous: a pair is two neighbours, so a row packs as its bf16 values.
-            let mut tmp = vec![0u16; 2 * kp];
             for r in 0..rows {
-                convert(&lhs[(i0 + r) * rs..(i0 + r) * rs + k], &mut tmp[..k]);
-                for (q, t) in tmp.chunks_exact(2).enumerate() {
-                    blk[lhs_at(r, q)] = t[0] as u32 | (t[1] as u32) << 16;
-                }
+                // Row r's pairs p lie at lhs_at(r, p): 16 contiguous per sub-panel, MB·KS apart.
+                pairs_into_subpanels(&lhs[(i0 + r) * rs..(i0 + r) * rs + k], &mut blk[lhs_at(r, 0)..], MB * KS);
             }
         } else if let Some(conv) = &converted {
             // Columns are contiguous (a transposed operand): pair q of row i is source rows 2q
@@ -493,6 +490,82 @@ pub fn pack_rhs(k: usize, n: usize, rhs: &[f32], (rs, cs): (usize, usize)) -> Pa
     PackedRhs { k, n, data }
 }
 
+/// `src` (one row, `k` values) as bf16 pairs into sub-panels: pairs `16s..16s + 16` (values
+/// `32s..32s + 32`) at `dst[s·stride..][..16]`, a missing last value as zero; the same rounding as
+/// [`convert`], vectorised with AVX-512 where the CPU has it (one pass, no staging buffer).
+fn pairs_into_subpanels(src: &[f32], dst: &mut [u32], stride: usize) {
+    let subs = src.len().div_ceil(2 * KS);
+    assert!(stride >= KS && (subs == 0 || dst.len() >= (subs - 1) * stride + KS), "pairs_into_subpanels: sizes");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: AVX-512F/BW were just detected; the sizes were checked above.
+        unsafe { pairs_into_subpanels_avx512(src, dst, stride) };
+        return;
+    }
+    let mut bf = [0u16; 2 * KS];
+    for (s, chunk) in src.chunks(2 * KS).enumerate() {
+        bf.fill(0);
+        convert_plain(chunk, &mut bf[..chunk.len()]);
+        for (q, d) in dst[s * stride..s * stride + KS].iter_mut().enumerate() {
+            *d = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
+        }
+    }
+}
+
+/// [`pairs_into_subpanels`] on AVX-512: 32 values → 32 bf16 → 16 pairs, stored as 64 bytes
+/// (little-endian: value 2p is a pair's low half). The arithmetic is [`convert_avx512`]'s.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW; `dst` must hold `(⌈len/32⌉ − 1)·stride + 16` pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pairs_into_subpanels_avx512(src: &[f32], dst: &mut [u32], stride: usize) {
+    use std::arch::x86_64::*;
+    let full = src.len() / (2 * KS);
+    for s in 0..full {
+        // SAFETY: values 32s..32s + 32 exist (s < full); pairs s·stride..+16 exist (caller).
+        unsafe {
+            let lo = bf16_lanes(_mm512_loadu_si512(src.as_ptr().add(32 * s) as *const __m512i));
+            let hi = bf16_lanes(_mm512_loadu_si512(src.as_ptr().add(32 * s + 16) as *const __m512i));
+            let d = dst.as_mut_ptr().add(s * stride) as *mut __m256i;
+            _mm256_storeu_si256(d, _mm512_cvtepi32_epi16(lo));
+            _mm256_storeu_si256(d.add(1), _mm512_cvtepi32_epi16(hi));
+        }
+    }
+    if full * 2 * KS < src.len() {
+        let mut bf = [0u16; 2 * KS];
+        let tail = &src[full * 2 * KS..];
+        convert_plain(tail, &mut bf[..tail.len()]);
+        for (q, d) in dst[full * stride..full * stride + KS].iter_mut().enumerate() {
+            *d = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
+        }
+    }
+}
+
+/// Sixteen f32 (as bits) rounded to bf16, each in the low half of its 32-bit lane: the rule of
+/// [`convert_plain`] (nearest even, NaN quieted, subnormals to signed zero) in integer arithmetic.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bf16_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let hi = _mm512_srli_epi32::<16>(x);
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+        x,
+        _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+    ));
+    let nan = _mm512_cmpgt_epi32_mask(
+        _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
+        _mm512_set1_epi32(0x7f80_0000),
+    );
+    let zero = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7f80_0000)), _mm512_setzero_si512());
+    let r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    _mm512_mask_blend_epi32(zero, r, _mm512_and_si512(hi, _mm512_set1_epi32(0x8000)))
+}
+
 /// `dst[i] = to_bf16(src[i])`, vectorised with AVX-512 where the CPU has it (integer arithmetic
 /// only, so every instruction set gives the same bits).
 fn convert(src: &[f32], dst: &mut [u16]) {
@@ -528,19 +601,11 @@ unsafe fn convert_avx512(src: &[f32], dst: &mut [u16]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let full = n / 16 * 16;
-    let (exp_mask, abs_mask, inf) =
-        (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000));
-    let (bias, one, quiet, sign) =
-        (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1), _mm512_set1_epi32(0x40), _mm512_set1_epi32(0x8000));
     for i in (0..full).step_by(16) {
         // SAFETY: `i + 16 <= full <= src.len()`: 16 floats are read.
         let x = unsafe { _mm512_loadu_si512(src.as_ptr().add(i) as *const __m512i) };
-        let hi = _mm512_srli_epi32::<16>(x);
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, _mm512_add_epi32(bias, _mm512_and_si512(hi, one))));
-        let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, abs_mask), inf);
-        let zero = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x, exp_mask), _mm512_setzero_si512());
-        let r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, quiet));
-        let r = _mm512_mask_blend_epi32(zero, r, _mm512_and_si512(hi, sign));
+        // SAFETY: AVX-512F (this function's requirement).
+        let r = unsafe { bf16_lanes(x) };
         // SAFETY: `i + 16 <= dst.len()`: 16 u16 (32 bytes) are written.
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(r)) };
     }
@@ -902,6 +967,40 @@ mod tests {
         convert(&xs, &mut got);
         for (x, g) in xs.iter().zip(&got) {
             assert_eq!(*g, to_bf16(*x), "{x:e} ({:#x})", x.to_bits());
+        }
+    }
+
+    /// Rows converted straight into sub-panels (vector and plain code) hold the scalar rule's
+    /// pairs, the tail of a row whose length is not a multiple of 32 zero-padded.
+    #[test]
+    fn rows_pack_into_subpanels_as_the_scalar_rule() {
+        for k in [1usize, 31, 32, 33, 64, 95, 384] {
+            let src: Vec<f32> = (0..k as u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) ^ 0x3f00_0000)).collect();
+            let stride = MB * KS;
+            let subs = k.div_ceil(2 * KS);
+            let want: Vec<u32> = (0..subs * KS)
+                .map(|p| {
+                    let at = |i: usize| if i < k { to_bf16(src[i]) as u32 } else { 0 };
+                    at(2 * p) | at(2 * p + 1) << 16
+                })
+                .collect();
+            let mut got = vec![POISON; (subs - 1) * stride + KS];
+            pairs_into_subpanels(&src, &mut got, stride);
+            let mut plain = vec![POISON; (subs - 1) * stride + KS];
+            let mut bf = [0u16; 2 * KS];
+            for (s, chunk) in src.chunks(2 * KS).enumerate() {
+                bf.fill(0);
+                convert_plain(chunk, &mut bf[..chunk.len()]);
+                for q in 0..KS {
+                    plain[s * stride + q] = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
+                }
+            }
+            for s in 0..subs {
+                assert_eq!(&got[s * stride..s * stride + KS], &want[s * KS..(s + 1) * KS], "k {k}, sub-panel {s}");
+                assert_eq!(&plain[s * stride..s * stride + KS], &want[s * KS..(s + 1) * KS], "plain, k {k}");
+            }
+            // Between sub-panels nothing is touched.
+            assert!(subs < 2 || got[KS..stride].iter().all(|&g| g == POISON));
         }
     }
 
