@@ -390,7 +390,20 @@ pub fn pack_lhs(m: usize, k: usize, lhs: &[f32], (rs, cs): (usize, usize)) -> Pa
     let rows = m.div_ceil(MB) * MB;
     // Every pair is written below, the padding (rows past `m`, pairs past `k`) with zeros.
     let mut data = packed_buffer(rows * kp);
-    // A transposed operand that is dense (`[k×m]` row-major) is converted in one pass first.
+    // A transposed operand that is dense (`[k×m]` row-major) with whole blocks and sub-panels
+    // (the weight gradients' dyᵀ at every model width) is converted and transposed in registers,
+    // 16 × 16 pairs at a time, where the CPU has AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    if cs != 1 && rs == 1 && cs == m && m.is_multiple_of(MB) && k.is_multiple_of(2 * KS) && has_avx512_bw() {
+        data.par_chunks_mut(MB * kp).enumerate().for_each(|(ib, blk)| {
+            // SAFETY: AVX-512F/BW were detected; `lhs` holds k rows of m values (checked by
+            // `check_fits`), the block i0..i0 + MB lies inside them (m a multiple of MB), and
+            // `blk` is one block of MB·kp pairs with kp = k/2 (k a multiple of 32).
+            unsafe { transposed_block_avx512(&lhs[..k * m], m, k, ib * MB, blk) }
+        });
+        return PackedLhs { m, k, kp, data };
+    }
+    // Otherwise a transposed dense operand is converted in one pass first.
     let converted = (cs != 1 && rs == 1 && cs == m).then(|| {
         let mut conv = vec![0u16; k * m];
         conv.par_chunks_mut(m).zip(lhs[..k * m].par_chunks(m)).for_each(|(d, s)| convert(s, d));
@@ -462,6 +475,13 @@ pub fn pack_rhs(k: usize, n: usize, rhs: &[f32], (rs, cs): (usize, usize)) -> Pa
                 for (q, t) in tmp.chunks_exact(2).enumerate() {
                     panel[q * NR + jj] = t[0] as u32 | (t[1] as u32) << 16;
                 }
+            }
+        } else if cs == 1 && cols == NR {
+            // Rows contiguous along n, a whole panel wide: rows 2q and 2q+1 straight into pair
+            // row q (one pass).
+            for q in 0..k.div_ceil(2) {
+                let row = |p: usize| (p < k).then(|| &rhs[p * rs + j0..p * rs + j0 + NR]);
+                pair_rows(row(2 * q).expect("q < ⌈k/2⌉"), row(2 * q + 1), &mut panel[q * NR..(q + 1) * NR]);
             }
         } else {
             // Rows are contiguous along n (or strided): rows 2q and 2q+1 interleave into pair row q.
@@ -542,6 +562,139 @@ unsafe fn pairs_into_subpanels_avx512(src: &[f32], dst: &mut [u32], stride: usiz
     }
 }
 
+/// Whether the CPU has AVX-512F and BW (the packing's vector paths).
+fn has_avx512_bw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One [`MB`]-row block of a transposed `lhs` (`src: [k × m]` row-major, block rows = source
+/// columns `i0..i0 + MB`) packed: for each sub-panel (pairs `16s..16s + 16` = source rows
+/// `32s..32s + 32`) and each half of the block's rows, sixteen vectors of pairs over 16 rows
+/// (`bf16(src[2q][i]) | bf16(src[2q+1][i]) << 16`) are transposed into sixteen rows of 16 pairs
+/// and stored whole. The rounding is [`bf16_lanes`]' (the scalar rule), so the pairs are those
+/// of the plain path.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW; `src` must hold `k·m` values with `m` a multiple of
+/// [`MB`], `i0 + MB ≤ m`, `k` a multiple of 32, and `blk` [`MB`]`·k/2` pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn transposed_block_avx512(src: &[f32], m: usize, k: usize, i0: usize, blk: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(src.len() >= k * m && i0 + MB <= m && k.is_multiple_of(2 * KS) && blk.len() >= MB * k / 2);
+    for s in 0..k / (2 * KS) {
+        for half in 0..MB / 16 {
+            let c0 = i0 + 16 * half;
+            // Pairs q = 16s + j over rows c0..c0 + 16.
+            // SAFETY: rows 32s..32s + 32 < k of `src`, columns c0..c0 + 16 ≤ m (asserted).
+            let p: [__m512i; 16] = std::array::from_fn(|j| unsafe {
+                let lo = src.as_ptr().add((32 * s + 2 * j) * m + c0);
+                let a = bf16_lanes(_mm512_loadu_si512(lo as *const __m512i));
+                let b = bf16_lanes(_mm512_loadu_si512(lo.add(m) as *const __m512i));
+                _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
+            });
+            let rows = transpose16(p);
+            for (r, row) in rows.iter().enumerate() {
+                // SAFETY: pairs lhs_at(16·half + r, 16s..16s + 16) are 16 contiguous u32 in `blk`.
+                unsafe {
+                    _mm512_storeu_si512(blk.as_mut_ptr().add(lhs_at(16 * half + r, 16 * s)) as *mut __m512i, *row)
+                };
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 matrix of 32-bit values held as 16 rows: element `c` of output row
+/// `r` is element `r` of input row `c`. Interleave 32-bit, then 64-bit neighbours (each 128-bit
+/// lane then holds a 4 × 4 block transposed), then gather lanes across registers.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    let a: [__m512i; 16] = std::array::from_fn(|i| {
+        let (x, y) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(x, y)
+        } else {
+            _mm512_unpackhi_epi32(x, y)
+        }
+    });
+    // b[4j + c], lane l: rows 4j..4j + 4 at column 4l + c.
+    let b: [__m512i; 16] = std::array::from_fn(|i| {
+        let (j, c) = (i / 4, i % 4);
+        let (x, y) = (a[4 * j + (c / 2)], a[4 * j + 2 + (c / 2)]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(x, y)
+        } else {
+            _mm512_unpackhi_epi64(x, y)
+        }
+    });
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let (x0, x1, x2, x3) = (b[c], b[4 + c], b[8 + c], b[12 + c]);
+        let u0 = _mm512_shuffle_i32x4::<0b10_00_10_00>(x0, x1);
+        let u1 = _mm512_shuffle_i32x4::<0b11_01_11_01>(x0, x1);
+        let u2 = _mm512_shuffle_i32x4::<0b10_00_10_00>(x2, x3);
+        let u3 = _mm512_shuffle_i32x4::<0b11_01_11_01>(x2, x3);
+        out[c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(u0, u2);
+        out[8 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(u0, u2);
+        out[4 + c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(u1, u3);
+        out[12 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(u1, u3);
+    }
+    out
+}
+
+/// `dst[j] = bf16(lo[j]) | bf16(hi[j]) << 16` for a panel's [`NR`] columns (`hi` absent: zero):
+/// two rows of the right operand as one row of pairs, by [`convert`]'s rule.
+fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    assert!(lo.len() >= NR && hi.is_none_or(|h| h.len() >= NR) && dst.len() >= NR, "pair_rows: sizes");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was just detected; the sizes were checked above.
+        unsafe { pair_rows_avx512(lo, hi, dst) };
+        return;
+    }
+    let (mut a, mut b) = ([0u16; NR], [0u16; NR]);
+    convert_plain(&lo[..NR], &mut a);
+    if let Some(h) = hi {
+        convert_plain(&h[..NR], &mut b);
+    }
+    for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
+        *d = a as u32 | (b as u32) << 16;
+    }
+}
+
+/// [`pair_rows`] on AVX-512: the rounding of [`bf16_lanes`], then the high row shifted in.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `lo` (and `hi`) must hold [`NR`] values, `dst` [`NR`] pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_rows_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    for h in 0..NR / 16 {
+        // SAFETY: 16 values at 16h in `lo`/`hi` and 16 pairs at 16h in `dst` (NR each, caller).
+        unsafe {
+            let a = bf16_lanes(_mm512_loadu_si512(lo.as_ptr().add(16 * h) as *const __m512i));
+            let b = match hi {
+                Some(hi) => bf16_lanes(_mm512_loadu_si512(hi.as_ptr().add(16 * h) as *const __m512i)),
+                None => _mm512_setzero_si512(),
+            };
+            let pair = _mm512_or_si512(a, _mm512_slli_epi32::<16>(b));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * h) as *mut __m512i, pair);
+        }
+    }
+}
+
 /// Sixteen f32 (as bits) rounded to bf16, each in the low half of its 32-bit lane: the rule of
 /// [`convert_plain`] (nearest even, NaN quieted, subnormals to signed zero) in integer arithmetic.
 ///
@@ -557,10 +710,8 @@ unsafe fn bf16_lanes(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512
         x,
         _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))),
     ));
-    let nan = _mm512_cmpgt_epi32_mask(
-        _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
-        _mm512_set1_epi32(0x7f80_0000),
-    );
+    let nan =
+        _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)), _mm512_set1_epi32(0x7f80_0000));
     let zero = _mm512_cmpeq_epi32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7f80_0000)), _mm512_setzero_si512());
     let r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
     _mm512_mask_blend_epi32(zero, r, _mm512_and_si512(hi, _mm512_set1_epi32(0x8000)))
@@ -871,8 +1022,12 @@ mod amx {
                     // SAFETY: prefetches never fault; the addresses lie inside `a` and `panel`
                     // (sub-panel `ahead/KS` and panel rows `ahead..ahead + 16`, 2 KiB each).
                     unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(na.add(16 * line) as *const i8);
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(nb.add(16 * line) as *const i8);
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            na.add(16 * line) as *const i8
+                        );
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            nb.add(16 * line) as *const i8
+                        );
                     }
                 }
             }
@@ -975,7 +1130,8 @@ mod tests {
     #[test]
     fn rows_pack_into_subpanels_as_the_scalar_rule() {
         for k in [1usize, 31, 32, 33, 64, 95, 384] {
-            let src: Vec<f32> = (0..k as u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) ^ 0x3f00_0000)).collect();
+            let src: Vec<f32> =
+                (0..k as u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) ^ 0x3f00_0000)).collect();
             let stride = MB * KS;
             let subs = k.div_ceil(2 * KS);
             let want: Vec<u32> = (0..subs * KS)
@@ -1001,6 +1157,33 @@ mod tests {
             }
             // Between sub-panels nothing is touched.
             assert!(subs < 2 || got[KS..stride].iter().all(|&g| g == POISON));
+        }
+    }
+
+    /// A dense transposed operand (the weight gradients' dyᵀ) packs to the scalar rule's pairs
+    /// on every path: whole blocks (the in-register transpose where the CPU has AVX-512) and
+    /// shapes that fall back to the plain path.
+    #[test]
+    fn transposed_operands_pack_to_the_scalar_pairs() {
+        for (m, k) in [(32usize, 32usize), (96, 64), (64, 96), (40, 32), (32, 50)] {
+            let src: Vec<f32> =
+                (0..(k * m) as u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) >> 2 ^ 0x3e00_0000)).collect();
+            let packed = pack_lhs(m, k, &src, (1, m));
+            let kp = padded_kp(k);
+            for ib in 0..m.div_ceil(MB) {
+                let blk = &packed.data[ib * MB * kp..(ib + 1) * MB * kp];
+                for r in 0..MB.min(m - ib * MB) {
+                    for q in 0..kp {
+                        let at = |p: usize| if p < k { to_bf16(src[p * m + ib * MB + r]) as u32 } else { 0 };
+                        assert_eq!(
+                            blk[lhs_at(r, q)],
+                            at(2 * q) | at(2 * q + 1) << 16,
+                            "m {m} k {k}: row {} pair {q}",
+                            ib * MB + r
+                        );
+                    }
+                }
+            }
         }
     }
 
