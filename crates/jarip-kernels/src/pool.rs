@@ -29,7 +29,7 @@ mod tests {
         // Nested: already on the pool, it stays on the same thread.
         let same = on_pool(|| {
             let outer = rayon::current_thread_index();
-            on_pool(|| rayon::current_thread_index()) == outer
+            on_pool(rayon::current_thread_index) == outer
         });
         assert!(same);
     }
