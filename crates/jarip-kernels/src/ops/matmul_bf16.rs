@@ -479,10 +479,7 @@ pub fn pack_rhs(k: usize, n: usize, rhs: &[f32], (rs, cs): (usize, usize)) -> Pa
         } else if cs == 1 && cols == NR {
             // Rows contiguous along n, a whole panel wide: rows 2q and 2q+1 straight into pair
             // row q (one pass).
-            for q in 0..k.div_ceil(2) {
-                let row = |p: usize| (p < k).then(|| &rhs[p * rs + j0..p * rs + j0 + NR]);
-                pair_rows(row(2 * q).expect("q < ⌈k/2⌉"), row(2 * q + 1), &mut panel[q * NR..(q + 1) * NR]);
-            }
+            panel_from_rows(rhs, rs, j0, k, panel);
         } else {
             // Rows are contiguous along n (or strided): rows 2q and 2q+1 interleave into pair row q.
             let (mut lo, mut hi) = ([0u16; NR], [0u16; NR]);
@@ -653,44 +650,62 @@ unsafe fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64
     out
 }
 
-/// `dst[j] = bf16(lo[j]) | bf16(hi[j]) << 16` for a panel's [`NR`] columns (`hi` absent: zero):
-/// two rows of the right operand as one row of pairs, by [`convert`]'s rule.
-fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
-    assert!(lo.len() >= NR && hi.is_none_or(|h| h.len() >= NR) && dst.len() >= NR, "pair_rows: sizes");
+/// One whole panel of the right operand from rows contiguous along `n`:
+/// `panel[q·NR + j] = bf16(rhs[2q][j0 + j]) | bf16(rhs[2q+1][j0 + j]) << 16` (row `k`, past the
+/// end, as zero), by [`convert`]'s rule; AVX-512 where the CPU has it, in one call per panel.
+fn panel_from_rows(rhs: &[f32], rs: usize, j0: usize, k: usize, panel: &mut [u32]) {
+    assert!(k == 0 || rhs.len() >= (k - 1) * rs + j0 + NR, "panel_from_rows: rhs too short");
+    assert!(panel.len() >= k.div_ceil(2) * NR, "panel_from_rows: panel too short");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F was just detected; the sizes were checked above.
-        unsafe { pair_rows_avx512(lo, hi, dst) };
+        unsafe { panel_from_rows_avx512(rhs, rs, j0, k, panel) };
         return;
     }
     let (mut a, mut b) = ([0u16; NR], [0u16; NR]);
-    convert_plain(&lo[..NR], &mut a);
-    if let Some(h) = hi {
-        convert_plain(&h[..NR], &mut b);
-    }
-    for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
-        *d = a as u32 | (b as u32) << 16;
+    for q in 0..k.div_ceil(2) {
+        convert_plain(&rhs[2 * q * rs + j0..2 * q * rs + j0 + NR], &mut a);
+        b.fill(0);
+        if 2 * q + 1 < k {
+            convert_plain(&rhs[(2 * q + 1) * rs + j0..(2 * q + 1) * rs + j0 + NR], &mut b);
+        }
+        for ((d, a), b) in panel[q * NR..(q + 1) * NR].iter_mut().zip(a).zip(b) {
+            *d = a as u32 | (b as u32) << 16;
+        }
     }
 }
 
-/// [`pair_rows`] on AVX-512: the rounding of [`bf16_lanes`], then the high row shifted in.
+/// [`panel_from_rows`] on AVX-512: the rounding of [`bf16_lanes`], the odd row shifted into the
+/// high halves; the rows four pairs ahead are prefetched (they are `rs` apart, a stride the
+/// hardware prefetcher follows slowly).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `lo` (and `hi`) must hold [`NR`] values, `dst` [`NR`] pairs.
+/// The CPU must support AVX-512F; the sizes must be as `panel_from_rows` checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pair_rows_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+unsafe fn panel_from_rows_avx512(rhs: &[f32], rs: usize, j0: usize, k: usize, panel: &mut [u32]) {
     use std::arch::x86_64::*;
-    for h in 0..NR / 16 {
-        // SAFETY: 16 values at 16h in `lo`/`hi` and 16 pairs at 16h in `dst` (NR each, caller).
-        unsafe {
-            let a = bf16_lanes(_mm512_loadu_si512(lo.as_ptr().add(16 * h) as *const __m512i));
-            let b = match hi {
-                Some(hi) => bf16_lanes(_mm512_loadu_si512(hi.as_ptr().add(16 * h) as *const __m512i)),
-                None => _mm512_setzero_si512(),
+    let base = rhs.as_ptr().add(j0);
+    for q in 0..k.div_ceil(2) {
+        let (p0, p1) = (2 * q, 2 * q + 1);
+        if p0 + 8 < k {
+            for p in [p0 + 8, p0 + 9] {
+                // SAFETY: prefetches never fault; row p < k lies inside `rhs` anyway.
+                _mm_prefetch::<_MM_HINT_T0>(base.add(p * rs) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(base.add(p * rs + 16) as *const i8);
+            }
+        }
+        for h in 0..NR / 16 {
+            // SAFETY: rows p0 (and p1 when < k) hold NR values from j0 (checked by the caller);
+            // pair row q of the panel holds NR pairs.
+            let a = bf16_lanes(_mm512_loadu_si512(base.add(p0 * rs + 16 * h) as *const __m512i));
+            let b = if p1 < k {
+                bf16_lanes(_mm512_loadu_si512(base.add(p1 * rs + 16 * h) as *const __m512i))
+            } else {
+                _mm512_setzero_si512()
             };
             let pair = _mm512_or_si512(a, _mm512_slli_epi32::<16>(b));
-            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * h) as *mut __m512i, pair);
+            _mm512_storeu_si512(panel.as_mut_ptr().add(q * NR + 16 * h) as *mut __m512i, pair);
         }
     }
 }
