@@ -1031,7 +1031,7 @@ mod f32_wide {
 }
 
 #[cfg(target_arch = "x86_64")]
-simd_kernel!(avx512, "avx2,fma,avx512f,avx512vl", 8, [1 => 8, 2 => 8, 3 => 6, 4 => 4, 5 => 4, 6 => 3, 7 => 3, 8 => 3]);
+simd_kernel!(avx512, "avx2,fma,avx512f,avx512vl", 8, [1 => 4, 2 => 8, 3 => 6, 4 => 4, 5 => 4, 6 => 3, 7 => 3, 8 => 3]);
 
 #[cfg(test)]
 mod tests {
