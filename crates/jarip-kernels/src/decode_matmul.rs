@@ -14,6 +14,7 @@
 //! once per block — llama.cpp's `q8_0 × q8_0` scheme; lane `l` takes bytes `4l..4l + 4` of each
 //! block, in the same fixed order for every batch and instruction set.
 
+use crate::ops::SendPtr;
 use crate::quant::{BlockQ8_0, QK8_0};
 use rayon::prelude::*;
 
@@ -171,21 +172,25 @@ fn by_blocks(m: usize, ns: &[usize], outs: &mut [&mut [f32]], block: impl Fn(usi
     }
     let tasks: Vec<(usize, usize)> =
         ns.iter().enumerate().flat_map(|(i, &n)| (0..n.div_ceil(BLOCK)).map(move |b| (i, b))).collect();
-    let parts: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(i, b)| {
-            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(ns[i]));
-            let mut part = vec![0f32; m * (hi - lo)];
-            block(i, lo, hi, &mut part);
-            part
-        })
-        .collect();
-    for (&(i, b), part) in tasks.iter().zip(&parts) {
-        let (n, lo, width) = (ns[i], b * BLOCK, part.len() / m);
-        for r in 0..m {
-            outs[i][r * n + lo..r * n + lo + width].copy_from_slice(&part[r * width..(r + 1) * width]);
-        }
+    for (o, &n) in outs.iter().zip(ns) {
+        assert!(o.len() >= m * n, "by_blocks: output too small");
     }
+    let dst: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    // Each task computes its block into its own buffer and copies it into the output's columns
+    // itself (in parallel: a gather after the loop would be one thread copying every output).
+    tasks.par_iter().for_each_init(Vec::new, |part: &mut Vec<f32>, &(i, b)| {
+        let (n, lo, hi) = (ns[i], b * BLOCK, ((b + 1) * BLOCK).min(ns[i]));
+        let width = hi - lo;
+        part.clear();
+        part.resize(m * width, 0.0);
+        block(i, lo, hi, part);
+        for r in 0..m {
+            // SAFETY: output i holds m·n values (asserted above); columns lo..hi of its rows
+            // belong to this task alone (tasks are distinct blocks), and the outputs outlive the
+            // parallel loop, which holds their only access meanwhile.
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr().add(r * width), dst[i].get().add(r * n + lo), width) };
+        }
+    });
 }
 
 /// A weight matrix `[n × k]` in Q8_0 blocks along each row (`k` a multiple of 32), held as
