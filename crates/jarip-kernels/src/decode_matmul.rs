@@ -185,10 +185,18 @@ fn by_blocks(m: usize, ns: &[usize], outs: &mut [&mut [f32]], block: impl Fn(usi
         part.resize(m * width, 0.0);
         block(i, lo, hi, part);
         for r in 0..m {
+            let (from, to) = (part[r * width..].as_ptr(), dst[i].get());
             // SAFETY: output i holds m·n values (asserted above); columns lo..hi of its rows
             // belong to this task alone (tasks are distinct blocks), and the outputs outlive the
-            // parallel loop, which holds their only access meanwhile.
-            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr().add(r * width), dst[i].get().add(r * n + lo), width) };
+            // parallel loop, which holds their only access meanwhile. A whole block's row is
+            // copied with a constant length (inlined moves, not a library call per row).
+            unsafe {
+                if width == BLOCK {
+                    std::ptr::copy_nonoverlapping(from, to.add(r * n + lo), BLOCK);
+                } else {
+                    std::ptr::copy_nonoverlapping(from, to.add(r * n + lo), width);
+                }
+            }
         }
     });
 }
