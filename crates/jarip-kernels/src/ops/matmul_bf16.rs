@@ -835,6 +835,10 @@ pub fn matmul(path: Path, a: &PackedLhs, b: &PackedRhs, dst: &mut [f32], accumul
                 let t = &tile[r * NR..r * NR + cols];
                 if accumulate {
                     d.iter_mut().zip(t).for_each(|(d, t)| *d += t);
+                } else if cols == NR {
+                    // A constant length: inlined moves rather than a library call per row.
+                    let (d, t): (&mut [f32; NR], &[f32; NR]) = (d.try_into().expect("NR"), t.try_into().expect("NR"));
+                    *d = *t;
                 } else {
                     d.copy_from_slice(t);
                 }
