@@ -59,6 +59,20 @@ pub fn advise_huge_pages(addr: *const u8, len: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Advice covers whole 2 MiB pages only (none inside a small buffer) and never changes what
+    /// a buffer holds; on a Linux kernel built with transparent huge pages it is taken.
+    #[test]
+    fn huge_page_advice_is_whole_pages_and_keeps_contents() {
+        let small = vec![7u8; 4096];
+        assert!(!super::advise_huge_pages(small.as_ptr(), small.len()));
+        let big: Vec<u32> = (0..(3 << 20)).collect();
+        let took = super::advise_huge_pages(big.as_ptr() as *const u8, 4 * big.len());
+        if cfg!(target_os = "linux") && std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            assert!(took, "MADV_HUGEPAGE refused on a 12 MiB buffer");
+        }
+        assert!(big.iter().enumerate().all(|(i, &v)| v == i as u32));
+    }
+
     #[test]
     fn the_setting_takes_on_glibc() {
         let took = super::retain_freed_memory();
