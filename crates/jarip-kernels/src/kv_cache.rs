@@ -7,6 +7,10 @@
 //! the memory a server needs per sequence). The f16 path widens a block of rows to f32 and runs
 //! the f32 arithmetic on it in the same order, so it equals the f32 path applied to the rounded
 //! values, bit for bit.
+//!
+//! One query row attends at a time in a decode step ([`attend_head`]); a prompt's rows attend by
+//! KV head in blocks ([`attend_rows`]: the keys read once per block, q·Kᵀ through the several-row
+//! kernel), each row getting exactly the bits it would alone.
 
 use crate::decode_matmul::Kernel;
 use crate::ops::fastmath::exp_inplace;
