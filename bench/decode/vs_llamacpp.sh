@@ -14,7 +14,7 @@ out="${OUT:-target/bench-llamacpp}"
 source bench/decode/compare.sh
 "$bin" --write-qwen3 "$out" --tokenizer "$tok"
 for rep in $(seq 1 "${REPEATS:-1}"); do
-  for t in f32 q8_0; do
+  for t in f32 bf16 q8_0; do
     f="$out/jarip-qwen3-$t.gguf"
     compare "$f"
   done

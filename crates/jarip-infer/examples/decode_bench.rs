@@ -111,7 +111,7 @@ fn report(
     Ok(())
 }
 
-/// GGUF files of `cfg` at random initialisation (seed 1) under `arch`, f32 and Q8_0, named
+/// GGUF files of `cfg` at random initialisation (seed 1) under `arch`, f32, bf16 and Q8_0, named
 /// `jarip-STEM-TYPE.gguf` in `dir`.
 fn write_ggufs(
     cfg: &ModelConfig,
@@ -123,7 +123,7 @@ fn write_ggufs(
     use jarip_interop::gguf_model::{export_gguf, WeightType};
     let gpt = Gpt::new(cfg, 1, &candle_core::Device::Cpu)?;
     std::fs::create_dir_all(dir)?;
-    for wt in [WeightType::F32, WeightType::Q8_0] {
+    for wt in [WeightType::F32, WeightType::Bf16, WeightType::Q8_0] {
         let out = dir.join(format!("jarip-{stem}-{}.gguf", wt.name()));
         let e = export_gguf(&gpt, tok_file, &out, wt, arch, "jarip-bench", &serde_json::Value::Null)?;
         let (params, mb) = (gpt.num_params() as f64 / 1e6, e.bytes as f64 / 1e6);
@@ -219,7 +219,7 @@ fn main() -> Result<()> {
         &jarip_tokenizer::TrainConfig { vocab_size: 300, ..Default::default() },
     )?;
     let tok = Arc::new(tok);
-    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8_0] {
         for &kv in &kvs {
             let model = Arc::new(DecodeModel::with_format(&gpt, format)?.with_kv_cache(kv));
             let name = format!("random init ({:.1}M) {format:?} kv {kv:?}", n as f64 / 1e6);

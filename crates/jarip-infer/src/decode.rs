@@ -394,6 +394,7 @@ mod tests {
         for (format, kv) in [
             (WeightFormat::F32, KvFormat::F32),
             (WeightFormat::Q8_0, KvFormat::F32),
+            (WeightFormat::Bf16, KvFormat::F32),
             (WeightFormat::F32, KvFormat::F16),
         ] {
             let dm = DecodeModel::with_format(&model, format).unwrap().with_kv_cache(kv);

@@ -47,6 +47,20 @@ fn varied(cfg: &ModelConfig) -> Gpt {
 }
 
 /// The model with every matrix the decode path would quantize replaced by its Q8_0 rounding.
+/// The model with every matrix that decoding holds as bf16 rounded to bf16 (embeddings stay f32).
+fn bf16_rounded(model: &Gpt) -> Gpt {
+    let mut tensors = HashMap::new();
+    for (name, t) in model.tensors() {
+        let t = if t.dims().len() == 2 && ParamRole::of(&name) != ParamRole::Embedding {
+            t.to_dtype(candle_core::DType::BF16).unwrap().to_dtype(candle_core::DType::F32).unwrap()
+        } else {
+            t
+        };
+        tensors.insert(name, t);
+    }
+    Gpt::from_tensors(model.config(), tensors, &Device::Cpu).unwrap()
+}
+
 fn q8_rounded(model: &Gpt) -> Gpt {
     let mut tensors = HashMap::new();
     for (name, t) in model.tensors() {
@@ -98,9 +112,10 @@ fn decode_path_matches_training_forward_on_the_whole_grid() {
             let spread = training_logits(&mut varied(&cfg), &ids, Kernels::Composed);
             let top = spread.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert!(top > 2.0, "logits too small to test with: {top}");
-            for weights in [WeightFormat::F32, WeightFormat::Q8_0] {
+            for weights in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8_0] {
                 let mut reference = match weights {
                     WeightFormat::F32 => varied(&cfg),
+                    WeightFormat::Bf16 => bf16_rounded(&model),
                     WeightFormat::Q8_0 => q8_rounded(&model),
                 };
                 let fused = training_logits(&mut reference, &ids, Kernels::Fused);
@@ -111,8 +126,8 @@ fn decode_path_matches_training_forward_on_the_whole_grid() {
                     let got = decode_logits(&dm, &ids, 7);
                     let d = max_diff(&got, &fused);
                     let tol = match (weights, kv) {
-                        (WeightFormat::F32, KvFormat::F32) => 2e-5,
-                        (WeightFormat::F32, KvFormat::F16) => 5e-3,
+                        (WeightFormat::F32 | WeightFormat::Bf16, KvFormat::F32) => 2e-5,
+                        (WeightFormat::F32 | WeightFormat::Bf16, KvFormat::F16) => 5e-3,
                         (WeightFormat::Q8_0, KvFormat::F32) => 0.25,
                         (WeightFormat::Q8_0, KvFormat::F16) => 0.25,
                     };

@@ -175,7 +175,13 @@ fn load_gguf(path: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
     }
     let manifest = file_manifest("export-gguf", path, settings)?;
     check_pair(&g.model, &g.tokenizer, &manifest, path)?;
-    let stored_format = if g.file_type == "q8_0" { WeightFormat::Q8_0 } else { WeightFormat::F32 };
+    // Decoded as stored: Q8_0 blocks, bf16 (widened a block at a time: the same bits as f32 on
+    // these values, half the bytes per step), else f32.
+    let stored_format = match g.file_type.as_str() {
+        "q8_0" => WeightFormat::Q8_0,
+        "bf16" => WeightFormat::Bf16,
+        _ => WeightFormat::F32,
+    };
     Ok(LoadedModel {
         model: g.model,
         tokenizer: g.tokenizer,
@@ -229,8 +235,11 @@ fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &candle_cor
             g.model.config().vocab_size
         );
     }
-    let stored_format = if f.tensors.iter().any(|t| t.ty == crate::gguf::GgmlType::Q8_0) {
+    let has = |ty: crate::gguf::GgmlType| f.tensors.iter().any(|t| t.ty == ty);
+    let stored_format = if has(crate::gguf::GgmlType::Q8_0) {
         WeightFormat::Q8_0
+    } else if has(crate::gguf::GgmlType::BF16) {
+        WeightFormat::Bf16
     } else {
         WeightFormat::F32
     };

@@ -37,6 +37,107 @@ fn weight_buffer<T: Copy>(n: usize) -> AVec<T, RuntimeAlign> {
     v
 }
 
+thread_local! {
+    /// A block of bf16 weight rows widened to f32 (per thread, reused).
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `dst = src` widened from bf16 bits to f32 (exact: the bits shifted up 16).
+fn widen_bf16(src: &[u16], dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.extend(src.iter().map(|&b| f32::from_bits((b as u32) << 16)));
+}
+
+/// One activation row against bf16 weight rows (batch-1 decode, bound by reading the weights):
+/// each 8 weights widened in registers as they are loaded, then the 256-bit kernels' arithmetic —
+/// lane `l` sums `x[i]·w[i]` for `i ≡ l (mod 8)` by fused multiply-adds in increasing `i`, the
+/// lanes in [`reduce`]'s tree, the tail by `mul_add` — so the bits are those of the f32 kernels on
+/// the widened weights (tested), with half the bytes read.
+mod bf16_row {
+    /// Whether this CPU runs the vector path (AVX2 and FMA, as the f32 kernels it matches).
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `part[j] = x · w[j]` for `nb` rows of `k` bf16 weights.
+    pub(super) fn run(x: &[f32], w: &[u16], nb: usize, k: usize, part: &mut [f32]) {
+        assert!(x.len() >= k && w.len() >= nb * k && part.len() >= nb && available(), "bf16_row: sizes or CPU");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present (asserted); the sizes were checked above.
+        unsafe {
+            kernel(x, w, nb, k, part)
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `x` must hold `k` values, `w` `nb·k`, `part` `nb`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel(x: &[f32], w: &[u16], nb: usize, k: usize, part: &mut [f32]) {
+        let mut j = 0;
+        while j < nb {
+            // SAFETY: rows j..j + G lie inside `w` (G ≤ nb − j); the caller's conditions hold.
+            unsafe {
+                match (nb - j).min(4) {
+                    4 => tile::<4>(x, w, j, nb, k, part),
+                    3 => tile::<3>(x, w, j, nb, k, part),
+                    2 => tile::<2>(x, w, j, nb, k, part),
+                    _ => tile::<1>(x, w, j, nb, k, part),
+                }
+            }
+            j += (nb - j).min(4);
+        }
+    }
+
+    /// Rows `j0..j0 + G`, the next tile's rows prefetched as the f32 kernels do.
+    ///
+    /// # Safety
+    /// As for `kernel`, with `j0 + G ≤ nb`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const G: usize>(x: &[f32], w: &[u16], j0: usize, nb: usize, k: usize, part: &mut [f32]) {
+        use super::{reduce, LANES};
+        use std::arch::x86_64::*;
+        let body = k - k % LANES;
+        let next = if j0 + 2 * G <= nb { j0 + G } else { j0 };
+        // SAFETY (this block): rows j0..j0 + G and next..next + G lie inside `w`; every load
+        // reads 8 values at column c < body ≤ k of a row or of `x`.
+        unsafe {
+            let rows: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((j0 + g) * k));
+            let ahead: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((next + g) * k));
+            let mut acc = [_mm256_setzero_ps(); G];
+            let mut c = 0;
+            while c < body {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(c));
+                for g in 0..G {
+                    let h = _mm_loadu_si128(rows[g].add(c) as *const __m128i);
+                    let wv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+                    if c % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead[g].add(c) as *const i8);
+                    }
+                    acc[g] = _mm256_fmadd_ps(xv, wv, acc[g]);
+                }
+                c += LANES;
+            }
+            for (g, a) in acc.iter().enumerate() {
+                let mut lanes = [0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                let mut s = reduce(&lanes);
+                for t in body..k {
+                    s = x[t].mul_add(f32::from_bits((*rows[g].add(t) as u32) << 16), s);
+                }
+                part[j0 + g] = s;
+            }
+        }
+    }
+}
+
 /// A copy of `src` in a [`weight_buffer`].
 fn huge_page_copy<T: Copy>(src: &[T]) -> AVec<T, RuntimeAlign> {
     let mut v = weight_buffer(src.len());
@@ -53,7 +154,19 @@ pub fn aligned_zeros(n: usize) -> AVec<f32> {
 
 /// A weight matrix `[n × k]` as the decode kernel reads it.
 pub enum Mat {
-    F32 { w: AVec<f32, RuntimeAlign>, n: usize, k: usize },
+    F32 {
+        w: AVec<f32, RuntimeAlign>,
+        n: usize,
+        k: usize,
+    },
+    /// bf16 weights (the bits of `half::bf16`): half the bytes of f32 per step; each block of
+    /// rows is widened to f32 (exactly) and multiplied by the f32 kernel, so the result is the f32
+    /// path's on the rounded weights, bit for bit, in the same stated order.
+    Bf16 {
+        w: AVec<u16, RuntimeAlign>,
+        n: usize,
+        k: usize,
+    },
     Q8(Q8Matrix),
 }
 
@@ -61,6 +174,11 @@ impl Mat {
     pub fn new(w: Vec<f32>, n: usize, k: usize, quant: WeightFormat) -> Self {
         match quant {
             WeightFormat::Q8_0 if k.is_multiple_of(crate::quant::QK8_0) => Mat::Q8(Q8Matrix::quantize(&w, n, k)),
+            WeightFormat::Bf16 => {
+                let mut b = weight_buffer(w.len());
+                b.extend_from_slice(&w.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect::<Vec<u16>>());
+                Mat::Bf16 { w: b, n, k }
+            }
             _ => Mat::F32 { w: huge_page_copy(&w), n, k },
         }
     }
@@ -69,6 +187,7 @@ impl Mat {
     pub fn apply(&self, x: &[f32], m: usize, out: &mut [f32]) {
         match self {
             Mat::F32 { w, n, k } => matmul_wt(x, m, w, *n, *k, out),
+            Mat::Bf16 { .. } => Mat::apply_all(&[self], x, m, &mut [out]),
             Mat::Q8(q) => matmul_q8(x, m, q, out),
         }
     }
@@ -76,7 +195,7 @@ impl Mat {
     /// Rows and columns `(n, k)`.
     pub fn shape(&self) -> (usize, usize) {
         match self {
-            Mat::F32 { n, k, .. } => (*n, *k),
+            Mat::F32 { n, k, .. } | Mat::Bf16 { n, k, .. } => (*n, *k),
             Mat::Q8(q) => q.shape(),
         }
     }
@@ -100,6 +219,13 @@ impl Mat {
         let xq = mats.iter().any(|w| matches!(w, Mat::Q8(_))).then(|| Q8Activations::quantize(&x[..m * k], m, k));
         by_blocks(m, &ns, outs, |i, lo, hi, part| match mats[i] {
             Mat::F32 { w, .. } => kernel.run(x, m, &w[lo * k..hi * k], hi - lo, k, part),
+            Mat::Bf16 { w, .. } if m == 1 && bf16_row::available() => {
+                bf16_row::run(&x[..k], &w[lo * k..hi * k], hi - lo, k, part)
+            }
+            Mat::Bf16 { w, .. } => WIDE.with_borrow_mut(|wide| {
+                widen_bf16(&w[lo * k..hi * k], wide);
+                kernel.run(x, m, wide, hi - lo, k, part)
+            }),
             Mat::Q8(q) => kernel.run_q8(xq.as_ref().expect("quantized above"), &q.rows(lo, hi), part),
         });
     }
@@ -107,6 +233,7 @@ impl Mat {
     pub fn bytes(&self) -> usize {
         match self {
             Mat::F32 { w, .. } => 4 * w.len(),
+            Mat::Bf16 { w, .. } => 2 * w.len(),
             Mat::Q8(q) => q.bytes(),
         }
     }
@@ -119,6 +246,9 @@ impl Mat {
 pub enum WeightFormat {
     #[default]
     F32,
+    /// bf16 weights, widened exactly to f32 a block of rows at a time: half the bytes a decode
+    /// step reads; the f32 kernels' order and bits on the rounded weights.
+    Bf16,
     /// llama.cpp's Q8_0 blocks: 3.6× fewer bytes per decode step, each weight within half a
     /// step (1/254 of its block's largest magnitude, plus the f16 rounding of the block's scale)
     /// of the f32 value.
@@ -130,8 +260,9 @@ impl std::str::FromStr for WeightFormat {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
             "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
             "q8_0" => Ok(Self::Q8_0),
-            _ => anyhow::bail!("unknown weight format {s:?}: use f32 or q8_0"),
+            _ => anyhow::bail!("unknown weight format {s:?}: use f32, bf16 or q8_0"),
         }
     }
 }
@@ -1080,6 +1211,27 @@ mod tests {
         xs.extend((0..2000u32).map(|i| f32::from_bits(0x3f00_0000 + i * 3001) * if i % 2 == 0 { 1.0 } else { -1.0 }));
         for x in xs {
             assert_eq!(round_half_away(x), x.round() as i32, "{x:e}");
+        }
+    }
+
+    /// bf16 weights give exactly the f32 path's bits on the widened weights, for every batch
+    /// size (one matrix and several in one dispatch), and half the bytes.
+    #[test]
+    fn bf16_weights_are_the_f32_path_on_rounded_values() {
+        let (n, k) = (70, 100);
+        let wf = data(n * k, 5);
+        let rounded: Vec<f32> = wf.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+        let (b, f) = (Mat::new(wf.clone(), n, k, WeightFormat::Bf16), Mat::new(rounded, n, k, WeightFormat::F32));
+        assert_eq!(b.bytes() * 2, f.bytes());
+        for m in 1..=11 {
+            let x = data(m * k, m + 3);
+            let (mut got, mut want) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+            b.apply(&x, m, &mut got);
+            f.apply(&x, m, &mut want);
+            assert_eq!(got, want, "{m} rows");
+            let (mut g2, mut w2) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            Mat::apply_all(&[&b, &f], &x, m, &mut [&mut g2, &mut w2]);
+            assert_eq!((&g2, &w2), (&want, &want), "{m} rows, two matrices in one dispatch");
         }
     }
 

@@ -229,7 +229,8 @@ pub struct GenerateArgs {
     /// With --chat: a system message before the user's turn.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
+    /// Weight matrices in memory: f32, bf16 (half the bytes, the f32 arithmetic on rounded
+    /// weights) or q8_0 (8-bit blocks, fastest decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<WeightFormat>,
     /// Keys and values cached as f32, or f16 (half the memory; faster at long contexts).
@@ -308,7 +309,8 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Weight matrices in memory: f32, or q8_0 (8-bit blocks, faster decoding); default: as stored.
+    /// Weight matrices in memory: f32, bf16 (half the bytes, the f32 arithmetic on rounded
+    /// weights) or q8_0 (8-bit blocks, fastest decoding); default: as stored.
     #[arg(long)]
     pub weights: Option<WeightFormat>,
     /// Keys and values cached as f32, or f16 (half the memory; faster at long contexts).

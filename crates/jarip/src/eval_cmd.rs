@@ -47,7 +47,7 @@ pub struct EvalArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Score the model with its weight matrices as f32 or q8_0 (what `serve --weights` serves).
+    /// Score the model with its weight matrices as f32, bf16 or q8_0 (what `serve --weights` serves).
     #[arg(long, default_value = "f32")]
     pub weights: jarip_infer::WeightFormat,
     /// A report of `jarip data contamination --out`: also score each task on its clean items
