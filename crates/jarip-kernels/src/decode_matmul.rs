@@ -106,8 +106,8 @@ mod bf16_row {
         use std::arch::x86_64::*;
         let body = k - k % LANES;
         let next = if j0 + 2 * G <= nb { j0 + G } else { j0 };
-        // SAFETY (this block): rows j0..j0 + G and next..next + G lie inside `w`; every load
-        // reads 8 values at column c < body ≤ k of a row or of `x`.
+        // SAFETY: rows j0..j0 + G and next..next + G lie inside `w`; every load reads 8 values
+        // at column c < body ≤ k of a row or of `x`.
         unsafe {
             let rows: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((j0 + g) * k));
             let ahead: [*const u16; G] = std::array::from_fn(|g| w.as_ptr().add((next + g) * k));
@@ -129,8 +129,8 @@ mod bf16_row {
                 let mut lanes = [0f32; LANES];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
                 let mut s = reduce(&lanes);
-                for t in body..k {
-                    s = x[t].mul_add(f32::from_bits((*rows[g].add(t) as u32) << 16), s);
+                for (t, &xt) in x.iter().enumerate().take(k).skip(body) {
+                    s = xt.mul_add(f32::from_bits((*rows[g].add(t) as u32) << 16), s);
                 }
                 part[j0 + g] = s;
             }
