@@ -238,7 +238,9 @@ fn load_foreign_gguf(f: &crate::gguf::GgufFile, path: &Path, device: &candle_cor
     let has = |ty: crate::gguf::GgmlType| f.tensors.iter().any(|t| t.ty == ty);
     let stored_format = if has(crate::gguf::GgmlType::Q8_0) {
         WeightFormat::Q8_0
-    } else if has(crate::gguf::GgmlType::BF16) {
+    } else if has(crate::gguf::GgmlType::BF16) && !has(crate::gguf::GgmlType::F16) {
+        // bf16 matrices decode as bf16 (exactly their values); an f16 tensor among them would
+        // lose bits to bf16's shorter mantissa, so such a file decodes as f32.
         WeightFormat::Bf16
     } else {
         WeightFormat::F32

@@ -8,7 +8,8 @@
 //! `i`, then the lanes in a fixed tree, then the tail — whatever `R`, `G`, the batch size or the
 //! instruction set, so a sequence's logits are bit-identical whichever sequences share its batch.
 //!
-//! Weights come as f32 rows or as [`Q8Matrix`] (llama.cpp's Q8_0: 32 values of 8 bits sharing one
+//! Weights come as f32 rows, as bf16 rows (widened exactly to f32 as they are read: the f32
+//! arithmetic and order on the rounded values, half the bytes), or as [`Q8Matrix`] (llama.cpp's Q8_0: 32 values of 8 bits sharing one
 //! scale, 3.6× fewer bytes to stream). With Q8_0 weights the activations are quantized the same
 //! way per row ([`Q8Activations`]) and each block's dot product is an exact integer sum, scaled
 //! once per block — llama.cpp's `q8_0 × q8_0` scheme; lane `l` takes bytes `4l..4l + 4` of each
