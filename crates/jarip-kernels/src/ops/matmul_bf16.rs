@@ -519,13 +519,17 @@ fn pairs_into_subpanels(src: &[f32], dst: &mut [u32], stride: usize) {
         unsafe { pairs_into_subpanels_avx512(src, dst, stride) };
         return;
     }
-    let mut bf = [0u16; 2 * KS];
     for (s, chunk) in src.chunks(2 * KS).enumerate() {
-        bf.fill(0);
-        convert_plain(chunk, &mut bf[..chunk.len()]);
-        for (q, d) in dst[s * stride..s * stride + KS].iter_mut().enumerate() {
-            *d = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
-        }
+        subpanel_plain(chunk, &mut dst[s * stride..s * stride + KS]);
+    }
+}
+
+/// Up to 32 values as one sub-panel row of 16 pairs (missing values as zero), in plain code.
+fn subpanel_plain(chunk: &[f32], dst: &mut [u32]) {
+    let mut bf = [0u16; 2 * KS];
+    convert_plain(chunk, &mut bf[..chunk.len()]);
+    for (q, d) in dst[..KS].iter_mut().enumerate() {
+        *d = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
     }
 }
 
@@ -550,12 +554,7 @@ unsafe fn pairs_into_subpanels_avx512(src: &[f32], dst: &mut [u32], stride: usiz
         }
     }
     if full * 2 * KS < src.len() {
-        let mut bf = [0u16; 2 * KS];
-        let tail = &src[full * 2 * KS..];
-        convert_plain(tail, &mut bf[..tail.len()]);
-        for (q, d) in dst[full * stride..full * stride + KS].iter_mut().enumerate() {
-            *d = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
-        }
+        subpanel_plain(&src[full * 2 * KS..], &mut dst[full * stride..full * stride + KS]);
     }
 }
 
@@ -1162,13 +1161,8 @@ mod tests {
             let mut got = vec![POISON; (subs - 1) * stride + KS];
             pairs_into_subpanels(&src, &mut got, stride);
             let mut plain = vec![POISON; (subs - 1) * stride + KS];
-            let mut bf = [0u16; 2 * KS];
             for (s, chunk) in src.chunks(2 * KS).enumerate() {
-                bf.fill(0);
-                convert_plain(chunk, &mut bf[..chunk.len()]);
-                for q in 0..KS {
-                    plain[s * stride + q] = bf[2 * q] as u32 | (bf[2 * q + 1] as u32) << 16;
-                }
+                subpanel_plain(chunk, &mut plain[s * stride..s * stride + KS]);
             }
             for s in 0..subs {
                 assert_eq!(&got[s * stride..s * stride + KS], &want[s * KS..(s + 1) * KS], "k {k}, sub-panel {s}");
